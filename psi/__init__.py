@@ -1,0 +1,3 @@
+"""psiq: private set intersection, oblivious transfer and PIR."""
+
+__version__ = "0.1.0"
