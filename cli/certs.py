@@ -1,0 +1,34 @@
+"""``psiq certs``: a small CA and per-party certificates for trials and tests."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from psi.transport.tls import create_test_pki
+
+from .common import emit_json, handles_errors, info
+
+__all__ = ["certs_group"]
+
+
+@click.group("certs")
+def certs_group() -> None:
+    """Create trial TLS certificates (real deployments use their own PKI)."""
+
+
+@certs_group.command("init")
+@click.argument("directory", type=click.Path(file_okay=False, path_type=Path))
+@click.option("--party", "parties", multiple=True, required=True, help="Party name (repeatable); becomes the certificate CN.")
+@click.option("--days", default=365, show_default=True, help="Validity in days.")
+@click.option("--json", "as_json", is_flag=True, help="Print the written paths as JSON.")
+@handles_errors
+def init(directory: Path, parties: tuple[str, ...], days: int, as_json: bool) -> None:
+    """Create DIRECTORY/ca.pem (reused if present) and NAME.pem/NAME.key for each --party."""
+    written = create_test_pki(directory, list(parties), days=days)
+    if as_json:
+        emit_json({k: str(v) for k, v in written.items()})
+    else:
+        for name, path in written.items():
+            info(f"wrote {path}" + ("" if name == "ca" else f" and {path.with_suffix('.key')}"))

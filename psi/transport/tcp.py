@@ -1,0 +1,285 @@
+"""TCP channels, with TLS 1.3 and mutual authentication unless explicitly insecure on loopback.
+
+Frames are written by a background writer thread, so a party keeps reading while its large
+sends drain: neither side can block the other forever on full socket buffers. The writer queue
+is capped in bytes (back-pressure) so memory stays bounded. Every failure surfaces as a
+:class:`~psi.errors.TransportError` subclass with a one-line message.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import queue
+import socket
+import ssl
+import threading
+import time
+from typing import Callable
+
+from ..errors import AuthenticationError, PeerDisconnected, TransportError, UsageError
+from ..messages import DEFAULT_MAX_BODY, HEADER, Message, decode_header, encode_frame
+from .base import Channel
+from .tls import TlsConfig, check_peer_name, client_context, server_context
+
+__all__ = ["TlsConfig", "TcpChannel", "Listener", "connect", "parse_address", "is_loopback"]
+
+_QUEUE_BYTES = 64 * 1024 * 1024
+
+
+def parse_address(address: str) -> tuple[str, int]:
+    """``host:port`` (IPv6 as ``[::1]:port``) to a (host, port) pair; :class:`UsageError` if bad."""
+    host, sep, port_text = address.rpartition(":")
+    if not sep or not host:
+        raise UsageError(f"address {address!r} is not HOST:PORT")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    try:
+        port = int(port_text)
+    except ValueError:
+        raise UsageError(f"address {address!r} has a bad port") from None
+    if not 0 <= port <= 65535:
+        raise UsageError(f"port {port} out of range")
+    return host, port
+
+
+def is_loopback(host: str) -> bool:
+    """True for localhost and loopback addresses (127.0.0.0/8, ::1)."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _tls_error(err: BaseException) -> TransportError:
+    text = getattr(err, "reason", None) or str(err)
+    if isinstance(err, ssl.SSLCertVerificationError):
+        return AuthenticationError(f"TLS: peer certificate rejected ({err.verify_message})")
+    if isinstance(err, ssl.SSLError):
+        return AuthenticationError(f"TLS handshake failed: {str(text).lower().replace('_', ' ')}")
+    return TransportError(f"connection failed: {err}")
+
+
+class TcpChannel(Channel):
+    """A framed message channel over a connected (TLS) socket."""
+
+    def __init__(self, sock: socket.socket, *, max_body: int = DEFAULT_MAX_BODY, peer_name: str | None = None) -> None:
+        super().__init__()
+        self._sock = sock
+        self.max_body = max_body
+        self.peer_name = peer_name
+        self._queue: "queue.Queue[bytes | None]" = queue.Queue()
+        self._queued = 0
+        self._cond = threading.Condition()
+        self._write_error: BaseException | None = None
+        self._closed = False
+        self._writer = threading.Thread(target=self._write_loop, name="psiq-writer", daemon=True)
+        self._writer.start()
+
+    # -- sending -----------------------------------------------------------------------------
+    def _write_loop(self) -> None:
+        while True:
+            frame = self._queue.get()
+            if frame is None:
+                return
+            try:
+                if self._write_error is None:
+                    self._sock.sendall(frame)
+            except (OSError, ssl.SSLError) as err:
+                self._write_error = err
+            finally:
+                with self._cond:
+                    self._queued -= len(frame)
+                    self._cond.notify_all()
+
+    def _raise_write_error(self) -> None:
+        err = self._write_error
+        if err is None:
+            return
+        if isinstance(err, ssl.SSLError):
+            raise _tls_error(err)
+        raise PeerDisconnected(f"connection to peer lost while sending ({err.__class__.__name__})")
+
+    def send(self, message: Message) -> None:
+        if self._closed:
+            raise TransportError("channel is closed")
+        self._raise_write_error()
+        frame = encode_frame(message)
+        with self._cond:
+            while self._queued > _QUEUE_BYTES and self._write_error is None:
+                self._cond.wait(1.0)
+            self._queued += len(frame)
+        self._queue.put(frame)
+        self.bytes_sent += len(frame)
+
+    def flush(self, timeout: float = 300.0) -> None:
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while self._queued > 0 and self._write_error is None:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise TransportError("timed out sending to peer")
+                self._cond.wait(min(left, 1.0))
+        self._raise_write_error()
+
+    # -- receiving ---------------------------------------------------------------------------
+    def _read_exact(self, n: int, timeout: float | None) -> bytes:
+        self._sock.settimeout(timeout)
+        buf = bytearray(n)
+        view = memoryview(buf)
+        got = 0
+        while got < n:
+            try:
+                k = self._sock.recv_into(view[got:], n - got)
+            except socket.timeout:
+                raise TransportError("timed out waiting for the peer") from None
+            except ssl.SSLError as err:
+                raise _tls_error(err) from None
+            except OSError as err:
+                raise PeerDisconnected(f"connection to peer lost ({err.__class__.__name__})") from None
+            if k == 0:
+                raise PeerDisconnected("peer closed the connection" + (" mid-message" if got else ""))
+            got += k
+        return bytes(buf)
+
+    def recv(self, timeout: float | None = None) -> Message:
+        header = self._read_exact(HEADER.size, timeout)
+        kind_len, _session, body_len = decode_header(header, self.max_body)
+        rest = self._read_exact(kind_len + body_len, timeout)
+        self.bytes_received += HEADER.size + len(rest)
+        try:
+            kind = rest[:kind_len].decode("ascii")
+        except UnicodeDecodeError:
+            from ..errors import MalformedMessage
+
+            raise MalformedMessage("message kind is not ASCII") from None
+        return Message(kind, rest[kind_len:])
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            self.flush(timeout=30.0)
+        except TransportError:
+            pass
+        self._queue.put(None)
+        self._writer.join(timeout=5.0)
+        try:
+            self._sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+        self._sock.close()
+
+
+def _check_insecure(host: str) -> None:
+    if not is_loopback(host):
+        raise UsageError("plain TCP (--insecure) is allowed only on loopback; configure TLS for other addresses")
+
+
+def connect(
+    address: str,
+    tls: TlsConfig | None,
+    *,
+    timeout: float = 10.0,
+    retries: int = 5,
+    sleep: Callable[[float], None] = time.sleep,
+) -> TcpChannel:
+    """Connect to ``address``; retry refused/unreachable connections with exponential backoff.
+
+    ``tls=None`` is plain TCP and only allowed on loopback. Authentication failures are not
+    retried.
+    """
+    host, port = parse_address(address)
+    if tls is None:
+        _check_insecure(host)
+    ctx = client_context(tls) if tls is not None else None
+    delay = 0.2
+    last: BaseException | None = None
+    for attempt in range(retries + 1):
+        try:
+            raw = socket.create_connection((host, port), timeout=timeout)
+        except (ConnectionRefusedError, socket.timeout, OSError) as err:
+            last = err
+            if attempt < retries:
+                sleep(delay)
+                delay = min(delay * 2, 5.0)
+                continue
+            reason = "connection refused" if isinstance(err, ConnectionRefusedError) else str(err) or err.__class__.__name__
+            raise TransportError(f"cannot connect to {address}: {reason} (after {retries + 1} attempts)") from None
+        raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        if ctx is None:
+            return TcpChannel(raw)
+        try:
+            sock = ctx.wrap_socket(raw, server_side=False)
+            name = check_peer_name(sock, tls.peer_name if tls else None)
+        except (ssl.SSLError, OSError) as err:
+            raw.close()
+            raise _tls_error(err) from None
+        except AuthenticationError:
+            raw.close()
+            raise
+        return TcpChannel(sock, peer_name=name)
+    raise TransportError(f"cannot connect to {address}: {last}")  # pragma: no cover
+
+
+class Listener:
+    """A listening socket handing out authenticated channels, one per accepted peer."""
+
+    def __init__(self, address: str, tls: TlsConfig | None, *, handshake_timeout: float = 30.0) -> None:
+        host, port = parse_address(address)
+        if tls is None:
+            _check_insecure(host)
+        self._tls = tls
+        self._ctx = server_context(tls) if tls is not None else None
+        self._handshake_timeout = handshake_timeout
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        self._sock = socket.socket(family, socket.SOCK_STREAM)
+        self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            self._sock.bind((host, port))
+        except OSError as err:
+            self._sock.close()
+            reason = "address already in use" if err.errno == 98 else (err.strerror or str(err))
+            raise TransportError(f"cannot listen on {address}: {reason}") from None
+        self._sock.listen(16)
+        self.address: tuple[str, int] = self._sock.getsockname()[:2]
+
+    def accept(self, timeout: float | None = None) -> TcpChannel:
+        """Wait for one peer and complete the TLS handshake with it.
+
+        Raises :class:`AuthenticationError` when the peer's certificate is refused (the caller
+        may keep listening), :class:`TransportError` on timeout.
+        """
+        self._sock.settimeout(timeout)
+        try:
+            raw, _addr = self._sock.accept()
+        except socket.timeout:
+            raise TransportError("no peer connected before the timeout") from None
+        except OSError as err:
+            raise TransportError(f"accept failed: {err}") from None
+        raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        if self._ctx is None:
+            return TcpChannel(raw)
+        raw.settimeout(self._handshake_timeout)
+        try:
+            sock = self._ctx.wrap_socket(raw, server_side=True)
+            name = check_peer_name(sock, self._tls.peer_name if self._tls else None)
+        except (ssl.SSLError, OSError) as err:
+            raw.close()
+            raise _tls_error(err) from None
+        except AuthenticationError:
+            raw.close()
+            raise
+        sock.settimeout(None)
+        return TcpChannel(sock, peer_name=name)
+
+    def close(self) -> None:
+        self._sock.close()
+
+    def __enter__(self) -> "Listener":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
