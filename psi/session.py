@@ -1,0 +1,68 @@
+"""One session over a channel: the hello exchange, then a protocol party run to completion.
+
+This is the only place that knows every PSI protocol module by name. Each protocol module
+(``psi.protocols.rsa``, ``.ecdh``, ``.kkrt``) exposes ``NAME``, ``VERSION``, a frozen ``Config``
+with ``reveal`` and ``hello_params()``, and ``Client``/``Server`` party classes.
+"""
+
+from __future__ import annotations
+
+import importlib
+from types import ModuleType
+from typing import Any
+
+from .driver import raise_if_error, send_error
+from .errors import IncompatiblePeer, PolicyError, PsiqError, UsageError
+from .protocols.base import Role
+from .protocols.handshake import Hello, check_peer_hello
+from .transport.base import Channel
+
+__all__ = ["PROTOCOLS", "protocol_module", "exchange_hello"]
+
+PROTOCOLS = ("rsa", "ecdh", "kkrt")
+
+
+def protocol_module(name: str) -> ModuleType:
+    """The module implementing PSI protocol ``name``; :class:`UsageError` for unknown names."""
+    if name not in PROTOCOLS:
+        raise UsageError(f"unknown protocol {name!r} (choose from {', '.join(PROTOCOLS)})")
+    return importlib.import_module(f"psi.protocols.{name}")
+
+
+def exchange_hello(
+    channel: Channel,
+    own: Hello,
+    *,
+    max_peer_size: int | None = None,
+    timeout: float | None = 120.0,
+) -> Hello:
+    """Send our hello, read the peer's, and check they fit (both sides check independently).
+
+    ``max_peer_size`` caps the set size the peer may announce (``info.set_size``), refusing a
+    peer that would submit, say, the whole phone-number space. Returns the peer's hello.
+    """
+    try:
+        channel.send(own.to_message())
+        message = channel.recv(timeout)
+        raise_if_error(message)
+        peer = Hello.from_message(message)
+        check_peer_hello(own, peer)
+        size = peer.info.get("set_size")
+        if size is not None and (not isinstance(size, int) or size < 0):
+            raise IncompatiblePeer("peer announced an invalid set size")
+        if max_peer_size is not None and isinstance(size, int) and size > max_peer_size:
+            raise PolicyError(f"peer announced {size} keys, above the cap of {max_peer_size} (--max-peer-size)")
+    except PsiqError as err:
+        send_error(channel, err)
+        raise
+    return peer
+
+
+def peer_set_size(peer: Hello) -> int:
+    """The set size the peer announced (0 if absent)."""
+    size: Any = peer.info.get("set_size", 0)
+    return int(size) if isinstance(size, int) else 0
+
+
+def role_of(value: str | Role) -> Role:
+    return value if isinstance(value, Role) else Role(value)

@@ -1,0 +1,50 @@
+"""Shared fixtures: a trial PKI per test session, a free loopback port, the psiq command."""
+
+from __future__ import annotations
+
+import os
+import socket
+import sys
+from pathlib import Path
+
+import pytest
+
+from psi.transport.tls import TlsConfig, create_test_pki
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="session")
+def pki(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A CA with certificates for 'bank-a', 'bank-b' and a second CA with 'mallory'."""
+    d = tmp_path_factory.mktemp("pki")
+    create_test_pki(d, ["bank-a", "bank-b"])
+    create_test_pki(d / "other", ["mallory"])
+    return d
+
+
+def tls_for(pki: Path, name: str, peer: str | None = None) -> TlsConfig:
+    base = pki / "other" if name == "mallory" else pki
+    return TlsConfig(base / f"{name}.pem", base / f"{name}.key", base / "ca.pem", peer)
+
+
+def tls_args(pki: Path, name: str) -> list[str]:
+    base = pki / "other" if name == "mallory" else pki
+    return ["--tls-cert", str(base / f"{name}.pem"), "--tls-key", str(base / f"{name}.key"), "--tls-ca", str(base / "ca.pem")]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def psiq_cmd() -> list[str]:
+    return [sys.executable, "-m", "cli"]
+
+
+def subprocess_env() -> dict[str, str]:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
+    env.setdefault("PSIQ_WORKERS", "2")
+    return env

@@ -1,0 +1,86 @@
+"""Frames and generic codecs: round trips, and refusal of truncated or oversized input."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given, strategies as st
+
+from psi.errors import MalformedMessage, UnsupportedVersion
+from psi.messages import (
+    HEADER,
+    Message,
+    decode_frame,
+    decode_header,
+    encode_frame,
+    pack_items,
+    pack_json,
+    pack_u32_list,
+    unpack_items,
+    unpack_json,
+    unpack_u32_list,
+)
+
+kinds = st.text(alphabet=st.characters(min_codepoint=33, max_codepoint=126), min_size=1, max_size=64)
+
+
+@given(kind=kinds, body=st.binary(max_size=4096), session=st.binary(min_size=8, max_size=8))
+def test_any_frame_round_trips(kind: str, body: bytes, session: bytes) -> None:
+    frame = encode_frame(Message(kind, body), session)
+    message, sid = decode_frame(frame)
+    assert message == Message(kind, body)
+    assert sid == session
+
+
+@given(kind=kinds, body=st.binary(min_size=1, max_size=512), cut=st.integers(min_value=1, max_value=600))
+def test_truncated_frames_are_refused(kind: str, body: bytes, cut: int) -> None:
+    frame = encode_frame(Message(kind, body))
+    cut = min(cut, len(frame))
+    with pytest.raises(MalformedMessage):
+        decode_frame(frame[:-cut])
+
+
+def test_oversized_frame_refused_from_header_alone() -> None:
+    frame = encode_frame(Message("x", b"a" * 100))
+    with pytest.raises(MalformedMessage, match="exceeds the cap"):
+        decode_header(frame[: HEADER.size], max_body=99)
+
+
+def test_bad_magic_and_version() -> None:
+    frame = bytearray(encode_frame(Message("x", b"")))
+    bad_magic = b"HTTP" + bytes(frame[4:])
+    with pytest.raises(MalformedMessage, match="not speaking the psiq protocol"):
+        decode_frame(bad_magic)
+    frame[4] = 9
+    with pytest.raises(UnsupportedVersion):
+        decode_frame(bytes(frame))
+
+
+@given(items=st.lists(st.binary(min_size=7, max_size=7), max_size=50))
+def test_items_round_trip_and_count_checks(items: list[bytes]) -> None:
+    body = pack_items(items, 7)
+    assert unpack_items(body, 7, exact_count=len(items)) == b"".join(items)
+    with pytest.raises(MalformedMessage):
+        unpack_items(body, 8)
+    with pytest.raises(MalformedMessage):
+        unpack_items(body, 7, exact_count=len(items) + 1)
+    if items:
+        with pytest.raises(MalformedMessage):
+            unpack_items(body, 7, max_count=len(items) - 1)
+        with pytest.raises(MalformedMessage):
+            unpack_items(body[:-1], 7)
+
+
+@given(values=st.lists(st.integers(min_value=0, max_value=2**32 - 1), max_size=100))
+def test_u32_lists(values: list[int]) -> None:
+    body = pack_u32_list(values)
+    assert unpack_u32_list(body, max_count=100) == values
+    if values:
+        with pytest.raises(MalformedMessage):
+            unpack_u32_list(body, max_count=100, below=max(values))
+
+
+def test_json_control_messages() -> None:
+    assert unpack_json(pack_json({"b": 1, "a": [1, 2]})) == {"a": [1, 2], "b": 1}
+    for bad in (b"[1,2]", b"\xff", b"{", b"x" * 100):
+        with pytest.raises(MalformedMessage):
+            unpack_json(bad, max_size=50)
