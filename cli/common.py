@@ -90,7 +90,11 @@ def output_options(fn: F) -> F:
 
 
 def handles_errors(fn: F) -> F:
-    """Turn library errors into one line on stderr and the documented exit code."""
+    """Turn library errors into one line on stderr and the documented exit code.
+
+    Put it directly under the ``@group.command(...)`` decorator so it also covers errors raised
+    while other decorators (``tls_options``) validate options.
+    """
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:

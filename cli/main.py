@@ -48,4 +48,13 @@ _register_optional()
 
 
 def main() -> None:
-    cli(prog_name="psiq")
+    """Entry point of the console script; library errors become one line and an exit code."""
+    import sys
+
+    from psi.errors import PsiqError
+
+    try:
+        cli(prog_name="psiq")
+    except PsiqError as err:
+        click.echo(f"psiq: error: {err}", err=True)
+        sys.exit(err.exit_code)

@@ -1,0 +1,170 @@
+"""``psiq psi``: run one party of a PSI session (serve / connect) and prepare a server set."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Callable
+
+import click
+
+from psi import api
+from psi.errors import PsiqError
+from psi.normalize import Normalization
+
+from .common import emit_json, handles_errors, info, make_progress, output_options, tls_options, warn
+
+__all__ = ["psi_group"]
+
+
+@click.group("psi")
+def psi_group() -> None:
+    """Private set intersection between two parties (RSA, ECDH or KKRT)."""
+
+
+def _session_options(fn: Callable[..., Any]) -> Callable[..., Any]:
+    decorators = [
+        click.option("--protocol", type=click.Choice(["rsa", "ecdh", "kkrt"]), default=api.DEFAULT_PROTOCOL,
+                     show_default=True, help="PSI protocol; both sides must agree."),
+        click.option("--input", "input_path", required=True, type=click.Path(dir_okay=False, path_type=Path),
+                     help="CSV/TSV/Parquet file with this party's records."),
+        click.option("--on", "on", required=True,
+                     help="Key column(s), comma-separated for a composite key (e.g. phone,id_number)."),
+        click.option("--output", type=click.Path(dir_okay=False, path_type=Path), default=None,
+                     help="Write this party's full rows of the intersection here (same format as the input)."),
+        click.option("--reveal", type=click.Choice(["receiver", "both", "cardinality"]), default="receiver",
+                     show_default=True,
+                     help="receiver: the client learns the intersection; both: both learn it, rows aligned; "
+                          "cardinality: the client learns only the count (ecdh)."),
+        click.option("--dedup", type=click.Choice(["error", "first", "keep-all"]), default="error", show_default=True,
+                     help="Duplicate keys: stop with an error, keep the first row, or keep all (SQL join expansion)."),
+        click.option("--normalize", "normalize", default="trim", show_default=True,
+                     help="Key normalisation, comma-separated: trim, casefold, fullwidth, phone, none."),
+        click.option("--key-regex", default=None, help="Keep only the first capture group (or the match) of each key value."),
+        click.option("--skip-empty-keys", is_flag=True, help="Skip rows whose key is empty (default: error naming the line)."),
+        click.option("--join", type=click.Choice(["inner", "left", "right", "full"]), default="inner", show_default=True,
+                     help="Join type for aligned output (--reveal both); see docs/ALIGNMENT.md for what each reveals."),
+        click.option("--left", type=click.Choice(["client", "server"]), default="client", show_default=True,
+                     help="Which party is the left side of a left/right/full join."),
+        click.option("--format", "input_format", type=click.Choice(["csv", "tsv", "parquet"]), default=None,
+                     help="Input format (default: from the file extension)."),
+        click.option("--group", type=click.Choice(["x25519", "ristretto255", "p256"]), default="x25519",
+                     show_default=True, help="ECDH group."),
+        click.option("--compression", type=click.Choice(["auto", "raw", "bloom", "gcs"]), default="auto",
+                     show_default=True, help="ECDH server-set encoding (OpenMined's raw/Bloom/GCS)."),
+        click.option("--fpr-bits", type=click.IntRange(16, 128), default=40, show_default=True,
+                     help="Expected false matches at most 2^-BITS."),
+        click.option("--key-bits", type=click.Choice(["2048", "3072", "4096"]), default="2048", show_default=True,
+                     help="RSA modulus size."),
+        click.option("--workers", type=click.IntRange(1, 512), default=None,
+                     help="Worker processes for the batch work (default: all cores)."),
+        click.option("--max-peer-size", type=click.IntRange(0), default=None,
+                     help="Refuse a peer that announces more keys than this."),
+        click.option("--timeout", type=click.FloatRange(1), default=600.0, show_default=True,
+                     help="Seconds to wait for any one message from the peer."),
+    ]
+    for decorator in reversed(decorators):
+        fn = decorator(fn)
+    return fn
+
+
+def _options(kw: dict[str, Any]) -> api.PsiOptions:
+    return api.PsiOptions(
+        protocol=kw["protocol"],
+        reveal=kw["reveal"],
+        normalization=Normalization.parse(kw["normalize"], kw["key_regex"]),
+        dedup=kw["dedup"],
+        skip_empty=kw["skip_empty_keys"],
+        join=kw["join"],
+        left=kw["left"],
+        input_format=kw["input_format"],
+        group=kw["group"],
+        compression=kw["compression"],
+        fpr_bits=kw["fpr_bits"],
+        key_bits=int(kw["key_bits"]),
+        workers=kw["workers"],
+        max_peer_size=kw["max_peer_size"],
+        timeout=kw["timeout"],
+        rsa_key=kw.get("rsa_key"),
+        cache_dir=kw.get("cache_dir"),
+        prepared=kw.get("prepared"),
+    )
+
+
+def _report(summary: api.PsiSummary, as_json: bool, quiet: bool) -> None:
+    d = summary.as_dict()
+    if as_json:
+        emit_json(d)
+        return
+    size = d["intersection_size"]
+    what = "intersection size" if summary.reveal != "cardinality" else "matched keys (cardinality only)"
+    lines = [
+        f"{summary.role}: {d['set_size']} keys here, {d['peer_set_size']} at the peer",
+        f"{what}: {size if size is not None else 'not revealed to this side'}",
+    ]
+    if d["output"]:
+        lines.append(f"wrote {d['output_rows']} rows to {d['output']}")
+    lines.append(
+        f"{d['seconds']:.2f} s; sent {d['bytes_sent']:,} B, received {d['bytes_received']:,} B; peak RSS {d['peak_rss_mb']} MB"
+    )
+    for note in d["notes"]:
+        lines.append(f"note: {note}")
+    click.echo("\n".join(lines))
+
+
+@psi_group.command("serve")
+@handles_errors
+@_session_options
+@click.option("--listen", required=True, help="HOST:PORT to listen on.")
+@click.option("--forever", is_flag=True, help="Keep serving sessions (default: exit after one).")
+@click.option("--rsa-key", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="RSA protocol: persisted server key (created if missing), enabling the signed-set cache.")
+@click.option("--cache-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="RSA protocol: cache the signed set here (keyed by key fingerprint and input digest).")
+@click.option("--prepared", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="ECDH protocol: a set precomputed with 'psiq psi prepare' (persisted key; unbalanced mode).")
+@tls_options
+@output_options
+def serve(tls: Any, as_json: bool, quiet: bool, forever: bool, listen: str, **kw: Any) -> None:
+    """Answer PSI sessions for the records in --input."""
+    options = _options(kw)
+    bar = make_progress(quiet, "serve")
+
+    def listening(address: tuple[str, int]) -> None:
+        info(f"listening on {address[0]}:{address[1]} ({'TLS' if tls else 'plain TCP'})", quiet)
+
+    def done(summary: api.PsiSummary) -> None:
+        bar.close()
+        _report(summary, as_json, quiet)
+
+    def failed(err: PsiqError) -> None:
+        bar.close()
+        warn(f"session failed: {err}")
+
+    try:
+        api.serve(kw["input_path"], on=_columns(kw["on"]), listen=listen, tls=tls, output=kw["output"],
+                  options=options, forever=forever, on_progress=bar, on_listening=listening,
+                  on_session=done, on_error=failed)
+    finally:
+        bar.close()
+
+
+@psi_group.command("connect")
+@handles_errors
+@_session_options
+@click.option("--peer", required=True, help="HOST:PORT of the serving party.")
+@tls_options
+@output_options
+def connect(tls: Any, as_json: bool, quiet: bool, peer: str, **kw: Any) -> None:
+    """Run a PSI session against a serving party."""
+    options = _options(kw)
+    bar = make_progress(quiet, "connect")
+    try:
+        summary = api.connect(kw["input_path"], on=_columns(kw["on"]), peer=peer, tls=tls, output=kw["output"],
+                              options=options, on_progress=bar)
+    finally:
+        bar.close()
+    _report(summary, as_json, quiet)
+
+
+def _columns(on: str) -> list[str]:
+    return [c.strip() for c in on.split(",") if c.strip()]

@@ -1,0 +1,436 @@
+"""One-call entry points for scripts, notebooks and the CLI.
+
+>>> from psi import api
+>>> summary = api.connect("bank_a.csv", on=["id_number"], peer="10.0.0.2:7766", tls=tls,
+...                       output="aligned_a.csv", options=api.PsiOptions(protocol="ecdh", reveal="both"))
+
+``serve`` and ``connect`` run one party of a PSI session over TCP+TLS; ``run_session`` runs
+one party over any channel (tests use the in-memory pair); ``intersect_files`` runs both
+parties in this process over loopback TLS or memory, which is what ``psiq demo`` does.
+Every function returns a :class:`PsiSummary` (``.as_dict()`` is the ``--json`` output) and
+raises :class:`~psi.errors.PsiqError` subclasses only.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import os
+import resource
+import secrets
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+
+from . import __version__
+from .align import JOIN_TYPES, AlignmentExchange
+from .driver import RunStats, run_party
+from .errors import PsiqError, UsageError
+from .normalize import Normalization
+from .parallel import Executor
+from .protocols.base import Progress, PsiOutcome, Reveal, Role
+from .protocols.handshake import Hello
+from .records import DEDUP_POLICIES, KeyTable, read_keys, write_rows
+from .session import PROTOCOLS, exchange_hello, peer_set_size, protocol_module
+from .transport.base import Channel
+from .transport.memory import memory_pair
+from .transport.tcp import Listener, TlsConfig, connect as tcp_connect
+
+__all__ = [
+    "PsiOptions",
+    "PsiSummary",
+    "run_session",
+    "serve",
+    "connect",
+    "intersect_files",
+    "align",
+    "DEFAULT_PROTOCOL",
+]
+
+DEFAULT_PROTOCOL = "ecdh"
+ProgressCallback = Callable[[Progress], None]
+
+
+@dataclass(frozen=True)
+class PsiOptions:
+    """Every setting of a PSI session; the CLI options map one to one onto these fields.
+
+    Settings that must agree between the parties (protocol, reveal, normalisation, dedup,
+    join, number of key columns, protocol parameters) are checked in the handshake.
+    """
+
+    protocol: str = DEFAULT_PROTOCOL
+    reveal: str = "receiver"
+    normalization: Normalization = field(default_factory=Normalization)
+    dedup: str = "error"
+    skip_empty: bool = False
+    join: str = "inner"
+    left: str = "client"
+    input_format: str | None = None
+    # protocol parameters
+    group: str = "x25519"
+    compression: str = "auto"
+    fpr_bits: int = 40
+    key_bits: int = 2048
+    # deployment
+    workers: int | None = None
+    max_peer_size: int | None = None
+    rsa_key: Path | None = None
+    cache_dir: Path | None = None
+    prepared: Path | None = None
+    timeout: float = 600.0
+
+    def __post_init__(self) -> None:
+        if self.protocol not in PROTOCOLS:
+            raise UsageError(f"unknown protocol {self.protocol!r} (choose from {', '.join(PROTOCOLS)})")
+        try:
+            Reveal(self.reveal)
+        except ValueError:
+            raise UsageError(f"unknown reveal mode {self.reveal!r} (receiver, both, cardinality)") from None
+        if self.dedup not in DEDUP_POLICIES:
+            raise UsageError(f"unknown dedup policy {self.dedup!r} ({', '.join(DEDUP_POLICIES)})")
+        if self.join not in JOIN_TYPES:
+            raise UsageError(f"unknown join type {self.join!r} ({', '.join(JOIN_TYPES)})")
+        if self.left not in ("client", "server"):
+            raise UsageError("the left side of a join is 'client' or 'server'")
+        if self.join != "inner" and self.reveal != "both":
+            raise UsageError(f"a {self.join} join writes aligned rows on both sides: it needs --reveal both")
+
+    def replace(self, **changes: Any) -> "PsiOptions":
+        return dataclasses.replace(self, **changes)
+
+    def protocol_config(self) -> Any:
+        """The protocol module's ``Config`` built from these options."""
+        module = protocol_module(self.protocol)
+        fields = {f.name for f in dataclasses.fields(module.Config)}
+        wanted: dict[str, Any] = {"reveal": Reveal(self.reveal)}
+        for name in ("group", "compression", "fpr_bits", "key_bits"):
+            if name in fields:
+                wanted[name] = getattr(self, name)
+        return module.Config(**wanted)
+
+
+@dataclass
+class PsiSummary:
+    """What one party reports after a session (``as_dict`` is the ``--json`` document)."""
+
+    role: str
+    protocol: str
+    reveal: str
+    input: dict[str, Any]
+    peer_size: int
+    intersection_size: int | None
+    output: str | None = None
+    output_rows: int | None = None
+    alignment: dict[str, Any] | None = None
+    stats: RunStats = field(default_factory=RunStats)
+    peer_name: str | None = None
+    notes: list[str] = field(default_factory=list)
+    peak_rss_mb: float = 0.0
+
+    def as_dict(self) -> dict[str, Any]:
+        stats = self.stats.as_dict()
+        return {
+            "psiq_version": __version__,
+            "role": self.role,
+            "protocol": self.protocol,
+            "reveal": self.reveal,
+            "input": self.input,
+            "set_size": self.input.get("unique_keys"),
+            "peer_set_size": self.peer_size,
+            "intersection_size": self.intersection_size,
+            "output": self.output,
+            "output_rows": self.output_rows,
+            "alignment": self.alignment,
+            "peer_name": self.peer_name,
+            "seconds": stats["seconds"],
+            "phases": stats["phases"],
+            "bytes_sent": stats["bytes_sent"],
+            "bytes_received": stats["bytes_received"],
+            "peak_rss_mb": round(self.peak_rss_mb, 1),
+            "notes": self.notes,
+        }
+
+
+def _peak_rss_mb() -> float:
+    own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    workers = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    return max(own, workers) / 1024.0
+
+
+def _hello(role: Role, options: PsiOptions, config: Any, table: KeyTable) -> Hello:
+    module = protocol_module(options.protocol)
+    params = dict(config.hello_params())
+    params.update(
+        {
+            "reveal": options.reveal,
+            "key_columns": len(table.on),
+            "normalize": options.normalization.to_params(),
+            "join": options.join,
+            "left": options.left,
+        }
+    )
+    info = {"set_size": table.unique_keys, "software": f"psiq {__version__}"}
+    return Hello(module.NAME, module.VERSION, role, params, info)
+
+
+def _matched_rows_in_file_order(table: KeyTable, indices: Sequence[int]) -> np.ndarray:
+    mask = np.zeros(table.unique_keys, dtype=bool)
+    if len(indices):
+        mask[np.asarray(indices, dtype=np.int64)] = True
+    keep = mask[table.row_keys]
+    return np.sort(table.row_numbers[keep])
+
+
+def run_session(
+    role: Role | str,
+    channel: Channel,
+    table: KeyTable,
+    *,
+    options: PsiOptions,
+    output: str | os.PathLike[str] | None = None,
+    executor: Executor | None = None,
+    on_progress: ProgressCallback | None = None,
+) -> PsiSummary:
+    """Run one party of a PSI session over ``channel`` with the keys in ``table``.
+
+    Writes ``output`` (this party's rows of the intersection; aligned with the peer's in
+    ``both`` mode) atomically when this party learns the intersection. Raises
+    :class:`UsageError` when asked for an output this party cannot learn.
+    """
+    role = Role(role)
+    reveal = Reveal(options.reveal)
+    learns = reveal == Reveal.BOTH or (role == Role.CLIENT and reveal == Reveal.RECEIVER)
+    if output is not None and not learns:
+        what = "only the match count" if reveal == Reveal.CARDINALITY else "no intersection"
+        raise UsageError(f"the {role.value} learns {what} with --reveal {reveal.value}: drop --output or use --reveal both")
+    config = options.protocol_config()
+    module = protocol_module(options.protocol)
+    own_executor = executor is None
+    executor = executor or Executor(options.workers)
+    try:
+        hello = _hello(role, options, config, table)
+        peer = exchange_hello(channel, hello, max_peer_size=options.max_peer_size, timeout=options.timeout)
+        peer_size = peer_set_size(peer)
+        party_cls = module.Client if role == Role.CLIENT else module.Server
+        extras = _server_extras(options, table, executor) if role == Role.SERVER else {}
+        party = party_cls(table.keys, config, peer_size=peer_size, executor=executor, **extras)
+        stats = run_party(party, channel, on_progress=on_progress, timeout=options.timeout)
+        outcome: PsiOutcome = party.result()
+        summary = PsiSummary(
+            role=role.value,
+            protocol=options.protocol,
+            reveal=reveal.value,
+            input=table.summary(),
+            peer_size=peer_size,
+            intersection_size=(len(outcome.indices) if outcome.indices is not None else outcome.cardinality),
+            stats=stats,
+            peer_name=channel.peer_name,
+        )
+        summary.notes.extend(str(n) for n in outcome.details.get("notes", []))
+        if reveal == Reveal.BOTH:
+            exchange = AlignmentExchange(role, outcome, table, options.join, options.left)
+            run_party(exchange, channel, stats=stats, on_progress=on_progress, timeout=options.timeout)
+            alignment = exchange.result()
+            summary.alignment = alignment.summary()
+            rows = alignment.rows
+        elif outcome.indices is not None:
+            rows = _matched_rows_in_file_order(table, outcome.indices)
+        else:
+            rows = None
+        if output is not None and rows is not None:
+            t0 = time.perf_counter()
+            summary.output_rows = write_rows(table.path, rows, output, fmt=table.fmt)
+            summary.output = str(output)
+            stats.phases["write-output"] = time.perf_counter() - t0
+        summary.peak_rss_mb = _peak_rss_mb()
+        return summary
+    finally:
+        if own_executor:
+            executor.close()
+
+
+def _server_extras(options: PsiOptions, table: KeyTable, executor: Executor) -> dict[str, Any]:
+    """Protocol-specific server state: a persisted RSA key and signed-set cache, or a prepared ECDH set."""
+    if options.protocol == "rsa":
+        from .server_state import rsa_server_state
+
+        return rsa_server_state(options, table, executor)
+    if options.protocol == "ecdh" and options.prepared is not None:
+        from .server_state import load_prepared
+
+        return {"prepared": load_prepared(options, table)}
+    return {}
+
+
+def _read(input: str | os.PathLike[str], on: Sequence[str], options: PsiOptions) -> KeyTable:
+    return read_keys(
+        input,
+        list(on),
+        normalization=options.normalization,
+        dedup=options.dedup,  # type: ignore[arg-type]
+        fmt=options.input_format,
+        skip_empty=options.skip_empty,
+    )
+
+
+def serve(
+    input: str | os.PathLike[str],
+    *,
+    on: Sequence[str],
+    listen: str,
+    tls: TlsConfig | None,
+    output: str | os.PathLike[str] | None = None,
+    options: PsiOptions | None = None,
+    forever: bool = False,
+    on_progress: ProgressCallback | None = None,
+    on_listening: Callable[[tuple[str, int]], None] | None = None,
+    on_session: Callable[[PsiSummary], None] | None = None,
+    on_error: Callable[[PsiqError], None] | None = None,
+    accept_timeout: float | None = None,
+) -> PsiSummary | None:
+    """Run the server side: read ``input`` once, then answer one session (or many with ``forever``).
+
+    With ``forever`` a failed session is reported through ``on_error`` and the server keeps
+    listening; without it the error is raised. Returns the last session's summary.
+    """
+    options = options or PsiOptions()
+    table = _read(input, on, options)
+    last: PsiSummary | None = None
+    with Listener(listen, tls) as listener, Executor(options.workers) as executor:
+        if on_listening is not None:
+            on_listening(listener.address)
+        while True:
+            try:
+                channel = listener.accept(timeout=accept_timeout)
+                with channel:
+                    last = run_session(Role.SERVER, channel, table, options=options, output=output,
+                                       executor=executor, on_progress=on_progress)
+                if on_session is not None:
+                    on_session(last)
+            except PsiqError as err:
+                if not forever:
+                    raise
+                if on_error is not None:
+                    on_error(err)
+            if not forever:
+                return last
+
+
+def connect(
+    input: str | os.PathLike[str],
+    *,
+    on: Sequence[str],
+    peer: str,
+    tls: TlsConfig | None,
+    output: str | os.PathLike[str] | None = None,
+    options: PsiOptions | None = None,
+    on_progress: ProgressCallback | None = None,
+    connect_timeout: float = 10.0,
+    retries: int = 5,
+) -> PsiSummary:
+    """Run the client side against a server at ``peer`` (``host:port``)."""
+    options = options or PsiOptions()
+    table = _read(input, on, options)
+    with tcp_connect(peer, tls, timeout=connect_timeout, retries=retries) as channel:
+        return run_session(Role.CLIENT, channel, table, options=options, output=output, on_progress=on_progress)
+
+
+def align(input: str | os.PathLike[str], *, on: Sequence[str], peer: str | None = None, listen: str | None = None,
+          tls: TlsConfig | None, output: str | os.PathLike[str], options: PsiOptions | None = None,
+          on_progress: ProgressCallback | None = None) -> PsiSummary | None:
+    """Sample alignment: both parties end with the intersection rows in the same order.
+
+    Give ``peer`` to connect or ``listen`` to serve; ``reveal`` is forced to ``both``.
+    """
+    options = (options or PsiOptions()).replace(reveal="both")
+    if (peer is None) == (listen is None):
+        raise UsageError("align needs exactly one of peer= (connect) or listen= (serve)")
+    if peer is not None:
+        return connect(input, on=on, peer=peer, tls=tls, output=output, options=options, on_progress=on_progress)
+    return serve(input, on=on, listen=listen or "", tls=tls, output=output, options=options, on_progress=on_progress)
+
+
+def intersect_files(
+    client_input: str | os.PathLike[str],
+    server_input: str | os.PathLike[str],
+    *,
+    on: Sequence[str],
+    server_on: Sequence[str] | None = None,
+    client_output: str | os.PathLike[str] | None = None,
+    server_output: str | os.PathLike[str] | None = None,
+    options: PsiOptions | None = None,
+    tls: tuple[TlsConfig, TlsConfig] | None = None,
+    on_progress: ProgressCallback | None = None,
+) -> tuple[PsiSummary, PsiSummary]:
+    """Run both parties in this process: over loopback TCP with ``tls`` = (client, server)
+    configs, or over an in-memory pair when ``tls`` is None. Returns (client, server) summaries.
+    """
+    options = options or PsiOptions()
+    server_table = _read(server_input, server_on or on, options)
+    client_table = _read(client_input, on, options)
+    box: dict[str, Any] = {}
+    listening = threading.Event()
+
+    if tls is None:
+        ch_client, ch_server = memory_pair()
+
+        def server_side() -> None:
+            try:
+                box["server"] = run_session(Role.SERVER, ch_server, server_table, options=options, output=server_output)
+            except BaseException as err:  # noqa: BLE001 - re-raised in the caller's thread
+                box["server_error"] = err
+            finally:
+                ch_server.close()
+
+        thread = threading.Thread(target=server_side, daemon=True)
+        thread.start()
+        try:
+            client_summary = run_session(Role.CLIENT, ch_client, client_table, options=options,
+                                         output=client_output, on_progress=on_progress)
+        finally:
+            ch_client.close()
+            thread.join()
+    else:
+        client_tls, server_tls = tls
+        listener = Listener("127.0.0.1:0", server_tls)
+
+        def server_side() -> None:
+            try:
+                listening.set()
+                with listener.accept(timeout=options.timeout) as channel:
+                    box["server"] = run_session(Role.SERVER, channel, server_table, options=options, output=server_output)
+            except BaseException as err:  # noqa: BLE001 - re-raised in the caller's thread
+                box["server_error"] = err
+            finally:
+                listener.close()
+
+        thread = threading.Thread(target=server_side, daemon=True)
+        thread.start()
+        listening.wait()
+        try:
+            with tcp_connect(f"127.0.0.1:{listener.address[1]}", client_tls) as channel:
+                client_summary = run_session(Role.CLIENT, channel, client_table, options=options,
+                                             output=client_output, on_progress=on_progress)
+        finally:
+            thread.join()
+    if "server_error" in box:
+        raise box["server_error"]
+    return client_summary, box["server"]
+
+
+def input_digest(table: KeyTable) -> str:
+    """SHA-256 over the normalised unique keys (order-sensitive): identifies an input for caches."""
+    h = hashlib.sha256(b"psiq/input-digest/v1\x00")
+    for key in table.keys:
+        h.update(len(key).to_bytes(4, "big"))
+        h.update(key)
+    return h.hexdigest()
+
+
+def new_session_id() -> bytes:
+    return secrets.token_bytes(8)

@@ -1,0 +1,457 @@
+"""Prime-order groups for commutative-encryption PSI: hash-to-group, scalar multiplication.
+
+Three groups share one small interface (:class:`Group`); worker processes run the top-level
+batch functions :func:`hash_to_group_batch`, :func:`multiply_batch` and
+:func:`hash_and_multiply_batch`, which take the group by *name* so they pickle cheaply.
+Every element a batch function receives is validated before it is multiplied; a bad one
+raises :class:`~psi.errors.MalformedMessage`.
+
+All three are used "x-only": an element stands for the pair of points {P, -P}. Scalar
+multiplication is well defined on such pairs and commutes, and a scalar's inverse undoes it,
+which is all commutative-encryption PSI needs.
+
+``x25519`` (default)
+    Elements are canonical Curve25519 u-coordinates (32 bytes little-endian, u < 2^255-19,
+    top bit clear). Hash-to-group is try-and-increment: ``u = OS2IP(expand_message_xmd(
+    msg || ctr, DST, 48, SHA-512)) mod p`` for ctr = 0, 1, ... until u is the coordinate of a
+    point on the curve itself (u^3 + A u^2 + u a non-zero square); on average two tries. The
+    plain "hash and mask the top bit" approach would put half the items on the quadratic
+    twist, where the inverse scalar used for unblinding (below) does not work. Multiplication
+    is ``cryptography``'s X25519 (OpenSSL), so scalars are clamped: a multiple of 8, which
+    clears the cofactor and leaves every product in the prime-order subgroup of order
+    ``L = 2^252 + 277423...``. Unblinding needs ``c`` with ``c * k = 1 (mod L)`` that is itself
+    a clamped scalar (``2^254 + 8m``, ``m < 2^251``); about half of all clamped scalars have
+    one, so :meth:`X25519Group.generate_scalar` samples until it does (the key keeps > 250
+    bits of entropy). Received elements are rejected unless canonical, on the curve (not the
+    twist) and not one of the low-order points; an all-zero product is rejected too.
+    The try-and-increment loop takes a data-dependent number of hash calls (timing depends
+    on the item); that is acceptable for the semi-honest, batch setting psiq targets.
+
+``ristretto255``
+    RFC 9496 prime-order group through libsodium (``rbcl``). Hash-to-group is the RFC 9380
+    ``hash_to_ristretto255``: 64 bytes of expand_message_xmd(SHA-512) fed to the one-way map
+    (``crypto_core_ristretto255_from_hash``). Received encodings must be canonical, valid and
+    not the identity. Scalars are reduced, non-zero, 32 bytes little-endian.
+
+``p256``
+    NIST P-256 through ``cryptography`` for institutions that must use NIST curves.
+    Hash-to-group is RFC 9380 ``P256_XMD:SHA-256_SSWU_RO_`` in pure Python (gmpy2 field
+    arithmetic). Elements are the 32-byte big-endian x-coordinate; a received x is lifted
+    to the point with even y (``from_encoded_point(0x02 || x)``, which rejects x that are not
+    on the curve; the identity has no such encoding). Multiplication is ECDH ``exchange``,
+    which returns only x: x(k*P) = x(k*(-P)), so working on {P, -P} keeps commutativity.
+
+Measured on this machine (bench/bench_groups.py, one core, µs per element)::
+
+    group          hash-to-group   multiply (incl. validation)
+    x25519             9.6             31.9
+    ristretto255      15.7             42.1
+    p256              64.1             78.1
+
+x25519 is the default: cheapest multiplication, and PSI costs about three multiplications
+per client item plus one per server item.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+from abc import ABC, abstractmethod
+from typing import Callable, Sequence
+
+import gmpy2
+import rbcl
+from cryptography.hazmat.primitives.asymmetric import ec, x25519
+
+from ..errors import MalformedMessage, UsageError
+
+__all__ = [
+    "Group",
+    "X25519Group",
+    "Ristretto255Group",
+    "P256Group",
+    "GROUP_NAMES",
+    "DEFAULT_GROUP",
+    "get_group",
+    "expand_message_xmd",
+    "hash_to_group_batch",
+    "multiply_batch",
+    "hash_and_multiply_batch",
+]
+
+DEFAULT_GROUP = "x25519"
+
+
+# -- RFC 9380 section 5.3.1 -------------------------------------------------------------------
+def expand_message_xmd(msg: bytes, dst: bytes, length: int, hash_name: str = "sha512") -> bytes:
+    """RFC 9380 expand_message_xmd with SHA-256 or SHA-512."""
+    h = hashlib.new(hash_name)
+    b_in_bytes, s_in_bytes = h.digest_size, h.block_size
+    ell = -(-length // b_in_bytes)
+    if ell > 255 or length > 65535 or len(dst) > 255:
+        raise ValueError("expand_message_xmd: requested length or DST too long")
+    dst_prime = dst + bytes([len(dst)])
+    h.update(bytes(s_in_bytes) + msg + length.to_bytes(2, "big") + b"\x00" + dst_prime)
+    b_0 = h.digest()
+    b_i = hashlib.new(hash_name, b_0 + b"\x01" + dst_prime).digest()
+    out = [b_i]
+    for i in range(2, ell + 1):
+        mixed = bytes(x ^ y for x, y in zip(b_0, b_i))
+        b_i = hashlib.new(hash_name, mixed + bytes([i]) + dst_prime).digest()
+        out.append(b_i)
+    return b"".join(out)[:length]
+
+
+class _Expander:
+    """expand_message_xmd specialised for one DST and length (the hot path of hashing)."""
+
+    def __init__(self, dst: bytes, length: int, hash_name: str) -> None:
+        h = hashlib.new(hash_name)
+        if length > h.digest_size or len(dst) > 255:
+            raise ValueError("fast expander supports one output block only")
+        self._dst_prime = dst + bytes([len(dst)])
+        self._tail = length.to_bytes(2, "big") + b"\x00" + self._dst_prime
+        h.update(bytes(h.block_size))
+        self._prefix = h  # hash state after Z_pad, copied per message
+        self._hash_name = hash_name
+        self._length = length
+
+    def __call__(self, msg: bytes) -> bytes:
+        h = self._prefix.copy()
+        h.update(msg)
+        h.update(self._tail)
+        b_0 = h.digest()
+        return hashlib.new(self._hash_name, b_0 + b"\x01" + self._dst_prime).digest()[: self._length]
+
+
+def _as_list(elements: Sequence[bytes] | bytes, width: int) -> Sequence[bytes]:
+    if isinstance(elements, (bytes, bytearray, memoryview)):
+        blob = bytes(elements)
+        if len(blob) % width:
+            raise MalformedMessage("element buffer is not a whole number of elements")
+        return [blob[i : i + width] for i in range(0, len(blob), width)]
+    return elements
+
+
+class Group(ABC):
+    """A prime-order group used x-only; see the module docstring."""
+
+    name: str
+    element_size: int
+    scalar_size: int
+
+    @abstractmethod
+    def generate_scalar(self) -> bytes:
+        """A fresh secret scalar from OS randomness, one that has an inverse (:meth:`invert_scalar`)."""
+
+    @abstractmethod
+    def invert_scalar(self, scalar: bytes) -> bytes:
+        """The scalar that undoes ``scalar`` on every element of the group."""
+
+    @abstractmethod
+    def check_scalar(self, scalar: bytes) -> None:
+        """Raise :class:`UsageError` unless ``scalar`` is a usable secret for this group."""
+
+    @abstractmethod
+    def hash_to_group(self, dst: bytes, items: Sequence[bytes]) -> list[bytes]:
+        """Domain-separated hash of each item to an element."""
+
+    @abstractmethod
+    def check_element(self, element: bytes) -> None:
+        """Raise :class:`MalformedMessage` unless ``element`` is a valid, non-identity element."""
+
+    @abstractmethod
+    def multiply(self, scalar: bytes, elements: Sequence[bytes] | bytes) -> list[bytes]:
+        """Validate every element and return ``scalar * element`` for each."""
+
+
+# -- x25519 -----------------------------------------------------------------------------------
+_P25519 = 2**255 - 19
+_A25519 = 486662
+_L25519 = 2**252 + 27742317777372353535851937790883648493
+_INV8_L = pow(8, -1, _L25519)
+_LOW_ORDER_U = frozenset(
+    int.from_bytes(bytes.fromhex(h), "little")
+    for h in (
+        "0000000000000000000000000000000000000000000000000000000000000000",
+        "0100000000000000000000000000000000000000000000000000000000000000",
+        "e0eb7a7c3b41b8ae1656e3faf19fc46ada098deb9c32b1fd866205165f49b800",
+        "5f9c95bca3508c24b1d0b1559c83ef5b04445cc4581c8e86d8224eddd09f1157",
+        "ecffffffffffffffffffffffffffffffffffffffffffffffffffffffffffff7f",
+    )
+)
+
+
+def _clamp(scalar: bytes) -> int:
+    k = bytearray(scalar)
+    k[0] &= 248
+    k[31] &= 127
+    k[31] |= 64
+    return int.from_bytes(k, "little")
+
+
+def _clamped_inverse(k: int) -> int | None:
+    """c = 2^254 + 8m with c*k = 1 (mod L), or None when no such clamped c exists."""
+    m = ((pow(k, -1, _L25519) - 2**254) * _INV8_L) % _L25519
+    if m >= 2**251:
+        return None
+    return 2**254 + 8 * m
+
+
+class X25519Group(Group):
+    name = "x25519"
+    element_size = 32
+    scalar_size = 32
+
+    def generate_scalar(self) -> bytes:
+        while True:
+            k = _clamp(secrets.token_bytes(32))
+            if _clamped_inverse(k) is not None:
+                return k.to_bytes(32, "little")
+
+    def invert_scalar(self, scalar: bytes) -> bytes:
+        self.check_scalar(scalar)
+        c = _clamped_inverse(_clamp(scalar))
+        if c is None:
+            raise UsageError("this x25519 scalar has no clamped inverse (use generate_scalar)")
+        return c.to_bytes(32, "little")
+
+    def check_scalar(self, scalar: bytes) -> None:
+        if not isinstance(scalar, (bytes, bytearray)) or len(scalar) != 32:
+            raise UsageError("an x25519 scalar is 32 bytes")
+
+    def hash_to_group(self, dst: bytes, items: Sequence[bytes]) -> list[bytes]:
+        expand = _Expander(dst, 48, "sha512")
+        legendre, p, a = gmpy2.legendre, _P25519, _A25519
+        out = []
+        for item in items:
+            for ctr in range(256):
+                u = int.from_bytes(expand(item + bytes([ctr])), "big") % p
+                if legendre((u * u + a * u + 1) * u, p) == 1:
+                    break
+            else:  # probability 2^-256
+                raise ValueError("hash-to-curve found no point")
+            out.append(u.to_bytes(32, "little"))
+        return out
+
+    def check_element(self, element: bytes) -> None:
+        if len(element) != 32:
+            raise MalformedMessage("x25519 element is not 32 bytes")
+        if element[31] & 0x80:
+            raise MalformedMessage("x25519 element has the top bit set (non-canonical)")
+        u = int.from_bytes(element, "little")
+        if u >= _P25519:
+            raise MalformedMessage("x25519 element is not reduced modulo p (non-canonical)")
+        if u in _LOW_ORDER_U:
+            raise MalformedMessage("x25519 element is a low-order point")
+        if gmpy2.legendre((u * u + _A25519 * u + 1) * u, _P25519) != 1:
+            raise MalformedMessage("x25519 element is not on the curve (twist point)")
+
+    def multiply(self, scalar: bytes, elements: Sequence[bytes] | bytes) -> list[bytes]:
+        self.check_scalar(scalar)
+        key = x25519.X25519PrivateKey.from_private_bytes(bytes(scalar))
+        load, check = x25519.X25519PublicKey.from_public_bytes, self.check_element
+        out = []
+        for element in _as_list(elements, 32):
+            check(element)
+            try:
+                out.append(key.exchange(load(element)))
+            except ValueError:  # all-zero output: a (torsion) point of small order
+                raise MalformedMessage("x25519 product is the identity (all-zero)") from None
+        return out
+
+
+# -- ristretto255 -----------------------------------------------------------------------------
+_IDENTITY_R255 = bytes(32)
+_L_R255 = _L25519
+
+
+class Ristretto255Group(Group):
+    name = "ristretto255"
+    element_size = 32
+    scalar_size = 32
+
+    def generate_scalar(self) -> bytes:
+        while True:
+            s = rbcl.crypto_core_ristretto255_scalar_random()
+            if any(s):
+                return s
+
+    def invert_scalar(self, scalar: bytes) -> bytes:
+        self.check_scalar(scalar)
+        return rbcl.crypto_core_ristretto255_scalar_invert(bytes(scalar))
+
+    def check_scalar(self, scalar: bytes) -> None:
+        if not isinstance(scalar, (bytes, bytearray)) or len(scalar) != 32:
+            raise UsageError("a ristretto255 scalar is 32 bytes")
+        k = int.from_bytes(scalar, "little")
+        if not 0 < k < _L_R255:
+            raise UsageError("a ristretto255 scalar must be in [1, L-1]")
+
+    def hash_to_group(self, dst: bytes, items: Sequence[bytes]) -> list[bytes]:
+        from_hash = rbcl.crypto_core_ristretto255_from_hash
+        return [from_hash(expand_message_xmd(item, dst, 64, "sha512")) for item in items]
+
+    def check_element(self, element: bytes) -> None:
+        if len(element) != 32:
+            raise MalformedMessage("ristretto255 element is not 32 bytes")
+        if element == _IDENTITY_R255:
+            raise MalformedMessage("ristretto255 element is the identity")
+        if not rbcl.crypto_core_ristretto255_is_valid_point(bytes(element)):
+            raise MalformedMessage("ristretto255 element is not a valid canonical encoding")
+
+    def multiply(self, scalar: bytes, elements: Sequence[bytes] | bytes) -> list[bytes]:
+        self.check_scalar(scalar)
+        scalar = bytes(scalar)
+        mult, check = rbcl.crypto_scalarmult_ristretto255, self.check_element
+        out = []
+        for element in _as_list(elements, 32):
+            check(element)
+            try:
+                out.append(mult(scalar, bytes(element)))
+            except RuntimeError:  # identity result; cannot happen for a valid element
+                raise MalformedMessage("ristretto255 product is the identity") from None
+        return out
+
+
+# -- P-256 ------------------------------------------------------------------------------------
+_P256_P = 2**256 - 2**224 + 2**192 + 2**96 - 1
+_P256_A = _P256_P - 3
+_P256_B = 0x5AC635D8AA3A93E7B3EBBD55769886BC651D06B0CC53B0F63BCE3C3E27D2604B
+_P256_N = 0xFFFFFFFF00000000FFFFFFFFFFFFFFFFBCE6FAADA7179E84F3B9CAC2FC632551
+_P256_Z = _P256_P - 10
+_CURVE = ec.SECP256R1()
+
+
+def _sswu_p256(u: int) -> tuple[int, int]:
+    """RFC 9380 section 6.6.2 simplified SWU for P-256 (straight-line version of the spec)."""
+    p, a, b, z = _P256_P, _P256_A, _P256_B, _P256_Z
+    u2 = u * u % p
+    zu2 = z * u2 % p
+    denom = (zu2 * zu2 + zu2) % p
+    if denom == 0:
+        x1 = b * pow(z * a, -1, p) % p
+    else:
+        x1 = (p - b) * pow(a, -1, p) * (1 + pow(denom, -1, p)) % p
+    gx1 = (x1 * x1 * x1 + a * x1 + b) % p
+    if gmpy2.legendre(gx1, p) >= 0:
+        x, gx = x1, gx1
+    else:
+        x = zu2 * x1 % p
+        gx = (x * x * x + a * x + b) % p
+    y = int(gmpy2.powmod(gx, (p + 1) // 4, p))
+    if (u & 1) != (y & 1):
+        y = p - y
+    return x, y
+
+
+def _p256_add(p1: tuple[int, int], p2: tuple[int, int]) -> tuple[int, int]:
+    p = _P256_P
+    (x1, y1), (x2, y2) = p1, p2
+    if x1 == x2:
+        if (y1 + y2) % p == 0:
+            raise ValueError("hash-to-curve hit the identity")
+        lam = (3 * x1 * x1 + _P256_A) * pow(2 * y1, -1, p) % p
+    else:
+        lam = (y2 - y1) * pow(x2 - x1, -1, p) % p
+    x3 = (lam * lam - x1 - x2) % p
+    return x3, (lam * (x1 - x3) - y1) % p
+
+
+def p256_hash_to_curve(msg: bytes, dst: bytes) -> tuple[int, int]:
+    """RFC 9380 P256_XMD:SHA-256_SSWU_RO_ (affine x, y)."""
+    uniform = expand_message_xmd(msg, dst, 96, "sha256")
+    u0 = int.from_bytes(uniform[:48], "big") % _P256_P
+    u1 = int.from_bytes(uniform[48:], "big") % _P256_P
+    return _p256_add(_sswu_p256(u0), _sswu_p256(u1))  # cofactor 1: no clearing
+
+
+class P256Group(Group):
+    name = "p256"
+    element_size = 32
+    scalar_size = 32
+
+    def generate_scalar(self) -> bytes:
+        return (secrets.randbelow(_P256_N - 1) + 1).to_bytes(32, "big")
+
+    def invert_scalar(self, scalar: bytes) -> bytes:
+        self.check_scalar(scalar)
+        return pow(int.from_bytes(scalar, "big"), -1, _P256_N).to_bytes(32, "big")
+
+    def check_scalar(self, scalar: bytes) -> None:
+        if not isinstance(scalar, (bytes, bytearray)) or len(scalar) != 32:
+            raise UsageError("a p256 scalar is 32 bytes")
+        if not 0 < int.from_bytes(scalar, "big") < _P256_N:
+            raise UsageError("a p256 scalar must be in [1, n-1]")
+
+    def hash_to_group(self, dst: bytes, items: Sequence[bytes]) -> list[bytes]:
+        return [p256_hash_to_curve(item, dst)[0].to_bytes(32, "big") for item in items]
+
+    def _load(self, element: bytes) -> ec.EllipticCurvePublicKey:
+        if len(element) != 32:
+            raise MalformedMessage("p256 element is not 32 bytes")
+        if int.from_bytes(element, "big") >= _P256_P:
+            raise MalformedMessage("p256 element is not reduced modulo p")
+        return self.load_sec1(b"\x02" + bytes(element))
+
+    @staticmethod
+    def load_sec1(encoded: bytes) -> ec.EllipticCurvePublicKey:
+        """Decode a SEC1 point (checks it is on the curve and not the identity)."""
+        try:
+            return ec.EllipticCurvePublicKey.from_encoded_point(_CURVE, bytes(encoded))
+        except ValueError:
+            raise MalformedMessage("p256 element is not a point on the curve") from None
+
+    def check_element(self, element: bytes) -> None:
+        self._load(element)
+
+    def private_key(self, scalar: bytes) -> ec.EllipticCurvePrivateKey:
+        self.check_scalar(scalar)
+        return ec.derive_private_key(int.from_bytes(scalar, "big"), _CURVE)
+
+    @staticmethod
+    def exchange(key: ec.EllipticCurvePrivateKey, point: ec.EllipticCurvePublicKey) -> bytes:
+        try:
+            return key.exchange(ec.ECDH(), point)
+        except ValueError:
+            raise MalformedMessage("p256 product is invalid") from None
+
+    def multiply(self, scalar: bytes, elements: Sequence[bytes] | bytes) -> list[bytes]:
+        key = self.private_key(scalar)
+        load, exchange = self._load, self.exchange
+        return [exchange(key, load(element)) for element in _as_list(elements, 32)]
+
+
+# -- registry and worker entry points ---------------------------------------------------------
+_GROUPS: dict[str, Callable[[], Group]] = {
+    "x25519": X25519Group,
+    "ristretto255": Ristretto255Group,
+    "p256": P256Group,
+}
+GROUP_NAMES = tuple(_GROUPS)
+_INSTANCES: dict[str, Group] = {}
+
+
+def get_group(name: str) -> Group:
+    """The group called ``name``; raises :class:`UsageError` for an unknown name."""
+    try:
+        group = _INSTANCES.get(name) or _INSTANCES.setdefault(name, _GROUPS[name]())
+    except KeyError:
+        raise UsageError(f"unknown group {name!r}; choose one of {', '.join(GROUP_NAMES)}") from None
+    return group
+
+
+def hash_to_group_batch(group_name: str, dst: bytes, items: Sequence[bytes]) -> list[bytes]:
+    """Worker entry point: hash each item to an element of the named group."""
+    return get_group(group_name).hash_to_group(dst, items)
+
+
+def multiply_batch(group_name: str, scalar_bytes: bytes, elements: Sequence[bytes] | bytes) -> list[bytes]:
+    """Worker entry point: validate each received element, then multiply it by the scalar."""
+    return get_group(group_name).multiply(scalar_bytes, elements)
+
+
+def hash_and_multiply_batch(group_name: str, dst: bytes, scalar_bytes: bytes, items: Sequence[bytes]) -> list[bytes]:
+    """Worker entry point: ``scalar * H(item)`` for each item (one round trip to the worker)."""
+    group = get_group(group_name)
+    return group.multiply(scalar_bytes, group.hash_to_group(dst, items))

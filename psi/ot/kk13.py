@@ -1,0 +1,258 @@
+"""1-out-of-N OT with chosen messages (Kolesnikov–Kumaresan 2013 style), as sans-IO parties.
+
+The OT-extension matrix of :mod:`psi.ot.extension` with width 512 and the pseudorandom code
+``C`` (as in KKRT's 1-out-of-∞ OT, so ``N`` has no upper bound besides the wire): for OT ``i``
+with choice ``c_i`` the receiver gets ``t_i`` and the sender can compute
+``q_i ⊕ (C(j) ∧ s)`` for every ``j``, which equals ``t_i`` exactly for ``j = c_i``.
+The pad for ``(i, j)`` is ``E(H(i, q_i ⊕ (C(j) ∧ s)))`` where ``H`` is the tweakable fixed-key
+AES hash and ``E`` stretches the 16-byte key to ``L + 16`` bytes (TCCR in counter mode).
+The sender sends ``(m_{i,j} ‖ 0^16) ⊕ pad_{i,j}``; the receiver opens only ``j = c_i`` and checks
+the 16 zero bytes, so any other index fails with the opaque :class:`~psi.errors.InvalidToken`.
+
+Message flow (receiver = client, sender = server)::
+
+    hello ⇄ hello; kk13.base.a ─▶; ◀─ kk13.base.b (512 points ‖ code seed);
+    kk13.u (one batch of OTs) ─▶; ◀─ kk13.y … (that batch's ciphertexts, in pieces)
+
+The receiver learns ``N`` and ``L`` from the sender's hello (so a CLI receiver need not know
+them beforehand) and stops with :class:`~psi.errors.UsageError` if a choice is ``≥ N``.
+Security: semi-honest (KK13 / KKRT16 argument with a random code of minimum distance ≥ 128
+w.h.p.; base OTs per :mod:`psi.ot.base_ot`). The sender learns nothing about the choices.
+"""
+
+from __future__ import annotations
+
+import enum
+import hmac
+import secrets
+from typing import Sequence
+
+import numpy as np
+
+from ..errors import InvalidToken, MalformedMessage, ProtocolStateError, UsageError
+from ..messages import Message
+from ..protocols.base import Party, Role
+from .aes_hash import TweakHash, derive_key
+from .base_ot import POINT_BYTES, BaseOtReceiver, BaseOtSender
+from .extension import ExtensionReceiver, ExtensionSender, PseudorandomCode
+from .session import HelloState
+
+__all__ = ["OneOfNSender", "OneOfNReceiver", "NAME", "VERSION"]
+
+NAME = "kk13"
+VERSION = 1
+WIDTH = 512
+TAG = 16
+PIECE_BYTES = 1 << 22
+MAX_N = 1 << 32
+_KEY_DOMAIN, _PAD_DOMAIN = 0x31, 0x32
+
+
+class _State(enum.Enum):
+    HELLO = "hello"
+    BASE = "base"
+    EXTEND = "extend"
+    DONE = "done"
+# HELLO → BASE → EXTEND → DONE; any error → failed.
+
+
+def _code_inputs(values: np.ndarray) -> np.ndarray:
+    out = np.zeros((values.size, 2), dtype=np.uint64)
+    out[:, 0] = values
+    out[:, 1] = 0x6B6B3133  # domain constant: 1-of-N message index
+    return out.view(np.uint8).reshape(values.size, 16)
+
+
+def _layout(count: int, n: int, length: int) -> tuple[int, int]:
+    """(OTs per batch, ciphertexts per message piece): fixed by the public sizes."""
+    piece = max(1, PIECE_BYTES // (length + TAG))
+    batch = max(1, min(1 << 16, piece // max(n, 1)))
+    return batch, piece
+
+
+def _pads(hasher: TweakHash, rows: np.ndarray, indices: np.ndarray, length: int) -> np.ndarray:
+    keys = hasher.hash_rows(rows, 0, out_bytes=16, domain=_KEY_DOMAIN, indices=indices)
+    return hasher.hash_rows(keys, 0, out_bytes=length + TAG, domain=_PAD_DOMAIN, indices=indices)
+
+
+class OneOfNReceiver(Party):
+    """Gets message ``choices[i]`` of OT ``i``; :meth:`result` is ``uint8 (count, L)``."""
+
+    def __init__(self, choices: Sequence[int] | np.ndarray, *, window: int = 4, keep_ciphertexts: bool = False) -> None:
+        super().__init__()
+        self._choices = np.asarray(choices, dtype=np.int64).reshape(-1)
+        if self._choices.size == 0 or self._choices.min() < 0 or window < 1:
+            raise UsageError("1-out-of-N OT needs at least one non-negative choice")
+        self._window = window
+        self._keep = keep_ciphertexts
+        self._ciphertexts: dict[int, np.ndarray] = {}
+        self._hello = HelloState(NAME, VERSION, Role.CLIENT, {"count": int(self._choices.size)}, {})
+        self._state = _State.HELLO
+        self._send(self._hello.own_message.kind, self._hello.own_message.body)
+
+    @property
+    def message_count(self) -> int:
+        """``N``, known once the sender's hello has arrived."""
+        return self._n
+
+    def result(self) -> np.ndarray:
+        self._require_finished()
+        return self._output
+
+    def try_open(self, ot: int, index: int) -> bytes:
+        """Open ciphertext ``index`` of OT ``ot`` with this receiver's key (``keep_ciphertexts``).
+
+        Succeeds only for the chosen index; any other raises :class:`InvalidToken`.
+        """
+        if not self._keep or ot not in self._ciphertexts:
+            raise ProtocolStateError("ciphertexts were not kept")
+        plain = self._ciphertexts[ot][index] ^ self._pad_of[ot]
+        if not hmac.compare_digest(plain[self._length :].tobytes(), bytes(TAG)):
+            raise InvalidToken("cannot open this message")
+        return plain[: self._length].tobytes()
+
+    def _handle(self, message: Message) -> None:
+        if self._state is _State.HELLO:
+            self._hello.accept(message)
+            self._n = self._hello.peer_int("messages", low=1, high=MAX_N)
+            self._length = self._hello.peer_int("message_length", low=1, high=1 << 20)
+            if self._choices.max() >= self._n:
+                raise UsageError(f"choice {int(self._choices.max())} is out of range: the sender has {self._n} messages")
+            self._batch, self._piece = _layout(self._choices.size, self._n, self._length)
+            self._hash = TweakHash(self._hello.session)
+            self._base = BaseOtSender(WIDTH, self._hello.session)
+            self._send("kk13.base.a", self._base.first_message())
+            self._state = _State.BASE
+        elif self._state is _State.BASE and message.kind == "kk13.base.b":
+            if len(message.body) != WIDTH * POINT_BYTES + 16:
+                raise MalformedMessage("kk13.base.b has the wrong length")
+            keys0, keys1 = self._base.finish(message.body[:-16])
+            self._ext = ExtensionReceiver(keys0, keys1)
+            self._code = PseudorandomCode(derive_key(b"kk13-code", self._hello.session, message.body[-16:]), WIDTH)
+            self._output = np.empty((self._choices.size, self._length), dtype=np.uint8)
+            self._pad_of: dict[int, np.ndarray] = {}
+            self._batches = -(-self._choices.size // self._batch)
+            self._next = self._answered = 0
+            self._got = 0  # ciphertexts of the oldest open batch received so far
+            self._state = _State.EXTEND
+            self._set_phase("extend", self._choices.size)
+        elif self._state is _State.EXTEND and message.kind == "kk13.y" and self._answered < self._next:
+            self._piece_in(message.body)
+        else:
+            raise self._unexpected(message, self._state.value)
+
+    def _produce(self) -> None:
+        if self._state is not _State.EXTEND:
+            return
+        while self._next < self._batches and self._next - self._answered < self._window:
+            start = self._next * self._batch
+            stop = min(start + self._batch, self._choices.size)
+            codewords = self._code.encode(_code_inputs(self._choices[start:stop].astype(np.uint64)))
+            t_rows, wire = self._ext.extend_codewords(codewords)
+            pads = _pads(self._hash, t_rows, np.arange(start, stop), self._length)
+            for ot in range(start, stop):
+                self._pad_of[ot] = pads[ot - start]
+            self._send("kk13.u", wire)
+            self._next += 1
+
+    def _piece_in(self, body: bytes) -> None:
+        start = self._answered * self._batch
+        stop = min(start + self._batch, self._choices.size)
+        total = (stop - start) * self._n
+        count = min(self._piece, total - self._got)
+        width = self._length + TAG
+        if len(body) != count * width:
+            raise MalformedMessage("kk13.y piece has the wrong length")
+        cipher = np.frombuffer(body, dtype=np.uint8).reshape(count, width)
+        lo, hi = self._got, self._got + count
+        ots = np.arange(start, stop)
+        wanted = (ots - start) * self._n + self._choices[start:stop]
+        inside = (wanted >= lo) & (wanted < hi)
+        for ot, flat in zip(ots[inside].tolist(), wanted[inside].tolist()):
+            plain = cipher[flat - lo] ^ self._pad_of[ot]
+            if not hmac.compare_digest(plain[self._length :].tobytes(), bytes(TAG)):
+                raise InvalidToken("an OT message failed to open")
+            self._output[ot] = plain[: self._length]
+        if self._keep:
+            for flat in range(lo, hi):
+                ot, j = divmod(flat, self._n)
+                self._ciphertexts.setdefault(start + ot, np.empty((self._n, width), dtype=np.uint8))[j] = cipher[flat - lo]
+        self._got = hi
+        if self._got == total:
+            if not self._keep:
+                for ot in range(start, stop):
+                    del self._pad_of[ot]
+            self._answered += 1
+            self._got = 0
+            self._advance(stop - start)
+            if self._answered == self._batches:
+                self._state = _State.DONE
+                self._finish()
+
+
+class OneOfNSender(Party):
+    """Holds ``messages``: ``uint8 (count, N, L)`` or, for one OT, a sequence of ``N`` byte strings."""
+
+    def __init__(self, messages: np.ndarray | Sequence[bytes], *, window: int = 4) -> None:
+        super().__init__()
+        if isinstance(messages, np.ndarray):
+            matrix = messages.astype(np.uint8, copy=False)
+        else:
+            if not messages or len({len(m) for m in messages}) != 1:
+                raise UsageError("1-out-of-N OT needs messages of one common length")
+            matrix = np.frombuffer(b"".join(messages), dtype=np.uint8).reshape(1, len(messages), len(messages[0]))
+        if matrix.ndim != 3 or 0 in matrix.shape or matrix.shape[1] > MAX_N:
+            raise UsageError("messages must be a non-empty (count, N, L) array")
+        self._messages = matrix
+        self._count, self._n, self._length = matrix.shape
+        self._batch, self._piece = _layout(self._count, self._n, self._length)
+        info = {"messages": self._n, "message_length": self._length}
+        self._hello = HelloState(NAME, VERSION, Role.SERVER, {"count": self._count}, info)
+        self._state = _State.HELLO
+        self._send(self._hello.own_message.kind, self._hello.own_message.body)
+
+    def result(self) -> None:
+        self._require_finished()
+        return None
+
+    def _handle(self, message: Message) -> None:
+        if self._state is _State.HELLO:
+            self._hello.accept(message)
+            self._hash = TweakHash(self._hello.session)
+            self._state = _State.BASE
+        elif self._state is _State.BASE and message.kind == "kk13.base.a":
+            secret = np.frombuffer(secrets.token_bytes(WIDTH), dtype=np.uint8) & 1
+            reply, keys = BaseOtReceiver(secret, self._hello.session).reply(message.body)
+            code_seed = secrets.token_bytes(16)
+            self._ext = ExtensionSender(keys, secret)
+            self._code = PseudorandomCode(derive_key(b"kk13-code", self._hello.session, code_seed), WIDTH)
+            self._send("kk13.base.b", reply + code_seed)
+            self._received = 0
+            self._batches = -(-self._count // self._batch)
+            self._state = _State.EXTEND
+            self._set_phase("extend", self._count)
+        elif self._state is _State.EXTEND and message.kind == "kk13.u":
+            self._answer(message.body)
+        else:
+            raise self._unexpected(message, self._state.value)
+
+    def _answer(self, wire: bytes) -> None:
+        start = self._received * self._batch
+        stop = min(start + self._batch, self._count)
+        q = self._ext.extend(stop - start, wire)
+        total = (stop - start) * self._n
+        secret = self._ext.secret[None, :]
+        for lo in range(0, total, self._piece):
+            flat = np.arange(lo, min(lo + self._piece, total))
+            ots, js = np.divmod(flat, self._n)
+            rows = self._code.encode(_code_inputs(js.astype(np.uint64)))
+            rows &= secret
+            rows ^= q[ots]
+            pads = _pads(self._hash, rows, ots + start, self._length)
+            pads[:, : self._length] ^= self._messages[ots + start, js]
+            self._send("kk13.y", pads.tobytes())
+        self._received += 1
+        self._advance(stop - start)
+        if self._received == self._batches:
+            self._state = _State.DONE
+            self._finish()

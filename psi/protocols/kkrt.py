@@ -1,0 +1,426 @@
+"""KKRT16 PSI: a batched OPRF from 1-out-of-∞ OT extension, with cuckoo hashing.
+
+Message flow (client = PSI receiver, learns the result; server = PSI sender)::
+
+    client                                               server
+      hello (size, nonce)                  ───▶ ◀───       hello (size, nonce)
+      kkrt.base.a  A ‖ cuckoo seed ‖ bins  ───▶
+                                           ◀───           kkrt.base.b  512 points ‖ code seed
+      kkrt.u  corrections, ``batch_size`` bins each ───▶   (≤ ``window`` unacknowledged)
+                                           ◀───           kkrt.ack  per batch
+                                           ◀───           kkrt.values  3·n_S OPRF values, batched
+      kkrt.ack  per values batch           ───▶
+      kkrt.matches  (``both`` only)        ───▶
+
+1. Both sides pre-hash every item to 128 bits (BLAKE2b keyed with the session id). The client
+   cuckoo-hashes its digests into ``m = ceil(e·n_R)`` bins with three hash functions and no
+   stash (``e = (40 + log2 n_R + 256)/240``; :mod:`psi.cuckoo`), re-seeding on failure.
+2. 512 base OTs (the server is the base-OT *receiver* with secret ``s``), then one OT-extension
+   row per bin with the pseudorandom code ``C`` of width 512 (:mod:`psi.ot.extension`): for the
+   item ``x`` placed in bin ``b`` by hash function ``h`` the client obtains
+   ``F(b, x‖h) = H(b, t_b)``; the server can evaluate ``F(b, y‖h) = H(b, q_b ⊕ (C(y‖h) ∧ s))``
+   for any ``y``. ``H`` is the fixed-key-AES tweakable hash of :mod:`psi.ot.aes_hash` with the bin
+   number as tweak.
+3. For each hash function ``h`` the server sends ``F(h_h(y), y‖h)`` for all its items, truncated
+   to ``ℓ = ⌈(40 + log2(n_S·n_R))/8⌉`` bytes, in a fresh random order per ``h``. The client
+   looks up each of its items in the list for the hash function that placed it.
+4. ``both``: the client sends the wire positions of the matched server values, sorted by the
+   matched OPRF value (pseudorandom, known to both, independent of either input order); both
+   sides list their matched indices in that order.
+
+What each party learns: the client the intersection and ``n_S``; the server ``n_R`` (and the
+intersection in ``both`` mode). Security: semi-honest (KKRT16 with the base OTs of
+:mod:`psi.ot.base_ot`); a false match needs a collision of ℓ-byte values (probability below
+2^-40 overall). ``cardinality`` mode is not offered: the client learns matched positions.
+"""
+
+from __future__ import annotations
+
+import enum
+import hashlib
+import math
+import secrets
+from dataclasses import dataclass
+from typing import Sequence
+
+import numpy as np
+
+from ..errors import MalformedMessage, UsageError
+from ..messages import Message
+from ..ot.aes_hash import TweakHash, derive_key
+from ..ot.base_ot import POINT_BYTES, BaseOtReceiver, BaseOtSender
+from ..ot.extension import ExtensionReceiver, ExtensionSender, PseudorandomCode
+from ..ot.session import HelloState
+from ..parallel import Executor
+from .. import cuckoo
+from .base import Party, PsiOutcome, Reveal, Role
+
+__all__ = ["NAME", "VERSION", "Config", "Client", "Server", "value_bytes"]
+
+NAME = "kkrt"
+VERSION = 1
+CODE_WIDTH = 512
+SIGMA = 40
+MAX_ITEMS = 1 << 31
+_DOMAIN = 0x4B  # hash-tweak domain byte for KKRT OPRF outputs
+
+
+@dataclass(frozen=True)
+class Config:
+    """Options both sides must agree on (``batch_size``) or that stay local (``window``)."""
+
+    reveal: Reveal = Reveal.RECEIVER
+    batch_size: int = 1 << 16
+    window: int = 4
+
+    def __post_init__(self) -> None:
+        if Reveal(self.reveal) is Reveal.CARDINALITY:
+            raise UsageError("kkrt does not offer cardinality mode (use the ECDH protocol)")
+        if not 8 <= self.batch_size <= 1 << 22 or self.window < 1:
+            raise UsageError("kkrt batch_size must be in 8..2^22 and window at least 1")
+
+    def hello_params(self) -> dict:
+        return {
+            "reveal": Reveal(self.reveal).value,
+            "batch_size": self.batch_size,
+            "code_width": CODE_WIDTH,
+            "sigma": SIGMA,
+            "hashes": cuckoo.HASHES,
+        }
+
+
+def value_bytes(server_size: int, client_size: int) -> int:
+    """``ℓ``: bytes of each OPRF value on the wire."""
+    return math.ceil((SIGMA + math.log2(max(1, server_size) * max(1, client_size))) / 8)
+
+
+class _State(enum.Enum):
+    HELLO = "hello"
+    BASE = "base"
+    OPRF = "oprf"
+    VALUES = "values"
+    MATCHES = "matches"
+    DONE = "done"
+# Client: HELLO → BASE → OPRF → VALUES → DONE.  Server: HELLO → BASE → OPRF → VALUES
+# [→ MATCHES in both mode] → DONE.  Any error → failed (Party base).
+
+
+def _digests(items: Sequence[bytes], session: bytes) -> np.ndarray:
+    key = derive_key(b"kkrt-item-digest", session, size=32)
+    blake = hashlib.blake2b
+    joined = b"".join([blake(item, digest_size=16, key=key).digest() for item in items])
+    return np.frombuffer(joined, dtype=np.uint8).reshape(len(items), 16)
+
+
+def _code_inputs(digests: np.ndarray, hash_index: np.ndarray | int) -> np.ndarray:
+    """``x‖h``: the digest with the hash-function number folded into its last byte."""
+    out = digests.copy()
+    out[:, 15] ^= (np.asarray(hash_index, dtype=np.uint8) + 1) * 0x51
+    return out
+
+
+def _check_items(items: Sequence[bytes], peer_size: int) -> None:
+    if len(items) > MAX_ITEMS or not 0 <= peer_size <= MAX_ITEMS:
+        raise UsageError("set size out of range for kkrt")
+
+
+class _Common(Party):
+    def __init__(self, items: Sequence[bytes], config: Config, peer_size: int, executor: Executor, role: Role) -> None:
+        super().__init__()
+        _check_items(items, peer_size)
+        self._items = items
+        self._config = config
+        self._reveal = Reveal(config.reveal)
+        self._peer_size = peer_size
+        self._executor = executor
+        self._hello = HelloState(NAME, VERSION, role, config.hello_params(), {"size": len(items)})
+        self._state = _State.HELLO
+        self._outcome: PsiOutcome | None = None
+        self._set_phase("hello")
+        self._send(self._hello.own_message.kind, self._hello.own_message.body)
+
+    def result(self) -> PsiOutcome:
+        self._require_finished()
+        assert self._outcome is not None
+        return self._outcome
+
+    def _accept_hello(self, message: Message) -> None:
+        self._hello.accept(message)
+        self._hello.check_peer_size(self._peer_size)
+        self._session = self._hello.session
+        self._hash = TweakHash(self._session)
+
+    def _done(self, outcome: PsiOutcome) -> None:
+        self._outcome = outcome
+        self._state = _State.DONE
+        self._finish()
+
+
+class Client(_Common):
+    """The PSI receiver: learns which of its items the server also holds."""
+
+    def __init__(self, items: Sequence[bytes], config: Config, *, peer_size: int, executor: Executor) -> None:
+        super().__init__(items, config, peer_size, executor, Role.CLIENT)
+        self._n, self._n_server = len(items), peer_size
+        self._width = value_bytes(peer_size, len(items))
+
+    def _handle(self, message: Message) -> None:
+        state = self._state
+        if state is _State.HELLO:
+            self._accept_hello(message)
+            self._start()
+        elif state is _State.BASE and message.kind == "kkrt.base.b":
+            self._base_done(message.body)
+        elif state is _State.OPRF and message.kind == "kkrt.ack" and not message.body and self._acked < self._sent:
+            self._acked += 1
+            self._advance(1)
+            if self._acked == self._batches:
+                self._enter_values()
+        elif state is _State.VALUES and message.kind == "kkrt.values":
+            self._take_values(message.body)
+        else:
+            raise self._unexpected(message, state.value)
+
+    def _start(self) -> None:
+        self._set_phase("cuckoo")
+        digests = _digests(self._items, self._session)
+        self._table = cuckoo.build(digests)
+        bins = self._table.bins
+        inputs = np.frombuffer(secrets.token_bytes(16 * bins), dtype=np.uint8).reshape(bins, 16).copy()
+        occupied = self._table.table >= 0
+        owners = self._table.table[occupied]
+        inputs[occupied] = _code_inputs(digests[owners], self._table.which[owners])
+        self._inputs = inputs
+        self._base = BaseOtSender(CODE_WIDTH, self._session)
+        body = self._base.first_message() + self._table.seed + bins.to_bytes(4, "big")
+        self._send("kkrt.base.a", body)
+        self._state = _State.BASE
+        self._set_phase("base-ot")
+
+    def _base_done(self, body: bytes) -> None:
+        if len(body) != CODE_WIDTH * POINT_BYTES + 16:
+            raise MalformedMessage("kkrt.base.b has the wrong length")
+        keys0, keys1 = self._base.finish(body[: CODE_WIDTH * POINT_BYTES])
+        self._ext = ExtensionReceiver(keys0, keys1)
+        self._code = PseudorandomCode(derive_key(b"kkrt-code", self._session, body[-16:]), CODE_WIDTH)
+        self._oprf = np.empty((self._table.bins, self._width), dtype=np.uint8)
+        self._batches = -(-self._table.bins // self._config.batch_size)
+        self._sent = self._acked = 0
+        self._state = _State.OPRF
+        self._set_phase("oprf", self._batches)
+
+    def _produce(self) -> None:
+        if self._state is not _State.OPRF:
+            return
+        size = self._config.batch_size
+        while self._sent < self._batches and self._sent - self._acked < self._config.window:
+            start = self._sent * size
+            stop = min(start + size, self._table.bins)
+            t_rows, wire = self._ext.extend_codewords(self._code.encode(self._inputs[start:stop]))
+            self._oprf[start:stop] = self._hash.hash_rows(t_rows, start, out_bytes=self._width, domain=_DOMAIN)
+            self._send("kkrt.u", wire)
+            self._sent += 1
+
+    def _enter_values(self) -> None:
+        self._inputs = None
+        self._values = np.empty((cuckoo.HASHES * self._n_server, self._width), dtype=np.uint8)
+        self._filled = 0
+        self._state = _State.VALUES
+        self._set_phase("values", self._values.shape[0])
+        if self._values.shape[0] == 0:
+            self._match()
+
+    def _take_values(self, body: bytes) -> None:
+        expected = min(self._config.batch_size, self._values.shape[0] - self._filled)
+        if len(body) != expected * self._width:
+            raise MalformedMessage("kkrt.values batch has the wrong length")
+        chunk = np.frombuffer(body, dtype=np.uint8).reshape(expected, self._width)
+        self._values[self._filled : self._filled + expected] = chunk
+        self._filled += expected
+        self._advance(expected)
+        self._send("kkrt.ack")
+        if self._filled == self._values.shape[0]:
+            self._match()
+
+    def _match(self) -> None:
+        self._set_phase("match")
+        table = self._table
+        mine = self._oprf[table.bin_of()]  # each item's OPRF value (its own bin)
+        items: list[np.ndarray] = []
+        positions: list[np.ndarray] = []
+        for h in range(cuckoo.HASHES):
+            query_ids = np.nonzero(table.which == h)[0]
+            server = self._values[h * self._n_server : (h + 1) * self._n_server]
+            q_idx, s_idx = _lookup(mine[query_ids], server)
+            items.append(query_ids[q_idx])
+            positions.append(s_idx + h * self._n_server)
+        matched = np.concatenate(items)
+        wire = np.concatenate(positions)
+        if self._reveal is Reveal.BOTH:
+            order = _value_order(mine[matched])
+            matched, wire = matched[order], wire[order]
+            self._send("kkrt.matches", wire.astype(">u4").tobytes())
+        else:
+            matched = np.sort(matched)
+        indices = matched.tolist()
+        self._done(PsiOutcome(indices, len(indices), {"protocol": NAME, "bins": table.bins, "value_bytes": self._width}))
+
+
+class Server(_Common):
+    """The PSI sender: answers with OPRF values; learns the match only in ``both`` mode."""
+
+    def __init__(self, items: Sequence[bytes], config: Config, *, peer_size: int, executor: Executor) -> None:
+        super().__init__(items, config, peer_size, executor, Role.SERVER)
+        self._n, self._n_client = len(items), peer_size
+        self._width = value_bytes(len(items), peer_size)
+
+    def _handle(self, message: Message) -> None:
+        state = self._state
+        if state is _State.HELLO:
+            self._accept_hello(message)
+            self._state = _State.BASE
+            self._set_phase("base-ot")
+        elif state is _State.BASE and message.kind == "kkrt.base.a":
+            self._base(message.body)
+        elif state is _State.OPRF and message.kind == "kkrt.u":
+            self._correction(message.body)
+        elif state is _State.VALUES and message.kind == "kkrt.ack" and not message.body and self._acked < self._sent:
+            self._acked += 1
+            if self._acked == self._batches:
+                self._after_values()
+        elif state is _State.MATCHES and message.kind == "kkrt.matches":
+            self._matches(message.body)
+        else:
+            raise self._unexpected(message, state.value)
+
+    def _base(self, body: bytes) -> None:
+        if len(body) != POINT_BYTES + 20:
+            raise MalformedMessage("kkrt.base.a has the wrong length")
+        bins = int.from_bytes(body[-4:], "big")
+        if bins != cuckoo.table_size(self._n_client):
+            raise MalformedMessage("peer's cuckoo table size does not match its set size")
+        self._bins, self._cuckoo_seed = bins, body[POINT_BYTES : POINT_BYTES + 16]
+        secret = np.frombuffer(secrets.token_bytes(CODE_WIDTH), dtype=np.uint8) & 1
+        reply, keys = BaseOtReceiver(secret, self._session).reply(body[:POINT_BYTES])
+        code_seed = secrets.token_bytes(16)
+        self._ext = ExtensionSender(keys, secret)
+        self._code = PseudorandomCode(derive_key(b"kkrt-code", self._session, code_seed), CODE_WIDTH)
+        self._q = np.empty((bins, CODE_WIDTH // 8), dtype=np.uint8)
+        self._received = 0
+        self._corrections = -(-bins // self._config.batch_size)
+        self._send("kkrt.base.b", reply + code_seed)
+        self._state = _State.OPRF
+        self._set_phase("oprf", self._corrections)
+
+    def _correction(self, body: bytes) -> None:
+        size = self._config.batch_size
+        start = self._received * size
+        stop = min(start + size, self._bins)
+        self._q[start:stop] = self._ext.extend(stop - start, body)
+        self._received += 1
+        self._advance(1)
+        self._send("kkrt.ack")
+        if self._received == self._corrections:
+            self._compute_values()
+
+    def _compute_values(self) -> None:
+        self._set_phase("values")
+        digests = _digests(self._items, self._session)
+        indices = cuckoo.bin_indices(digests, self._cuckoo_seed, self._bins)
+        rng = np.random.default_rng(secrets.randbits(128))
+        values = np.empty((cuckoo.HASHES, self._n, self._width), dtype=np.uint8)
+        secret = self._ext.secret[None, :]
+        step = self._config.batch_size
+        for h in range(cuckoo.HASHES):
+            for start in range(0, self._n, step):
+                stop = min(start + step, self._n)
+                bins = indices[start:stop, h]
+                rows = self._code.encode(_code_inputs(digests[start:stop], h))
+                rows &= secret
+                rows ^= self._q[bins]
+                values[h, start:stop] = self._hash.hash_rows(rows, 0, out_bytes=self._width, domain=_DOMAIN, indices=bins)
+        self._q = None
+        self._perms = [rng.permutation(self._n) for _ in range(cuckoo.HASHES)]
+        self._wire = np.concatenate([values[h][self._perms[h]] for h in range(cuckoo.HASHES)])
+        self._sent = self._acked = 0
+        self._batches = -(-self._wire.shape[0] // step)
+        self._state = _State.VALUES
+        self._set_phase("values", self._wire.shape[0])
+        if self._batches == 0:
+            self._after_values()
+
+    def _produce(self) -> None:
+        if self._state is not _State.VALUES:
+            return
+        step = self._config.batch_size
+        while self._sent < self._batches and self._sent - self._acked < self._config.window:
+            chunk = self._wire[self._sent * step : (self._sent + 1) * step]
+            self._send("kkrt.values", chunk.tobytes())
+            self._advance(chunk.shape[0])
+            self._sent += 1
+
+    def _after_values(self) -> None:
+        self._wire = None
+        if self._reveal is Reveal.BOTH:
+            self._state = _State.MATCHES
+            self._set_phase("matches")
+        else:
+            self._done(PsiOutcome(None, None, {"protocol": NAME}))
+
+    def _matches(self, body: bytes) -> None:
+        limit = min(self._n, self._n_client)
+        if len(body) % 4 or len(body) // 4 > limit:
+            raise MalformedMessage("kkrt.matches has a bad length")
+        wire = np.frombuffer(body, dtype=">u4").astype(np.int64)
+        if wire.size and wire.max() >= cuckoo.HASHES * self._n:
+            raise MalformedMessage("kkrt.matches holds an out-of-range position")
+        h, pos = np.divmod(wire, max(self._n, 1))
+        perms = np.stack(self._perms) if self._n else np.zeros((cuckoo.HASHES, 0), dtype=np.int64)
+        items = perms[h, pos] if wire.size else np.zeros(0, dtype=np.int64)
+        if np.unique(items).size != items.size:
+            raise MalformedMessage("kkrt.matches names one item twice")
+        indices = items.tolist()
+        self._done(PsiOutcome(indices, len(indices), {"protocol": NAME}))
+
+
+def _lookup(queries: np.ndarray, table: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Pairs (query row, table row) of equal byte rows; table rows are unique w.h.p."""
+    if queries.shape[0] == 0 or table.shape[0] == 0:
+        empty = np.zeros(0, dtype=np.int64)
+        return empty, empty
+    width = table.shape[1]
+    head = min(width, 8)
+
+    def key(rows: np.ndarray) -> np.ndarray:
+        padded = np.zeros((rows.shape[0], 8), dtype=np.uint8)
+        padded[:, :head] = rows[:, :head]
+        return padded.view(np.uint64).reshape(-1)
+
+    table_keys = key(table)
+    order = np.argsort(table_keys, kind="stable")
+    sorted_keys = table_keys[order]
+    query_keys = key(queries)
+    left = np.searchsorted(sorted_keys, query_keys, "left")
+    right = np.searchsorted(sorted_keys, query_keys, "right")
+    hit = np.nonzero(right > left)[0]
+    q_out: list[int] = []
+    s_out: list[int] = []
+    single = hit[right[hit] - left[hit] == 1]
+    candidates = order[left[single]]
+    same = (queries[single] == table[candidates]).all(axis=1)
+    for q in hit[right[hit] - left[hit] > 1].tolist():  # 64-bit prefix collisions: rare
+        for s in order[left[q] : right[q]].tolist():
+            if bytes(queries[q]) == bytes(table[s]):
+                q_out.append(q)
+                s_out.append(s)
+    return (
+        np.concatenate([single[same], np.asarray(q_out, dtype=np.int64)]),
+        np.concatenate([candidates[same], np.asarray(s_out, dtype=np.int64)]),
+    )
+
+
+def _value_order(values: np.ndarray) -> np.ndarray:
+    """Order of rows sorted lexicographically by their bytes."""
+    if values.shape[0] == 0:
+        return np.zeros(0, dtype=np.int64)
+    return np.lexsort(values.T[::-1])

@@ -1,0 +1,158 @@
+"""Two ``psiq`` processes on loopback with mutual TLS, checked against the plaintext answer.
+
+Also the faults a bank will meet: a certificate from another CA, a peer running another
+protocol, a peer killed mid-session, a malformed input file.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from datasets.generate import generate
+
+from .conftest import ROOT, free_port, psiq_cmd, subprocess_env, tls_args
+
+pytestmark = pytest.mark.e2e
+
+
+@pytest.fixture(scope="module")
+def tables(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    d = tmp_path_factory.mktemp("tables")
+    generate(d, rows=1500, overlap=0.4, seed=7, blacklist_rows=100)
+    return d
+
+
+def _ids(path: Path, column: str = "id_number") -> list[str]:
+    with open(path, newline="", encoding="utf-8-sig") as fh:
+        return [row[column] for row in csv.DictReader(fh)]
+
+
+def _start_server(args: list[str]) -> subprocess.Popen[str]:
+    return subprocess.Popen(psiq_cmd() + args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env=subprocess_env())
+
+
+def _run(args: list[str], timeout: float = 180) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(psiq_cmd() + args, capture_output=True, text=True, env=subprocess_env(), timeout=timeout)
+
+
+def _one_line_error(stderr: str) -> str:
+    lines = [line for line in stderr.strip().splitlines() if line.strip()]
+    assert "Traceback" not in stderr, stderr
+    errors = [line for line in lines if line.startswith("psiq: error:")]
+    assert len(errors) == 1, stderr
+    return errors[0]
+
+
+@pytest.mark.parametrize("protocol", ["rsa", "ecdh", "kkrt"])
+def test_two_processes_align_over_tls(protocol: str, tables: Path, pki: Path, tmp_path: Path) -> None:
+    port = free_port()
+    out_a, out_b = tmp_path / "a.csv", tmp_path / "b.csv"
+    common = ["--protocol", protocol, "--on", "id_number", "--reveal", "both", "--json", "--quiet"]
+    server = _start_server(["psi", "serve", "--input", str(tables / "bank_b.csv"), "--listen", f"127.0.0.1:{port}",
+                            "--output", str(out_b), "--peer-name", "bank-a", *common, *tls_args(pki, "bank-b")])
+    client = _run(["psi", "connect", "--input", str(tables / "bank_a.csv"), "--peer", f"127.0.0.1:{port}",
+                   "--output", str(out_a), "--peer-name", "bank-b", *common, *tls_args(pki, "bank-a")])
+    s_out, s_err = server.communicate(timeout=120)
+    assert client.returncode == 0, client.stderr
+    assert server.returncode == 0, s_err
+    expected = set(_ids(tables / "bank_a.csv")) & set(_ids(tables / "bank_b.csv"))
+    rows_a, rows_b = _ids(out_a), _ids(out_b)
+    assert rows_a == rows_b, "row i must carry the same key on both sides"
+    assert set(rows_a) == expected and len(rows_a) == len(expected)
+    summary = json.loads(client.stdout)
+    assert summary["intersection_size"] == len(expected) == json.loads(s_out)["intersection_size"]
+    assert summary["peer_name"] == "bank-b" and summary["bytes_sent"] > 0 and summary["bytes_received"] > 0
+
+
+def test_receiver_mode_client_output_only(tables: Path, pki: Path, tmp_path: Path) -> None:
+    port = free_port()
+    out_a = tmp_path / "a.csv"
+    server = _start_server(["psi", "serve", "--protocol", "ecdh", "--input", str(tables / "bank_b.csv"), "--on", "phone",
+                            "--listen", f"127.0.0.1:{port}", "--quiet", *tls_args(pki, "bank-b")])
+    client = _run(["psi", "connect", "--protocol", "ecdh", "--input", str(tables / "bank_a.csv"), "--on", "phone",
+                   "--peer", f"127.0.0.1:{port}", "--output", str(out_a), "--quiet", *tls_args(pki, "bank-a")])
+    server.communicate(timeout=60)
+    assert client.returncode == 0 and server.returncode == 0, client.stderr
+    expected = set(_ids(tables / "bank_a.csv", "phone")) & set(_ids(tables / "bank_b.csv", "phone"))
+    assert set(_ids(out_a, "phone")) == expected
+    assert "intersection size: %d" % len(expected) in client.stdout
+
+
+def test_certificate_from_another_ca_is_refused(tables: Path, pki: Path, tmp_path: Path) -> None:
+    port = free_port()
+    server = _start_server(["psi", "serve", "--input", str(tables / "bank_b.csv"), "--on", "id_number",
+                            "--listen", f"127.0.0.1:{port}", "--quiet", *tls_args(pki, "bank-b")])
+    client = _run(["psi", "connect", "--input", str(tables / "bank_a.csv"), "--on", "id_number",
+                   "--peer", f"127.0.0.1:{port}", "--output", str(tmp_path / "a.csv"), "--quiet",
+                   *tls_args(pki, "mallory")])
+    _s_out, s_err = server.communicate(timeout=60)
+    assert client.returncode == 6 and "TLS" in _one_line_error(client.stderr)
+    assert server.returncode == 6 and "TLS" in _one_line_error(s_err)
+    assert not (tmp_path / "a.csv").exists()
+
+
+def test_protocol_mismatch_stops_both_sides(tables: Path, pki: Path, tmp_path: Path) -> None:
+    port = free_port()
+    server = _start_server(["psi", "serve", "--protocol", "rsa", "--input", str(tables / "bank_b.csv"), "--on",
+                            "id_number", "--listen", f"127.0.0.1:{port}", "--quiet", *tls_args(pki, "bank-b")])
+    client = _run(["psi", "connect", "--protocol", "ecdh", "--input", str(tables / "bank_a.csv"), "--on", "id_number",
+                   "--peer", f"127.0.0.1:{port}", "--quiet", *tls_args(pki, "bank-a")])
+    _s_out, s_err = server.communicate(timeout=60)
+    assert client.returncode == 5 and "protocol" in _one_line_error(client.stderr)
+    assert server.returncode == 5 and "protocol" in _one_line_error(s_err)
+
+
+def test_settings_mismatch_is_named(tables: Path, pki: Path) -> None:
+    port = free_port()
+    server = _start_server(["psi", "serve", "--input", str(tables / "bank_b.csv"), "--on", "phone", "--normalize",
+                            "trim,phone", "--listen", f"127.0.0.1:{port}", "--quiet", *tls_args(pki, "bank-b")])
+    client = _run(["psi", "connect", "--input", str(tables / "bank_a.csv"), "--on", "phone",
+                   "--peer", f"127.0.0.1:{port}", "--quiet", *tls_args(pki, "bank-a")])
+    server.communicate(timeout=60)
+    assert client.returncode == 5 and "normalize" in _one_line_error(client.stderr)
+    assert server.returncode == 5
+
+
+def test_killed_peer_gives_clean_error_and_no_output(pki: Path, tmp_path: Path) -> None:
+    tables = ROOT / "datasets" / "sample"  # 10,000 rows a side: about 15 s of RSA signing on one worker
+    port = free_port()
+    out_a = tmp_path / "a.csv"
+    server = _start_server(["psi", "serve", "--protocol", "rsa", "--input", str(tables / "bank_b.csv"), "--on",
+                            "id_number", "--listen", f"127.0.0.1:{port}", "--quiet", "--workers", "1",
+                            *tls_args(pki, "bank-b")])
+    client = subprocess.Popen(psiq_cmd() + ["psi", "connect", "--protocol", "rsa", "--input", str(tables / "bank_a.csv"),
+                                            "--on", "id_number", "--peer", f"127.0.0.1:{port}", "--output", str(out_a),
+                                            "--quiet", *tls_args(pki, "bank-a")],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=subprocess_env())
+    time.sleep(3.0)  # mid-session
+    server.kill()
+    server.communicate()
+    _c_out, c_err = client.communicate(timeout=60)
+    assert client.returncode == 3, c_err
+    assert "peer" in _one_line_error(c_err) or "connection" in _one_line_error(c_err)
+    assert not out_a.exists() and not list(tmp_path.glob("*.tmp*"))
+
+
+def test_malformed_csv_names_the_line(tmp_path: Path, pki: Path) -> None:
+    bad = tmp_path / "bad.csv"
+    bad.write_text("id_number,name\n1,a\n2,b,extra\n", encoding="utf-8")
+    result = _run(["psi", "connect", "--input", str(bad), "--on", "id_number", "--peer", "127.0.0.1:1",
+                   *tls_args(pki, "bank-a")])
+    assert result.returncode == 2
+    assert "line 3" in _one_line_error(result.stderr)
+
+
+def test_missing_column_and_insecure_remote(tmp_path: Path, tables: Path) -> None:
+    result = _run(["psi", "connect", "--input", str(tables / "bank_a.csv"), "--on", "nope", "--peer", "127.0.0.1:1",
+                   "--insecure"])
+    assert result.returncode == 2 and "nope" in _one_line_error(result.stderr)
+    result = _run(["psi", "connect", "--input", str(tables / "bank_a.csv"), "--on", "id_number",
+                   "--peer", "192.0.2.10:7766", "--insecure"])
+    assert result.returncode == 2 and "loopback" in _one_line_error(result.stderr)
