@@ -172,6 +172,7 @@ def _hello(role: Role, options: PsiOptions, config: Any, table: KeyTable) -> Hel
             "normalize": options.normalization.to_params(),
             "join": options.join,
             "left": options.left,
+            "dedup": options.dedup,
         }
     )
     info = {"set_size": table.unique_keys, "software": f"psiq {__version__}"}
@@ -244,7 +245,7 @@ def run_session(
             rows = None
         if output is not None and rows is not None:
             t0 = time.perf_counter()
-            summary.output_rows = write_rows(table.path, rows, output, fmt=table.fmt)
+            summary.output_rows = write_rows(table.path, rows, output, fmt=table.fmt, expect_rows=table.rows_read)
             summary.output = str(output)
             stats.phases["write-output"] = time.perf_counter() - t0
         summary.peak_rss_mb = _peak_rss_mb()

@@ -57,6 +57,7 @@ _BOM = b"\xef\xbb\xbf"
 _PROGRESS_EVERY = 100_000
 _PARQUET_BATCH = 65_536
 _PARQUET_CHUNK = 1 << 20
+_CSV_CHUNK = 1 << 16
 
 
 # -- formats --------------------------------------------------------------------------------
@@ -483,6 +484,7 @@ def write_rows(
     out_path: str | os.PathLike[str],
     *,
     fmt: str | None = None,
+    expect_rows: int | None = None,
 ) -> int:
     """Write the header of ``src_path`` then its rows in ``row_order`` to ``out_path``.
 
@@ -491,6 +493,10 @@ def write_rows(
     ``,,,`` in CSV, ``""`` for a one-column CSV so the row is not a blank line). The output has
     the source's format, header, BOM and line endings; CSV rows are copied byte for byte.
     The write is atomic: nothing appears at ``out_path`` unless the whole file was written.
+    ``expect_rows`` (e.g. ``key_table.rows_read``) guards against the source file having
+    changed since it was read: a different row count raises :class:`InputError`. The output
+    file is created with mode 0600 (owner only), as customer data should be; I/O failures
+    such as a full disk raise :class:`InputError`.
     Returns the number of data rows written.
     """
     src = Path(src_path)
@@ -503,8 +509,11 @@ def write_rows(
         writer = _write_parquet
     else:
         writer = _write_csv
-    with _atomic(out) as handle:
-        writer(src, fmt, order, handle)
+    try:
+        with _atomic(out) as handle:
+            writer(src, fmt, order, handle, expect_rows)
+    except OSError as err:
+        raise InputError(f"{out}: cannot write the output ({err.strerror or err})") from None
     return int(len(order))
 
 
@@ -548,19 +557,22 @@ class _atomic:
             pass
 
 
-def _check_range(order: np.ndarray, total: int, name: str) -> None:
+def _check_range(order: np.ndarray, total: int, name: str, expect_rows: int | None) -> None:
+    if expect_rows is not None and total != expect_rows:
+        raise InputError(f"{name}: has {total} data rows now but had {expect_rows} when its keys were read;"
+                         " the file changed during the run")
     if len(order) and int(order.max()) >= total:
         raise UsageError(f"{name}: row {int(order.max())} requested but the file has {total} data rows")
 
 
-def _write_csv(src: Path, fmt: str, order: np.ndarray, handle: Any) -> None:
+def _write_csv(src: Path, fmt: str, order: np.ndarray, handle: Any, expect_rows: int | None) -> None:
     scan = _CsvScan(src, fmt)
     starts = array("q")
     ends = array("q")
     for _row, _line, start, end, _fields in scan.records():
         starts.append(start)
         ends.append(end)
-    _check_range(order, len(starts), src.name)
+    _check_range(order, len(starts), src.name, expect_rows)
     width = len(scan.header)
     newline = scan.newline
     empty = (b"," * (width - 1) if fmt == "csv" else b"\t" * (width - 1)) if width > 1 else b'""'
@@ -577,21 +589,25 @@ def _write_csv(src: Path, fmt: str, order: np.ndarray, handle: Any) -> None:
     end_at = np.frombuffer(ends, dtype=np.int64)
     with open(src, "rb") as source, mmap.mmap(source.fileno(), 0, access=mmap.ACCESS_READ) as data:
         write = handle.write
-        for row in order.tolist():
-            if row < 0:
-                write(empty)
-                continue
-            chunk = data[start_at[row] : end_at[row]]
-            write(chunk)
-            if not chunk.endswith(b"\n"):
-                write(newline)
+        for begin in range(0, len(order), _CSV_CHUNK):
+            rows = order[begin : begin + _CSV_CHUNK]
+            safe = np.maximum(rows, 0)
+            spans = zip(rows.tolist(), start_at[safe].tolist(), end_at[safe].tolist())
+            for row, start, end in spans:
+                if row < 0:
+                    write(empty)
+                    continue
+                chunk = data[start:end]
+                write(chunk)
+                if not chunk.endswith(b"\n"):
+                    write(newline)
 
 
-def _write_parquet(src: Path, fmt: str, order: np.ndarray, handle: Any) -> None:
+def _write_parquet(src: Path, fmt: str, order: np.ndarray, handle: Any, expect_rows: int | None) -> None:
     pa, pq = _pyarrow(src)
     parquet = _open_parquet(src, pq)
     total = int(parquet.metadata.num_rows)
-    _check_range(order, total, src.name)
+    _check_range(order, total, src.name, expect_rows)
     group_starts = np.zeros(parquet.num_row_groups + 1, dtype=np.int64)
     for i in range(parquet.num_row_groups):
         group_starts[i + 1] = group_starts[i] + parquet.metadata.row_group(i).num_rows

@@ -198,6 +198,16 @@ def test_write_rows_range_checked(people: Path, tmp_path: Path) -> None:
     assert os.listdir(tmp_path) == ["people.csv"]
 
 
+def test_write_rows_detects_a_changed_source(people: Path, tmp_path: Path) -> None:
+    table = read_keys(people, ["id"], dedup="first")
+    write_rows(people, [0], tmp_path / "ok.csv", expect_rows=table.rows_read)
+    with people.open("a") as handle:
+        handle.write("9,late,1\n")
+    with pytest.raises(InputError, match="the file changed during the run"):
+        write_rows(people, [0], tmp_path / "o.csv", expect_rows=table.rows_read)
+    assert not (tmp_path / "o.csv").exists()
+
+
 def test_write_rows_refuses_to_overwrite_its_input(people: Path) -> None:
     with pytest.raises(UsageError):
         write_rows(people, [0], people)
@@ -222,12 +232,12 @@ def test_atomic_write_interrupted_mid_copy(people: Path, tmp_path: Path, monkeyp
     out = tmp_path / "out.csv"
     real = records._write_csv
 
-    def failing(src, fmt, order, handle):
+    def failing(src, fmt, order, handle, expect_rows):
         handle.write(b"partial")
         raise OSError("disk full")
 
     monkeypatch.setattr(records, "_write_csv", failing)
-    with pytest.raises(OSError):
+    with pytest.raises(InputError, match="cannot write the output .disk full."):
         write_rows(people, [0], out)
     assert sorted(os.listdir(tmp_path)) == ["people.csv"]
     monkeypatch.setattr(records, "_write_csv", real)

@@ -51,6 +51,7 @@ __all__ = [
     "encode_filter",
     "decode_filter",
     "encoded_size",
+    "max_encoded_size",
     "choose_filter",
     "SetFilter",
 ]
@@ -173,6 +174,16 @@ def encoded_size(kind: str, n_set: int, n_query: int, fpr_bits: int) -> int:
         unary = n_set + ((1 << h) if n_set else 0)
         return _HEADER.size + _GCS_EXTRA.size + -(-(n_set * r) // 8) + -(-unary // 8)
     raise UsageError(f"unknown filter kind {kind!r}; choose one of {', '.join(FILTER_KINDS)}")
+
+
+def max_encoded_size(kind: str, n_set: int, n_query: int, fpr_bits: int) -> int:
+    """Largest valid encoding of ``kind`` for these sizes (bounds what a receiver accepts)."""
+    if kind == "gcs":
+        _check_args(n_query, fpr_bits)
+        h, r = _gcs_params(n_set, n_query, fpr_bits)
+        unary = n_set + ((1 << h) if n_set else 0)
+        return _HEADER.size + _GCS_EXTRA.size + -(-(n_set * r) // 8) + -(-unary // 8)
+    return encoded_size(kind, n_set, n_query, fpr_bits)
 
 
 def choose_filter(n_set: int, n_query: int, fpr_bits: int) -> str:

@@ -58,7 +58,7 @@ def transpose(matrix: np.ndarray) -> np.ndarray:
     if rows == 0 or col_bytes == 0:
         return np.zeros((col_bytes * 8, rows // 8), dtype=np.uint8)
     # blocks[c, g, k] = matrix[8g + k, c]: the 8 bytes of block (g, c) side by side.
-    blocks = np.ascontiguousarray(matrix.reshape(rows // 8, 8, col_bytes).transpose(2, 0, 1))
+    blocks = matrix.reshape(rows // 8, 8, col_bytes).transpose(2, 0, 1).copy(order="C")  # never aliases
     _transpose8_inplace(blocks.reshape(-1).view(np.uint64))
     # now blocks[c, g, l] is byte g of output row 8c + l.
     return np.ascontiguousarray(blocks.transpose(0, 2, 1)).reshape(col_bytes * 8, rows // 8)

@@ -117,7 +117,9 @@ class OneOfNReceiver(Party):
             self._n = self._hello.peer_int("messages", low=1, high=MAX_N)
             self._length = self._hello.peer_int("message_length", low=1, high=1 << 20)
             if self._choices.max() >= self._n:
-                raise UsageError(f"choice {int(self._choices.max())} is out of range: the sender has {self._n} messages")
+                raise UsageError(
+                    f"index {int(self._choices.max())} is out of range: the sender holds {self._n} messages (0..{self._n - 1})"
+                )
             self._batch, self._piece = _layout(self._choices.size, self._n, self._length)
             self._hash = TweakHash(self._hello.session)
             self._base = BaseOtSender(WIDTH, self._hello.session)

@@ -1,0 +1,114 @@
+"""``psiq ot``: fetch one record from a peer's list without the peer learning which.
+
+``send`` serves a file of records (one per line) to one receiver; ``receive`` asks for record
+``--index`` and prints it. Every record travels padded to the longest one (with a length
+prefix), so the receiver learns nothing about the lengths of the others and the sender learns
+nothing about the index (1-out-of-N OT, :mod:`psi.ot.kk13`).
+"""
+
+from __future__ import annotations
+
+import struct
+import sys
+from pathlib import Path
+
+import click
+
+from psi.errors import InputError, MalformedMessage
+
+from .common import emit_json, handles_errors, info, make_progress, output_options, tls_options
+
+__all__ = ["ot_group", "read_records", "pad_records", "unpad_record"]
+
+_LENGTH = struct.Struct(">I")
+
+
+def read_records(path: Path) -> list[bytes]:
+    """Lines of ``path`` as bytes (``\\n`` or ``\\r\\n`` endings; a final newline is optional)."""
+    try:
+        data = path.read_bytes()
+    except OSError as err:
+        raise InputError(f"cannot read {path}: {err.strerror}") from None
+    lines = data.split(b"\n")
+    if lines and lines[-1] == b"":
+        lines.pop()
+    records = [line[:-1] if line.endswith(b"\r") else line for line in lines]
+    if not records:
+        raise InputError(f"{path} holds no records")
+    return records
+
+
+def pad_records(records: list[bytes]) -> list[bytes]:
+    """Length prefix + record + zero padding, all to one width."""
+    width = max(len(r) for r in records)
+    return [_LENGTH.pack(len(r)) + r + bytes(width - len(r)) for r in records]
+
+
+def unpad_record(padded: bytes) -> bytes:
+    (length,) = _LENGTH.unpack_from(padded)
+    if length > len(padded) - _LENGTH.size:
+        raise MalformedMessage("record length prefix exceeds the record")
+    return padded[_LENGTH.size : _LENGTH.size + length]
+
+
+@click.group("ot")
+def ot_group() -> None:
+    """Oblivious transfer: the receiver gets one record, the sender does not learn which."""
+
+
+@ot_group.command("send")
+@handles_errors
+@click.option("--records", "records_path", required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="File with one record per line.")
+@click.option("--listen", default="127.0.0.1:7768", show_default=True, help="HOST:PORT to listen on.")
+@tls_options
+@output_options
+def send_command(records_path: Path, listen: str, tls: object, as_json: bool, quiet: bool) -> None:
+    """Serve the records in RECORDS to one receiver."""
+    from psi.driver import run_party
+    from psi.ot import OneOfNSender
+    from psi.transport.tcp import Listener
+
+    records = read_records(records_path)
+    sender = OneOfNSender(pad_records(records))
+    with Listener(listen, tls) as listener:  # type: ignore[arg-type]
+        host, port = listener.address
+        print(f"listening {host}:{port}", file=sys.stderr, flush=True)
+        with listener.accept() as channel:
+            bar = make_progress(quiet, "ot send")
+            try:
+                stats = run_party(sender, channel, on_progress=bar)
+            finally:
+                bar.close()
+    if as_json:
+        emit_json({"records": len(records), **stats.as_dict()})
+    else:
+        info(f"served {len(records)} records ({stats.bytes_sent} bytes sent, {stats.seconds:.2f} s)", quiet)
+
+
+@ot_group.command("receive")
+@handles_errors
+@click.option("--index", "index", required=True, type=click.IntRange(min=0), help="0-based record number to fetch.")
+@click.option("--peer", required=True, help="HOST:PORT of the sender.")
+@tls_options
+@output_options
+def receive_command(index: int, peer: str, tls: object, as_json: bool, quiet: bool) -> None:
+    """Fetch record INDEX from the sender and print it on stdout."""
+    from psi.driver import run_party
+    from psi.ot import OneOfNReceiver
+    from psi.transport.tcp import connect
+
+    receiver = OneOfNReceiver([index])
+    with connect(peer, tls) as channel:  # type: ignore[arg-type]
+        bar = make_progress(quiet, "ot receive")
+        try:
+            stats = run_party(receiver, channel, on_progress=bar)
+        finally:
+            bar.close()
+    record = unpad_record(receiver.result()[0].tobytes())
+    if as_json:
+        emit_json({"index": index, "record": record.decode("utf-8", "replace"), "record_bytes": len(record),
+                   "records_offered": receiver.message_count, **stats.as_dict()})
+    else:
+        sys.stdout.buffer.write(record + b"\n")
+        sys.stdout.flush()
