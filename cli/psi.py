@@ -84,7 +84,7 @@ def _options(kw: dict[str, Any]) -> api.PsiOptions:
         workers=kw["workers"],
         max_peer_size=kw["max_peer_size"],
         timeout=kw["timeout"],
-        rsa_key=kw.get("rsa_key"),
+        server_key=kw.get("server_key"),
         cache_dir=kw.get("cache_dir"),
         prepared=kw.get("prepared"),
     )
@@ -116,8 +116,9 @@ def _report(summary: api.PsiSummary, as_json: bool, quiet: bool) -> None:
 @_session_options
 @click.option("--listen", required=True, help="HOST:PORT to listen on.")
 @click.option("--forever", is_flag=True, help="Keep serving sessions (default: exit after one).")
-@click.option("--rsa-key", type=click.Path(dir_okay=False, path_type=Path), default=None,
-              help="RSA protocol: persisted server key (created if missing), enabling the signed-set cache.")
+@click.option("--server-key", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Persisted server key (created if missing): RSA, for the signed-set cache; ECDH, with --prepared. "
+                   "Clients can link sessions served with one key.")
 @click.option("--cache-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="RSA protocol: cache the signed set here (keyed by key fingerprint and input digest).")
 @click.option("--prepared", type=click.Path(dir_okay=False, path_type=Path), default=None,
@@ -168,3 +169,44 @@ def connect(tls: Any, as_json: bool, quiet: bool, peer: str, **kw: Any) -> None:
 
 def _columns(on: str) -> list[str]:
     return [c.strip() for c in on.split(",") if c.strip()]
+
+
+@psi_group.command("prepare")
+@handles_errors
+@click.option("--input", "input_path", required=True, type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--on", "on", required=True, help="Key column(s), comma-separated.")
+@click.option("--server-key", required=True, type=click.Path(dir_okay=False, path_type=Path),
+              help="ECDH key file (created if missing, mode 0600); pass the same to 'psi serve'.")
+@click.option("--out", required=True, type=click.Path(dir_okay=False, path_type=Path), help="Prepared-set file to write.")
+@click.option("--group", type=click.Choice(["x25519", "ristretto255", "p256"]), default="x25519", show_default=True)
+@click.option("--dedup", type=click.Choice(["error", "first", "keep-all"]), default="error", show_default=True)
+@click.option("--normalize", "normalize", default="trim", show_default=True)
+@click.option("--key-regex", default=None)
+@click.option("--skip-empty-keys", is_flag=True)
+@click.option("--format", "input_format", type=click.Choice(["csv", "tsv", "parquet"]), default=None)
+@click.option("--workers", type=click.IntRange(1, 512), default=None)
+@output_options
+def prepare(input_path: Path, on: str, server_key: Path, out: Path, group: str, dedup: str, normalize: str,
+            key_regex: str | None, skip_empty_keys: bool, input_format: str | None, workers: int | None,
+            as_json: bool, quiet: bool) -> None:
+    """Encrypt the server set once (ECDH, persisted key) so later sessions cost the client's size only.
+
+    Serve it with: psiq psi serve --protocol ecdh --prepared OUT --server-key KEY (same --on, --normalize, --dedup).
+    """
+    import time
+
+    from psi.parallel import Executor
+    from psi.records import read_keys
+    from psi.server_state import prepare_ecdh
+
+    started = time.perf_counter()
+    table = read_keys(input_path, _columns(on), normalization=Normalization.parse(normalize, key_regex),
+                      dedup=dedup, fmt=input_format, skip_empty=skip_empty_keys)  # type: ignore[arg-type]
+    with Executor(workers) as executor:
+        prepared = prepare_ecdh(table.keys, group=group, key_path=server_key, out=out, executor=executor)
+    result = {"prepared": str(out), "keys": prepared.count, "group": group, "key_fingerprint": prepared.key.fingerprint,
+              "seconds": round(time.perf_counter() - started, 3)}
+    if as_json:
+        emit_json(result)
+    else:
+        click.echo(f"prepared {prepared.count:,} keys ({group}) in {result['seconds']} s -> {out}")

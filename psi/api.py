@@ -79,7 +79,7 @@ class PsiOptions:
     # deployment
     workers: int | None = None
     max_peer_size: int | None = None
-    rsa_key: Path | None = None
+    server_key: Path | None = None
     cache_dir: Path | None = None
     prepared: Path | None = None
     timeout: float = 600.0
@@ -233,6 +233,10 @@ def run_session(
             peer_name=channel.peer_name,
         )
         summary.notes.extend(str(n) for n in outcome.details.get("notes", []))
+        if role == Role.SERVER and (extras.get("key") is not None or extras.get("prepared") is not None):
+            from .server_state import PERSISTED_KEY_NOTE
+
+            summary.notes.append(PERSISTED_KEY_NOTE)
         if reveal == Reveal.BOTH:
             exchange = AlignmentExchange(role, outcome, table, options.join, options.left)
             run_party(exchange, channel, stats=stats, on_progress=on_progress, timeout=options.timeout)
@@ -265,6 +269,10 @@ def _server_extras(options: PsiOptions, table: KeyTable, executor: Executor) -> 
         from .server_state import load_prepared
 
         return {"prepared": load_prepared(options, table)}
+    if options.protocol == "ecdh" and options.server_key is not None:
+        raise UsageError("with ECDH, --server-key is used together with --prepared (see 'psiq psi prepare')")
+    if options.prepared is not None or options.server_key is not None:
+        raise UsageError(f"--prepared/--server-key do not apply to the {options.protocol} protocol")
     return {}
 
 

@@ -35,7 +35,7 @@ from ..errors import MalformedMessage, UsageError
 from ..messages import Message
 from ..protocols.base import Party, Role
 from .aes_hash import TweakHash
-from .base_ot import POINT_BYTES, BaseOtReceiver, BaseOtSender
+from .base_ot import BaseOtReceiver, BaseOtSender
 from .extension import ExtensionReceiver, ExtensionSender
 from .session import HelloState
 
