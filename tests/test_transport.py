@@ -144,3 +144,35 @@ def test_memory_pair_counts_like_tcp() -> None:
     a.close()
     with pytest.raises(PeerDisconnected):
         b.recv(0)
+
+
+def test_simultaneous_bulk_traffic_both_ways(pki: Path) -> None:
+    """Both ends send and receive at the same time (writer thread + reader on one TLS socket)."""
+    payloads = [bytes([i]) * (300_000 + i) for i in range(40)]
+
+    def pump(ch) -> None:
+        for p in payloads:
+            ch.send(Message("bulk", p))
+        for _ in range(3):
+            assert ch.recv(30) == Message("hi", b"x")
+        for p in payloads:
+            assert ch.recv(30) == Message("bulk", p)
+
+    with Listener("127.0.0.1:0", tls_for(pki, "bank-b")) as lst:
+        t, box = _serve_once(lst, pump)
+        ch = connect(f"127.0.0.1:{lst.address[1]}", tls_for(pki, "bank-a"))
+        for _ in range(3):  # hello-style simultaneous small messages, then bulk
+            ch.send(Message("hi", b"x"))
+        pump_client_errors: list[BaseException] = []
+        try:
+            for p in payloads:
+                ch.send(Message("bulk", p))
+            received = [ch.recv(30) for _ in payloads]
+        except BaseException as err:  # noqa: BLE001
+            pump_client_errors.append(err)
+            received = []
+        ch.close()
+        t.join(30)
+    assert not pump_client_errors
+    assert received == [Message("bulk", p) for p in payloads]
+    assert "error" not in box, box

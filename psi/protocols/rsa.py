@@ -39,6 +39,11 @@ The client verifies every signature, which stops a server from using a wrong key
 it does not stop an adversarial key built to probe low-entropy inputs (RFC 9474 section 7.3).
 A persisted server key (``key=``/``signed_set=``) lets a client link its queries across sessions;
 by default each session draws a fresh key.
+
+Progress phases (``Party.progress``): client ``blind`` (keys blinded, signed and verified) then
+``match`` (server hashes received); server ``sign`` (client values signed), ``server-set`` (own
+hashes sent, signed on the fly unless a precomputed :class:`SignedSet` is given), ``match``.
+Inputs must be unique byte strings (the caller normalises and de-duplicates).
 """
 
 from __future__ import annotations

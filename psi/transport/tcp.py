@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import ipaddress
 import queue
+import select
 import socket
 import ssl
 import threading
@@ -52,13 +53,21 @@ def is_loopback(host: str) -> bool:
         return False
 
 
-def _tls_error(err: BaseException) -> TransportError:
-    text = getattr(err, "reason", None) or str(err)
+def _tls_error(err: BaseException, *, handshake: bool = False) -> TransportError:
+    """Map an ssl/socket error to a one-line TransportError (AuthenticationError for identity failures)."""
     if isinstance(err, ssl.SSLCertVerificationError):
         return AuthenticationError(f"TLS: peer certificate rejected ({err.verify_message})")
+    if isinstance(err, ssl.SSLZeroReturnError):
+        return PeerDisconnected("peer closed the TLS connection")
     if isinstance(err, ssl.SSLError):
-        return AuthenticationError(f"TLS handshake failed: {str(text).lower().replace('_', ' ')}")
+        text = str(getattr(err, "reason", None) or err).lower().replace("_", " ")
+        if handshake or "alert" in text or "certificate" in text:
+            return AuthenticationError(f"TLS handshake failed: {text}" if handshake else f"TLS: peer refused us: {text}")
+        return TransportError(f"TLS error on the connection: {text}")
     return TransportError(f"connection failed: {err}")
+
+
+_CHUNK = 256 * 1024
 
 
 class TcpChannel(Channel):
@@ -66,7 +75,11 @@ class TcpChannel(Channel):
 
     def __init__(self, sock: socket.socket, *, max_body: int = DEFAULT_MAX_BODY, peer_name: str | None = None) -> None:
         super().__init__()
+        # The socket is non-blocking: OpenSSL forbids using one SSL object from two threads at
+        # once, so every read/write call holds _io_lock, and waiting (select) happens outside it.
+        sock.setblocking(False)
         self._sock = sock
+        self._io_lock = threading.Lock()
         self.max_body = max_body
         self.peer_name = peer_name
         self._queue: "queue.Queue[bytes | None]" = queue.Queue()
@@ -77,7 +90,29 @@ class TcpChannel(Channel):
         self._writer = threading.Thread(target=self._write_loop, name="psiq-writer", daemon=True)
         self._writer.start()
 
+    def _wait(self, want: str, timeout: float | None) -> bool:
+        """Block until the socket is readable ('r') or writable ('w'); False on timeout."""
+        rlist = [self._sock] if want == "r" else []
+        wlist = [self._sock] if want == "w" else []
+        ready = select.select(rlist, wlist, [], timeout)
+        return bool(ready[0] or ready[1])
+
     # -- sending -----------------------------------------------------------------------------
+    def _send_frame(self, frame: bytes) -> None:
+        view = memoryview(frame)
+        offset = 0
+        while offset < len(view):
+            want = "w"
+            with self._io_lock:
+                try:
+                    offset += self._sock.send(view[offset : offset + _CHUNK])
+                    continue
+                except ssl.SSLWantReadError:
+                    want = "r"
+                except (ssl.SSLWantWriteError, BlockingIOError, InterruptedError):
+                    want = "w"
+            self._wait(want, 1.0)
+
     def _write_loop(self) -> None:
         while True:
             frame = self._queue.get()
@@ -85,8 +120,8 @@ class TcpChannel(Channel):
                 return
             try:
                 if self._write_error is None:
-                    self._sock.sendall(frame)
-            except (OSError, ssl.SSLError) as err:
+                    self._send_frame(frame)
+            except (OSError, ssl.SSLError, ValueError) as err:
                 self._write_error = err
             finally:
                 with self._cond:
@@ -125,22 +160,31 @@ class TcpChannel(Channel):
 
     # -- receiving ---------------------------------------------------------------------------
     def _read_exact(self, n: int, timeout: float | None) -> bytes:
-        self._sock.settimeout(timeout)
         buf = bytearray(n)
         view = memoryview(buf)
         got = 0
+        deadline = None if timeout is None else time.monotonic() + timeout
         while got < n:
-            try:
-                k = self._sock.recv_into(view[got:], n - got)
-            except socket.timeout:
-                raise TransportError("timed out waiting for the peer") from None
-            except ssl.SSLError as err:
-                raise _tls_error(err) from None
-            except OSError as err:
-                raise PeerDisconnected(f"connection to peer lost ({err.__class__.__name__})") from None
-            if k == 0:
-                raise PeerDisconnected("peer closed the connection" + (" mid-message" if got else ""))
-            got += k
+            want = "r"
+            with self._io_lock:
+                try:
+                    k = self._sock.recv_into(view[got:], n - got)
+                    if k == 0:
+                        raise PeerDisconnected("peer closed the connection" + (" mid-message" if got else ""))
+                    got += k
+                    continue
+                except ssl.SSLWantWriteError:
+                    want = "w"
+                except (ssl.SSLWantReadError, BlockingIOError, InterruptedError):
+                    want = "r"
+                except ssl.SSLError as err:
+                    raise _tls_error(err) from None
+                except OSError as err:
+                    raise PeerDisconnected(f"connection to peer lost ({err.__class__.__name__})") from None
+            left = None if deadline is None else deadline - time.monotonic()
+            if left is not None and left <= 0:
+                raise TransportError("timed out waiting for the peer")
+            self._wait(want, left)
         return bytes(buf)
 
     def recv(self, timeout: float | None = None) -> Message:
@@ -216,7 +260,7 @@ def connect(
             name = check_peer_name(sock, tls.peer_name if tls else None)
         except (ssl.SSLError, OSError) as err:
             raw.close()
-            raise _tls_error(err) from None
+            raise _tls_error(err, handshake=True) from None
         except AuthenticationError:
             raw.close()
             raise
@@ -268,11 +312,10 @@ class Listener:
             name = check_peer_name(sock, self._tls.peer_name if self._tls else None)
         except (ssl.SSLError, OSError) as err:
             raw.close()
-            raise _tls_error(err) from None
+            raise _tls_error(err, handshake=True) from None
         except AuthenticationError:
             raw.close()
             raise
-        sock.settimeout(None)
         return TcpChannel(sock, peer_name=name)
 
     def close(self) -> None:

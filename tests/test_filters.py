@@ -1,0 +1,102 @@
+"""Filters: round trips, no false negatives, measured false-positive rate, strict decoding."""
+
+from __future__ import annotations
+
+import os
+import random
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from psi.crypto import filters
+from psi.crypto.filters import FILTER_KINDS, choose_filter, decode_filter, encode_filter, encoded_size
+from psi.errors import MalformedMessage, UsageError
+
+keys_strategy = st.lists(st.binary(min_size=16, max_size=16), max_size=60, unique=True)
+
+
+@settings(max_examples=40, deadline=None)
+@given(keys=keys_strategy, n_query=st.integers(0, 10_000), fpr_bits=st.integers(1, 60), kind=st.sampled_from(FILTER_KINDS))
+def test_round_trip_no_false_negatives(keys, n_query, fpr_bits, kind):
+    blob = b"".join(keys)
+    data = encode_filter(kind, blob, n_query=n_query, fpr_bits=fpr_bits)
+    assert len(data) <= filters.max_encoded_size(kind, len(keys), n_query, fpr_bits)
+    decoded = decode_filter(data, n_query=n_query, fpr_bits=fpr_bits, max_count=len(keys))
+    assert decoded.count == len(keys) and decoded.kind == kind
+    assert decoded.contains(blob).all()
+    if kind != "gcs":
+        assert len(data) == encoded_size(kind, len(keys), n_query, fpr_bits)
+
+
+@pytest.mark.parametrize("kind", FILTER_KINDS)
+def test_measured_false_positive_rate(kind):
+    rng = random.Random(7)
+    members = rng.randbytes(16 * 1024)  # 2^10 entries: T = 16 bits, a whole number of bytes
+    data = encode_filter(kind, members, n_query=1, fpr_bits=6)
+    decoded = decode_filter(data, n_query=1, fpr_bits=6, max_count=1024)
+    rate = decoded.contains(rng.randbytes(16 * 100_000)).mean()
+    assert 0.8 / 64 < rate < 1.15 / 64  # target 2^-6
+
+
+@pytest.mark.parametrize("kind", FILTER_KINDS)
+def test_large_fpr_budget_has_no_false_matches(kind):
+    members = os.urandom(16 * 5000)
+    decoded = decode_filter(encode_filter(kind, members, n_query=5000, fpr_bits=40), n_query=5000, fpr_bits=40, max_count=5000)
+    assert decoded.contains(members).all()
+    assert not decoded.contains(os.urandom(16 * 5000)).any()
+
+
+def test_sizes_at_2_pow_40_for_1e5():
+    sizes = {kind: encoded_size(kind, 10**5, 10**5, 40) / 10**5 for kind in FILTER_KINDS}
+    assert sizes["raw"] == pytest.approx(10.0, abs=0.01)
+    assert 10.0 < sizes["bloom"] < 10.5
+    assert 7.2 < sizes["gcs"] < 7.6
+    assert choose_filter(10**5, 10**5, 40) == "gcs"
+    assert choose_filter(0, 0, 40) == "raw"
+
+
+@pytest.mark.parametrize("kind", FILTER_KINDS)
+def test_strict_decoding(kind):
+    members = os.urandom(16 * 100)
+    data = encode_filter(kind, members, n_query=50, fpr_bits=40)
+    decode_filter(data, n_query=50, fpr_bits=40, max_count=100)
+    with pytest.raises(MalformedMessage):  # more entries than announced
+        decode_filter(data, n_query=50, fpr_bits=40, max_count=99)
+    with pytest.raises(MalformedMessage):  # parameters for another n_query / fpr
+        decode_filter(data, n_query=50_000, fpr_bits=40, max_count=100)
+    with pytest.raises(MalformedMessage):
+        decode_filter(data, n_query=50, fpr_bits=30, max_count=100)
+    for bad in (data[:-1], data + b"\x00", data[:3], b"\x09" + data[1:]):
+        with pytest.raises(MalformedMessage):
+            decode_filter(bad, n_query=50, fpr_bits=40, max_count=100)
+
+
+def test_huge_announced_count_rejected_before_allocation():
+    header = filters._HEADER.pack(2, 40, 2**32 - 1)
+    with pytest.raises(MalformedMessage):
+        decode_filter(header, n_query=1, fpr_bits=40, max_count=10)
+
+
+def test_gcs_rejects_unsorted_and_padding():
+    members = os.urandom(16 * 50)
+    data = bytearray(encode_filter("gcs", members, n_query=10, fpr_bits=20))
+    data[-1] ^= 0x01 if data[-1] & 0x01 == 0 else 0  # flip a padding bit if the last bit is padding
+    with pytest.raises(MalformedMessage):
+        decode_filter(bytes(data[:-1]), n_query=10, fpr_bits=20, max_count=50)
+
+
+def test_member_helper_handles_duplicates():
+    s = np.array([1, 1, 5], dtype=np.uint64)
+    q = np.array([1, 2, 5, 5], dtype=np.uint64)
+    zero = np.zeros(3, dtype=np.uint64)
+    got = filters._member(s, zero, q, np.zeros(4, dtype=np.uint64))
+    assert got.tolist() == [True, False, True, True]
+
+
+def test_unknown_kind_and_bad_args():
+    with pytest.raises(UsageError):
+        encode_filter("cuckoo", b"", n_query=1, fpr_bits=40)
+    with pytest.raises(UsageError):
+        encoded_size("raw", 1, 1, 0)
