@@ -27,9 +27,9 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from . import __version__
-from .align import JOIN_TYPES, AlignmentExchange
+from .alignment import JOIN_TYPES, AlignmentExchange
 from .driver import RunStats, run_party
-from .errors import PsiqError, UsageError
+from .errors import LocalError, PsiqError, UsageError
 from .normalize import Normalization
 from .parallel import Executor
 from .protocols.base import Progress, PsiOutcome, Reveal, Role
@@ -46,6 +46,7 @@ __all__ = [
     "run_session",
     "serve",
     "connect",
+    "intersect",
     "intersect_files",
     "align",
     "DEFAULT_PROTOCOL",
@@ -364,6 +365,17 @@ def align(input: str | os.PathLike[str], *, on: Sequence[str], peer: str | None 
     return serve(input, on=on, listen=listen or "", tls=tls, output=output, options=options, on_progress=on_progress)
 
 
+def intersect(input: str | os.PathLike[str], *, on: Sequence[str], peer: str | None = None,
+              listen: str | None = None, tls: TlsConfig | None, output: str | os.PathLike[str] | None = None,
+              options: PsiOptions | None = None, on_progress: ProgressCallback | None = None) -> PsiSummary | None:
+    """Run this party of a PSI session: connect to ``peer``, or serve one session on ``listen``."""
+    if (peer is None) == (listen is None):
+        raise UsageError("intersect needs exactly one of peer= (connect) or listen= (serve)")
+    if peer is not None:
+        return connect(input, on=on, peer=peer, tls=tls, output=output, options=options, on_progress=on_progress)
+    return serve(input, on=on, listen=listen or "", tls=tls, output=output, options=options, on_progress=on_progress)
+
+
 def intersect_files(
     client_input: str | os.PathLike[str],
     server_input: str | os.PathLike[str],
@@ -385,48 +397,48 @@ def intersect_files(
     box: dict[str, Any] = {}
     listening = threading.Event()
 
+    def server_side(channel_factory: Callable[[], Channel]) -> None:
+        try:
+            with channel_factory() as channel:
+                box["server"] = run_session(Role.SERVER, channel, server_table, options=options, output=server_output)
+        except BaseException as err:  # noqa: BLE001 - re-raised in the caller's thread
+            box["server_error"] = err
+
     if tls is None:
         ch_client, ch_server = memory_pair()
-
-        def server_side() -> None:
-            try:
-                box["server"] = run_session(Role.SERVER, ch_server, server_table, options=options, output=server_output)
-            except BaseException as err:  # noqa: BLE001 - re-raised in the caller's thread
-                box["server_error"] = err
-            finally:
-                ch_server.close()
-
-        thread = threading.Thread(target=server_side, daemon=True)
-        thread.start()
-        try:
-            client_summary = run_session(Role.CLIENT, ch_client, client_table, options=options,
-                                         output=client_output, on_progress=on_progress)
-        finally:
-            ch_client.close()
-            thread.join()
+        thread = threading.Thread(target=server_side, args=(lambda: ch_server,), daemon=True)
+        address = None
     else:
         client_tls, server_tls = tls
         listener = Listener("127.0.0.1:0", server_tls)
+        address = f"127.0.0.1:{listener.address[1]}"
 
-        def server_side() -> None:
+        def accept() -> Channel:
             try:
                 listening.set()
-                with listener.accept(timeout=options.timeout) as channel:
-                    box["server"] = run_session(Role.SERVER, channel, server_table, options=options, output=server_output)
-            except BaseException as err:  # noqa: BLE001 - re-raised in the caller's thread
-                box["server_error"] = err
+                return listener.accept(timeout=options.timeout)
             finally:
                 listener.close()
 
-        thread = threading.Thread(target=server_side, daemon=True)
-        thread.start()
-        listening.wait()
-        try:
-            with tcp_connect(f"127.0.0.1:{listener.address[1]}", client_tls) as channel:
+        thread = threading.Thread(target=server_side, args=(accept,), daemon=True)
+    thread.start()
+    try:
+        if address is None:
+            with ch_client:
+                client_summary = run_session(Role.CLIENT, ch_client, client_table, options=options,
+                                             output=client_output, on_progress=on_progress)
+        else:
+            listening.wait()
+            with tcp_connect(address, client_tls) as channel:
                 client_summary = run_session(Role.CLIENT, channel, client_table, options=options,
                                              output=client_output, on_progress=on_progress)
-        finally:
-            thread.join()
+    except PsiqError as err:
+        thread.join()
+        server_err = box.get("server_error")
+        if isinstance(server_err, LocalError) and not isinstance(err, LocalError):
+            raise server_err from None  # the root cause: the server could not start its side
+        raise
+    thread.join()
     if "server_error" in box:
         raise box["server_error"]
     return client_summary, box["server"]

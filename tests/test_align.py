@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
-from psi.align import AlignmentExchange, JOIN_TYPES, compute_row_order
+from psi.alignment import AlignmentExchange, JOIN_TYPES, compute_row_order
 from psi.driver import run_pair
 from psi.errors import MalformedMessage, ParameterMismatch, PolicyError, UsageError
 from psi.messages import Message, pack_json

@@ -41,12 +41,15 @@ which is all commutative-encryption PSI needs.
     on the curve; the identity has no such encoding). Multiplication is ECDH ``exchange``,
     which returns only x: x(k*P) = x(k*(-P)), so working on {P, -P} keeps commutativity.
 
-Measured on this machine (bench/bench_groups.py, one core, µs per element)::
+Measured on this machine (bench/bench_groups.py, one core, best of 3 over 2000 elements,
+µs per element)::
 
-    group          hash-to-group   multiply (incl. validation)
-    x25519             9.6             31.9
-    ristretto255      15.7             42.1
-    p256              64.1             78.1
+    group          hash-to-group   multiply (incl. validation)   validation alone
+    x25519              8.4               32.3                       2.3
+    ristretto255       15.2               43.4                       4.4
+    p256               87.9               71.7                      17.8
+
+(p256 hash-to-curve is pure Python: two square roots and an affine addition per item.)
 
 x25519 is the default: cheapest multiplication, and PSI costs about three multiplications
 per client item plus one per server item.
