@@ -62,6 +62,10 @@ def tls_options(fn: F) -> F:
     def wrapper(*args: Any, tls_cert: Path | None, tls_key: Path | None, tls_ca: Path | None,
                 peer_name: str | None, insecure: bool, **kwargs: Any) -> Any:
         address = kwargs.get("peer") or kwargs.get("listen")
+        if kwargs.get("via_dir") is not None:
+            if any((tls_cert, tls_key, tls_ca, insecure)):
+                raise UsageError("--via-dir exchanges files, not a connection: TLS options do not apply")
+            return fn(*args, tls=None, **kwargs)
         if insecure:
             if any((tls_cert, tls_key, tls_ca)):
                 raise UsageError("--insecure cannot be combined with --tls-cert/--tls-key/--tls-ca")

@@ -8,7 +8,7 @@ from typing import Any, Callable
 import click
 
 from psi import api
-from psi.errors import PsiqError
+from psi.errors import PsiqError, UsageError
 from psi.normalize import Normalization
 
 from .common import emit_json, handles_errors, info, make_progress, output_options, tls_options, warn
@@ -114,7 +114,9 @@ def _report(summary: api.PsiSummary, as_json: bool, quiet: bool) -> None:
 @psi_group.command("serve")
 @handles_errors
 @_session_options
-@click.option("--listen", required=True, help="HOST:PORT to listen on.")
+@click.option("--listen", default=None, help="HOST:PORT to listen on.")
+@click.option("--via-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Exchange messages through this shared folder instead of a connection (no TLS; fresh folder per session).")
 @click.option("--forever", is_flag=True, help="Keep serving sessions (default: exit after one).")
 @click.option("--server-key", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Persisted server key (created if missing): RSA, for the signed-set cache; ECDH, with --prepared. "
@@ -125,10 +127,13 @@ def _report(summary: api.PsiSummary, as_json: bool, quiet: bool) -> None:
               help="ECDH protocol: a set precomputed with 'psiq psi prepare' (persisted key; unbalanced mode).")
 @tls_options
 @output_options
-def serve(tls: Any, as_json: bool, quiet: bool, forever: bool, listen: str, **kw: Any) -> None:
-    """Answer PSI sessions for the records in --input."""
+def serve(tls: Any, as_json: bool, quiet: bool, forever: bool, listen: str | None, via_dir: Path | None,
+          **kw: Any) -> None:
+    """Answer PSI sessions for the records in --input (on --listen, or through --via-dir)."""
     options = _options(kw)
     bar = make_progress(quiet, "serve")
+    if _folder_session("server", via_dir, listen, "--listen", kw, options, bar, as_json, quiet):
+        return
 
     def listening(address: tuple[str, int]) -> None:
         info(f"listening on {address[0]}:{address[1]} ({'TLS' if tls else 'plain TCP'})", quiet)
@@ -152,19 +157,39 @@ def serve(tls: Any, as_json: bool, quiet: bool, forever: bool, listen: str, **kw
 @psi_group.command("connect")
 @handles_errors
 @_session_options
-@click.option("--peer", required=True, help="HOST:PORT of the serving party.")
+@click.option("--peer", default=None, help="HOST:PORT of the serving party.")
+@click.option("--via-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Exchange messages through this shared folder instead of a connection (no TLS; fresh folder per session).")
 @tls_options
 @output_options
-def connect(tls: Any, as_json: bool, quiet: bool, peer: str, **kw: Any) -> None:
-    """Run a PSI session against a serving party."""
+def connect(tls: Any, as_json: bool, quiet: bool, peer: str | None, via_dir: Path | None, **kw: Any) -> None:
+    """Run a PSI session against a serving party (at --peer, or through --via-dir)."""
     options = _options(kw)
     bar = make_progress(quiet, "connect")
+    if _folder_session("client", via_dir, peer, "--peer", kw, options, bar, as_json, quiet):
+        return
     try:
         summary = api.connect(kw["input_path"], on=_columns(kw["on"]), peer=peer, tls=tls, output=kw["output"],
                               options=options, on_progress=bar)
     finally:
         bar.close()
     _report(summary, as_json, quiet)
+
+
+def _folder_session(role: str, via_dir: Path | None, address: str | None, flag: str, kw: dict[str, Any],
+                    options: api.PsiOptions, bar: Any, as_json: bool, quiet: bool) -> bool:
+    """Run the session through a folder when --via-dir is given; True if it ran."""
+    if (via_dir is None) == (address is None):
+        raise UsageError(f"give exactly one of {flag} and --via-dir")
+    if via_dir is None:
+        return False
+    try:
+        summary = api.exchange_via_folder(role, kw["input_path"], on=_columns(kw["on"]), directory=via_dir,
+                                          output=kw["output"], options=options, on_progress=bar)
+    finally:
+        bar.close()
+    _report(summary, as_json, quiet)
+    return True
 
 
 def _columns(on: str) -> list[str]:

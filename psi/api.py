@@ -49,6 +49,7 @@ __all__ = [
     "intersect",
     "intersect_files",
     "align",
+    "exchange_via_folder",
     "DEFAULT_PROTOCOL",
 ]
 
@@ -348,6 +349,26 @@ def connect(
     table = _read(input, on, options)
     with tcp_connect(peer, tls, timeout=connect_timeout, retries=retries) as channel:
         return run_session(Role.CLIENT, channel, table, options=options, output=output, on_progress=on_progress)
+
+
+def exchange_via_folder(
+    role: Role | str,
+    input: str | os.PathLike[str],
+    *,
+    on: Sequence[str],
+    directory: str | os.PathLike[str],
+    output: str | os.PathLike[str] | None = None,
+    options: PsiOptions | None = None,
+    on_progress: ProgressCallback | None = None,
+) -> PsiSummary:
+    """Run one party through a shared exchange folder instead of a connection (no TLS: the
+    folder's access control protects the traffic). Use a fresh folder per session."""
+    from .transport.files import FolderChannel
+
+    options = options or PsiOptions()
+    table = _read(input, on, options)
+    with FolderChannel(directory, Role(role).value) as channel:
+        return run_session(Role(role), channel, table, options=options, output=output, on_progress=on_progress)
 
 
 def align(input: str | os.PathLike[str], *, on: Sequence[str], peer: str | None = None, listen: str | None = None,

@@ -156,3 +156,18 @@ def test_missing_column_and_insecure_remote(tmp_path: Path, tables: Path) -> Non
     result = _run(["psi", "connect", "--input", str(tables / "bank_a.csv"), "--on", "id_number",
                    "--peer", "192.0.2.10:7766", "--insecure"])
     assert result.returncode == 2 and "loopback" in _one_line_error(result.stderr)
+
+
+def test_exchange_through_a_shared_folder(tables: Path, tmp_path: Path) -> None:
+    exchange = tmp_path / "exchange"
+    out_a, out_b = tmp_path / "a.csv", tmp_path / "b.csv"
+    common = ["--protocol", "ecdh", "--on", "email", "--reveal", "both", "--quiet", "--via-dir", str(exchange)]
+    server = _start_server(["psi", "serve", "--input", str(tables / "bank_b.csv"), "--output", str(out_b), *common])
+    client = _run(["psi", "connect", "--input", str(tables / "bank_a.csv"), "--output", str(out_a), "--json", *common])
+    server.communicate(timeout=60)
+    assert client.returncode == 0 and server.returncode == 0, client.stderr
+    expected = set(_ids(tables / "bank_a.csv", "email")) & set(_ids(tables / "bank_b.csv", "email"))
+    assert _ids(out_a, "email") == _ids(out_b, "email") and set(_ids(out_a, "email")) == expected
+    assert not list((exchange / "client-out").glob("*.frame")) and not list((exchange / "server-out").glob("*.frame"))
+    again = _run(["psi", "connect", "--input", str(tables / "bank_a.csv"), *common])
+    assert again.returncode == 2 and "fresh folder" in _one_line_error(again.stderr)
