@@ -1,0 +1,74 @@
+"""The quick-start demo, trial certificates, and the prepare -> serve flow, through the CLI."""
+
+from __future__ import annotations
+
+import csv
+import json
+import stat
+import subprocess
+from pathlib import Path
+
+from click.testing import CliRunner
+
+from cli.main import cli
+
+from .conftest import ROOT, free_port, psiq_cmd, subprocess_env, tls_args
+
+
+def test_demo_aligns_the_sample_banks(tmp_path: Path) -> None:
+    result = CliRunner().invoke(cli, ["demo", "--out", str(tmp_path / "demo"), "--json", "--workers", "1"])
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.output)
+    expected = json.loads((ROOT / "datasets" / "sample" / "expected.json").read_text())["intersection"]["bank_a&bank_b"]
+    assert summary["client"]["intersection_size"] == summary["server"]["intersection_size"] == expected
+    with open(tmp_path / "demo" / "bank_a_aligned.csv", encoding="utf-8") as a, \
+            open(tmp_path / "demo" / "bank_b_aligned.csv", encoding="utf-8") as b:
+        ids_a = [r["id_number"] for r in csv.DictReader(a)]
+        ids_b = [r["id_number"] for r in csv.DictReader(b)]
+    assert ids_a == ids_b and len(ids_a) == expected
+    assert summary["client"]["peer_name"] == "bank-b" and summary["server"]["peer_name"] == "bank-a"
+
+
+def test_demo_human_output_names_files_time_and_bytes(tmp_path: Path) -> None:
+    result = CliRunner().invoke(cli, ["demo", "--out", str(tmp_path / "demo"), "--workers", "1", "--quiet"])
+    assert result.exit_code == 0, result.output
+    assert "intersection size: 3,000" in result.output
+    assert "bank_a_aligned.csv" in result.output and " B" in result.output and " s wall" in result.output
+
+
+def test_certs_init_writes_private_keys_0600(tmp_path: Path) -> None:
+    result = CliRunner().invoke(cli, ["certs", "init", str(tmp_path), "--party", "bank-a", "--party", "bank-b"])
+    assert result.exit_code == 0, result.output
+    for name in ("ca.pem", "ca.key", "bank-a.pem", "bank-a.key", "bank-b.pem", "bank-b.key"):
+        assert (tmp_path / name).is_file()
+    assert stat.S_IMODE((tmp_path / "bank-a.key").stat().st_mode) == 0o600
+    bad = CliRunner().invoke(cli, ["certs", "init", str(tmp_path), "--party", "../evil"])
+    assert bad.exit_code == 2 and "bad party name" in bad.output
+
+
+def test_missing_tls_files_is_a_usage_error(tmp_path: Path) -> None:
+    result = CliRunner().invoke(cli, ["psi", "connect", "--input", str(ROOT / "datasets/sample/bank_a.csv"),
+                                      "--on", "id_number", "--peer", "127.0.0.1:9"])
+    assert result.exit_code == 2 and "psiq certs init" in result.output
+
+
+def test_prepared_ecdh_set_serves_a_client(tmp_path: Path, pki: Path) -> None:
+    sample = ROOT / "datasets" / "sample"
+    key, prepared = tmp_path / "b.key", tmp_path / "b.prepared"
+    prep = CliRunner().invoke(cli, ["psi", "prepare", "--input", str(sample / "bank_b.csv"), "--on", "email",
+                                    "--server-key", str(key), "--out", str(prepared), "--workers", "1", "--json"])
+    assert prep.exit_code == 0, prep.output
+    assert json.loads(prep.output)["keys"] == 10_000
+    port = free_port()
+    server = subprocess.Popen(psiq_cmd() + ["psi", "serve", "--protocol", "ecdh", "--input", str(sample / "bank_b.csv"),
+                                            "--on", "email", "--listen", f"127.0.0.1:{port}", "--prepared", str(prepared),
+                                            "--server-key", str(key), "--json", "--quiet", *tls_args(pki, "bank-b")],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=subprocess_env())
+    client = subprocess.run(psiq_cmd() + ["psi", "connect", "--protocol", "ecdh", "--input", str(sample / "bank_a.csv"),
+                                          "--on", "email", "--peer", f"127.0.0.1:{port}", "--json", "--quiet",
+                                          *tls_args(pki, "bank-a")],
+                            capture_output=True, text=True, env=subprocess_env(), timeout=120)
+    s_out, s_err = server.communicate(timeout=60)
+    assert client.returncode == 0 and server.returncode == 0, (client.stderr, s_err)
+    assert json.loads(client.stdout)["intersection_size"] == 3000
+    assert any("persisted key" in n for n in json.loads(s_out)["notes"])
