@@ -26,7 +26,6 @@ from __future__ import annotations
 import csv
 import mmap
 import os
-import tempfile
 from array import array
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,6 +33,7 @@ from typing import Any, Callable, Iterable, Iterator, Literal, Sequence
 
 import numpy as np
 
+from .atomic import AtomicFile
 from .errors import InputError, UsageError
 from .normalize import KeyNormalizationError, Normalization
 
@@ -510,51 +510,11 @@ def write_rows(
     else:
         writer = _write_csv
     try:
-        with _atomic(out) as handle:
+        with AtomicFile(out) as handle:
             writer(src, fmt, order, handle, expect_rows)
     except OSError as err:
         raise InputError(f"{out}: cannot write the output ({err.strerror or err})") from None
     return int(len(order))
-
-
-class _atomic:
-    """Context manager: a temp file beside ``target``, renamed over it only on success."""
-
-    def __init__(self, target: Path) -> None:
-        self.target = target
-        self.tmp: str | None = None
-
-    def __enter__(self) -> Any:
-        directory = self.target.parent if str(self.target.parent) else Path(".")
-        if not directory.is_dir():
-            raise InputError(f"{self.target}: the output directory does not exist")
-        fd, self.tmp = tempfile.mkstemp(prefix=f".{self.target.name}.", suffix=".tmp", dir=directory)
-        self.handle = os.fdopen(fd, "wb", buffering=1 << 20)
-        return self.handle
-
-    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
-        try:
-            if exc_type is None:
-                self.handle.flush()
-                os.fsync(self.handle.fileno())
-                self.handle.close()
-                os.replace(self.tmp, self.target)
-                return
-        except BaseException:
-            self._discard()
-            raise
-        self._discard()
-
-    def _discard(self) -> None:
-        try:
-            self.handle.close()
-        except Exception:  # noqa: BLE001
-            pass
-        try:
-            if self.tmp is not None:
-                os.unlink(self.tmp)
-        except FileNotFoundError:
-            pass
 
 
 def _check_range(order: np.ndarray, total: int, name: str, expect_rows: int | None) -> None:

@@ -8,35 +8,16 @@ changed input or key is never served from a stale file.
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 from typing import Any, Sequence
 
+from .atomic import atomic_write_bytes
 from .errors import InputError, UsageError
 from .parallel import Executor
 
-__all__ = ["rsa_server_state", "load_or_create_ecdh_key", "prepare_ecdh", "load_prepared", "atomic_write_bytes"]
+__all__ = ["rsa_server_state", "load_or_create_ecdh_key", "prepare_ecdh", "load_prepared"]
 
 PERSISTED_KEY_NOTE = "the server used a persisted key: a client can link its customers across sessions with it"
-
-
-def atomic_write_bytes(path: Path, data: bytes, mode: int = 0o600) -> None:
-    """Write ``data`` to ``path`` via a temp file in the same folder and a rename."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-        os.chmod(tmp, mode)
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
 
 
 def _load_or_create_rsa_key(path: Path, bits: int) -> Any:

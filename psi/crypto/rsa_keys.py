@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence, TypeVar, Union
@@ -35,6 +34,7 @@ from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
+from ..atomic import atomic_write_bytes
 from ..errors import InputError, MalformedMessage, PsiqError, UsageError
 
 __all__ = [
@@ -261,22 +261,7 @@ class RsaKey:
 
     def save(self, path: Union[str, os.PathLike[str]], password: bytes | None = None) -> None:
         """Write the PEM private key with mode 0600 (atomically: temp file, then rename)."""
-        target = Path(path)
-        data = self.to_pem(password)
-        fd, tmp = tempfile.mkstemp(prefix=".psiq-key-", dir=str(target.parent or Path(".")))
-        try:
-            os.fchmod(fd, 0o600)
-            with os.fdopen(fd, "wb") as handle:
-                handle.write(data)
-                handle.flush()
-                os.fsync(handle.fileno())
-            os.replace(tmp, target)
-        except BaseException:
-            try:
-                os.unlink(tmp)
-            except OSError:
-                pass
-            raise
+        atomic_write_bytes(path, self.to_pem(password), mode=0o600)
 
     # -- use ---------------------------------------------------------------------------------
     @property

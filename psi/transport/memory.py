@@ -7,9 +7,7 @@ ends live in one thread (``psi.driver.run_pair`` alternates between them).
 
 from __future__ import annotations
 
-import collections
 import queue
-import threading
 
 from ..errors import PeerDisconnected, TransportError
 from ..messages import DEFAULT_MAX_BODY, Message, decode_frame, encode_frame
