@@ -61,6 +61,7 @@ class AtomicFile:
 
 
 def atomic_write_bytes(path: str | os.PathLike[str], data: bytes, *, mode: int = 0o600) -> None:
-    """Write ``data`` to ``path`` atomically with permissions ``mode``."""
+    """Write ``data`` to ``path`` atomically with permissions ``mode`` (creating its folder)."""
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
     with AtomicFile(path, mode=mode) as handle:
         handle.write(data)
