@@ -14,7 +14,7 @@ import click
 from psi.errors import InputError, UsageError
 from psi.normalize import Normalization
 
-from .common import emit_json, handles_errors, info, output_options, tls_options
+from .common import warn, emit_json, handles_errors, info, output_options, tls_options
 
 __all__ = ["pir_group"]
 
@@ -128,6 +128,8 @@ def serve_command(db_dir: Path, listen: str, quota: int | None, audit_log: Path 
         def report(event: dict) -> None:
             if as_json:
                 emit_json(event)
+            elif event.get("event") == "refused":
+                warn(f"connection refused: {event['error']}")
             else:
                 info(f"client {event['client']}: {event['outcome']}, {event['evaluations']} lookups"
                      + (f" ({event['error']})" if event.get("error") else ""), quiet)

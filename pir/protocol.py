@@ -38,7 +38,7 @@ import numpy as np
 from psi.errors import (
     InvalidToken,
     MalformedMessage,
-    ParameterMismatch,
+    StaleVersion,
     UnexpectedMessage,
 )
 from psi.messages import Message, pack_items, unpack_items
@@ -87,8 +87,8 @@ def _split_version(body: bytes, what: str) -> tuple[str, bytes]:
     return body[:_VERSION_BYTES].hex(), body[_VERSION_BYTES:]
 
 
-def _stale(theirs: str, ours: str) -> ParameterMismatch:
-    return ParameterMismatch(
+def _stale(theirs: str, ours: str) -> StaleVersion:
+    return StaleVersion(
         f"request built for table version {theirs[:16]}, the server serves {ours[:16]}: "
         "the hint is stale, fetch the new one and retry"
     )

@@ -158,8 +158,16 @@ class PirService:
         slots = threading.Semaphore(max_clients)
         stop = stop or threading.Event()
 
-        def run(channel: Channel) -> None:
+        def run(pending: Any) -> None:
             try:
+                try:
+                    channel = pending.secure()  # TLS handshake in this connection's thread
+                except PsiqError as err:
+                    if not forever:
+                        raise
+                    if on_event:
+                        on_event({"event": "refused", "error": str(err)})
+                    return
                 event = self.handle(channel)
                 if on_event:
                     on_event(event)
@@ -168,14 +176,14 @@ class PirService:
 
         while not stop.is_set():
             try:
-                channel = listener.accept(timeout=0.5 if forever else None)
+                pending = listener.accept_pending(timeout=0.5 if forever else None)
             except PsiqError:
                 if forever:
                     continue
                 raise
             if not forever:
                 slots.acquire()
-                run(channel)
+                run(pending)
                 return
             slots.acquire()
-            threading.Thread(target=run, args=(channel,), name="psiq-pir-session", daemon=True).start()
+            threading.Thread(target=run, args=(pending,), name="psiq-pir-session", daemon=True).start()

@@ -31,6 +31,7 @@ __all__ = [
     "IncompatiblePeer",
     "ParameterMismatch",
     "UnsupportedVersion",
+    "StaleVersion",
     "TransportError",
     "PeerDisconnected",
     "AuthenticationError",
@@ -87,6 +88,10 @@ class IncompatiblePeer(RemoteError):
 
 class ParameterMismatch(IncompatiblePeer):
     """Both sides run the same protocol but disagree on parameters (key columns, normalisation...)."""
+
+
+class StaleVersion(ParameterMismatch):
+    """A request was built for another version of the served table (for example a stale PIR hint)."""
 
 
 class UnsupportedVersion(IncompatiblePeer):

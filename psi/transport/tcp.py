@@ -22,7 +22,7 @@ from ..messages import DEFAULT_MAX_BODY, HEADER, Message, decode_header, encode_
 from .base import Channel
 from .tls import TlsConfig, check_peer_name, client_context, server_context
 
-__all__ = ["TlsConfig", "TcpChannel", "Listener", "connect", "parse_address", "is_loopback"]
+__all__ = ["TlsConfig", "TcpChannel", "Listener", "PendingConnection", "connect", "parse_address", "is_loopback"]
 
 _QUEUE_BYTES = 64 * 1024 * 1024
 
@@ -296,6 +296,14 @@ class Listener:
         Raises :class:`AuthenticationError` when the peer's certificate is refused (the caller
         may keep listening), :class:`TransportError` on timeout.
         """
+        return self.accept_pending(timeout).secure()
+
+    def accept_pending(self, timeout: float | None = None) -> "PendingConnection":
+        """Accept a TCP connection without doing the TLS handshake yet.
+
+        A concurrent server calls :meth:`PendingConnection.secure` in the connection's own
+        thread, so a slow or hostile client cannot hold up the accept loop.
+        """
         self._sock.settimeout(timeout)
         try:
             raw, _addr = self._sock.accept()
@@ -304,9 +312,30 @@ class Listener:
         except OSError as err:
             raise TransportError(f"accept failed: {err}") from None
         raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        return PendingConnection(raw, self._ctx, self._tls, self._handshake_timeout)
+
+    def close(self) -> None:
+        self._sock.close()
+
+    def __enter__(self) -> "Listener":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class PendingConnection:
+    """An accepted TCP connection whose TLS handshake has not run yet."""
+
+    def __init__(self, raw: socket.socket, ctx: ssl.SSLContext | None, tls: TlsConfig | None, timeout: float) -> None:
+        self._raw, self._ctx, self._tls, self._timeout = raw, ctx, tls, timeout
+
+    def secure(self) -> TcpChannel:
+        """Run the TLS handshake (if configured) and check the peer; return the channel."""
+        raw = self._raw
         if self._ctx is None:
             return TcpChannel(raw)
-        raw.settimeout(self._handshake_timeout)
+        raw.settimeout(self._timeout)
         try:
             sock = self._ctx.wrap_socket(raw, server_side=True)
             name = check_peer_name(sock, self._tls.peer_name if self._tls else None)
@@ -319,10 +348,4 @@ class Listener:
         return TcpChannel(sock, peer_name=name)
 
     def close(self) -> None:
-        self._sock.close()
-
-    def __enter__(self) -> "Listener":
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
+        self._raw.close()
