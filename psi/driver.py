@@ -14,6 +14,7 @@ from typing import Any, Callable
 
 from .errors import (
     IncompatiblePeer,
+    LocalError,
     MalformedMessage,
     PolicyError,
     ProtocolStateError,
@@ -72,9 +73,19 @@ _ERROR_CLASSES: dict[int, type[PsiqError]] = {5: IncompatiblePeer, 7: PolicyErro
 
 
 def send_error(channel: Channel, err: BaseException) -> None:
-    """Best effort: tell the peer why this side stops (never raises)."""
+    """Best effort: tell the peer that this side stops, and why when that is safe (never raises).
+
+    Only errors about the peer's own messages or settings are described; a local error (bad
+    input, a receiver's out-of-range choice, a file path) is reported without its text, so
+    nothing private leaks through an error message.
+    """
     code = err.exit_code if isinstance(err, PsiqError) else 1
-    text = str(err) if isinstance(err, PsiqError) else "internal error on the peer"
+    if isinstance(err, (RemoteError, PolicyError)):
+        text = str(err)
+    elif isinstance(err, LocalError):
+        text = "the peer stopped on a local error"
+    else:
+        text = "internal error on the peer"
     try:
         channel.send(Message(ERROR_KIND, pack_json({"code": code, "message": text[:500]})))
         channel.flush()

@@ -84,3 +84,18 @@ def test_json_control_messages() -> None:
     for bad in (b"[1,2]", b"\xff", b"{", b"x" * 100):
         with pytest.raises(MalformedMessage):
             unpack_json(bad, max_size=50)
+
+
+def test_local_errors_are_not_described_to_the_peer() -> None:
+    from psi.driver import raise_if_error, send_error
+    from psi.errors import IncompatiblePeer, ParameterMismatch, UsageError
+    from psi.transport.memory import memory_pair
+
+    a, b = memory_pair()
+    send_error(a, UsageError("index 9 is out of range"))
+    with pytest.raises(Exception) as info:
+        raise_if_error(b.recv(0))
+    assert "9" not in str(info.value) and "local error" in str(info.value)
+    send_error(a, ParameterMismatch("settings differ (dedup)"))
+    with pytest.raises(IncompatiblePeer, match="dedup"):
+        raise_if_error(b.recv(0))
