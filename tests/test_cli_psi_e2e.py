@@ -171,3 +171,33 @@ def test_exchange_through_a_shared_folder(tables: Path, tmp_path: Path) -> None:
     assert not list((exchange / "client-out").glob("*.frame")) and not list((exchange / "server-out").glob("*.frame"))
     again = _run(["psi", "connect", "--input", str(tables / "bank_a.csv"), *common])
     assert again.returncode == 2 and "fresh folder" in _one_line_error(again.stderr)
+
+
+@pytest.mark.parametrize(
+    "content,expected",
+    [
+        (b"", "empty"),
+        (b"id_number,name\n\xff\xfe1,a\n", "UTF-8"),
+        (b"id_number,name\n1,a\n2,b\n1,c\n", "duplicate"),
+    ],
+    ids=["empty-file", "bad-encoding", "duplicate-keys"],
+)
+def test_bad_input_files_give_one_line_and_code_2(content: bytes, expected: str, tmp_path: Path, pki: Path) -> None:
+    bad = tmp_path / "in.csv"
+    bad.write_bytes(content)
+    result = _run(["psi", "connect", "--input", str(bad), "--on", "id_number", "--peer", "127.0.0.1:9",
+                   *tls_args(pki, "bank-a")])
+    assert result.returncode == 2
+    assert expected.lower() in _one_line_error(result.stderr).lower()
+
+
+def test_port_in_use_is_a_transport_error(tables: Path, pki: Path) -> None:
+    import socket
+
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen(1)
+        port = busy.getsockname()[1]
+        result = _run(["psi", "serve", "--input", str(tables / "bank_b.csv"), "--on", "id_number",
+                       "--listen", f"127.0.0.1:{port}", *tls_args(pki, "bank-b")])
+    assert result.returncode == 3 and "address already in use" in _one_line_error(result.stderr)
