@@ -18,7 +18,9 @@ Recorded per run: ``wall`` (measured here: server launch to both processes exite
 interpreter start, reading the CSVs, TLS, the protocol, alignment and writing the outputs),
 ``session`` (the longer of the two parties' own ``seconds``: hello to output written), each
 party's phases, bytes each way and peak RSS (the summaries' ``peak_rss_mb``: the party's own
-process or its largest worker, whichever is larger).
+process or its largest worker, whichever is larger), and the CPU-seconds both parties and their
+workers used (their share of all cores over ``wall``) next to what the rest of the machine used
+meanwhile (/proc/stat), so a run disturbed by other load shows it.
 
 openmined-psi (``private_set_intersection.python``, C++ ECDH on P-256) is a library without a
 network layer: its four steps (server setup, client request, server response, client
@@ -235,7 +237,7 @@ def run_psiq(v: dict[str, Any], n: int, data: Path, pki: Path, expected: int, ar
             "client_wall_s": round(res.client_wall, 3),
             "session_s": round(max(c["seconds"], s["seconds"]), 3),
             "bytes_client_to_server": c["bytes_sent"], "bytes_server_to_client": s["bytes_sent"],
-            "client": _party(c), "server": _party(s)}
+            "cpu": res.cpu, "client": _party(c), "server": _party(s)}
 
 
 # -- openmined-psi ----------------------------------------------------------------------------
@@ -417,6 +419,11 @@ def print_report(doc: dict[str, Any]) -> None:
         print(f"{r['size']:>9,}  {r['protocol']:<9} {_label(r):<22} {r['wall_s']:>8.2f} {r['session_s']:>8.2f} "
               f"{_mb(r['bytes_client_to_server']):>8} {_mb(r['bytes_server_to_client']):>8} "
               f"{r['client']['peak_rss_mb']:>5.0f}/{r['server']['peak_rss_mb']:<6.0f} {r['intersection_size']:>8,}")
+        cpu = r.get("cpu", {})
+        if cpu:
+            other = f", other load {cpu['other_cpu_s']:.1f} CPU-s" if "other_cpu_s" in cpu else ""
+            print(f"{'':>11}CPU {cpu['own_cpu_s']:.1f} s (both parties + workers) = {cpu['utilisation'] * 100:.0f}% "
+                  f"of {doc['machine']['cores']} cores over wall{other}")
         print(f"{'':>11}client: {_phases(r['client']['phases'])}")
         print(f"{'':>11}server: {_phases(r['server']['phases'])}")
     for o in doc["openmined"]:

@@ -215,6 +215,65 @@ def kill_tree(proc: subprocess.Popen) -> None:
             continue
 
 
+def system_cpu_seconds() -> float | None:
+    """Busy CPU-seconds of the whole machine so far (all cores; /proc/stat), None if unknown."""
+    try:
+        fields = Path("/proc/stat").read_text().splitlines()[0].split()[1:]
+    except (OSError, IndexError):
+        return None
+    ticks = [int(x) for x in fields]
+    idle = ticks[3] + (ticks[4] if len(ticks) > 4 else 0)  # idle + iowait
+    return (sum(ticks[:8]) - idle) / os.sysconf("SC_CLK_TCK")
+
+
+class SessionCpu:
+    """Sum of user + system CPU-seconds of every process in the given sessions (the two parties,
+    their forkserver and worker processes), sampled from /proc every ``interval`` seconds.
+
+    Workers are started by a forkserver, so they are not waited for by the party and do not show
+    in RUSAGE_CHILDREN; they do keep the party's session id. A process that exits between two
+    samples loses at most its last ``interval`` of CPU time.
+    """
+
+    def __init__(self, interval: float = 0.1) -> None:
+        import threading
+
+        self.sessions: set[int] = set()
+        self.seen: dict[int, float] = {}
+        self._tick = os.sysconf("SC_CLK_TCK")
+        self._stop = threading.Event()
+        self._interval = interval
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def start(self) -> "SessionCpu":
+        self._thread.start()
+        return self
+
+    def _sample(self) -> None:
+        try:
+            pids = [int(p) for p in os.listdir("/proc") if p.isdigit()]
+        except OSError:
+            return
+        for pid in pids:
+            try:
+                raw = Path(f"/proc/{pid}/stat").read_text()
+            except OSError:
+                continue
+            rest = raw[raw.rindex(")") + 2 :].split()
+            if int(rest[3]) in self.sessions:
+                self.seen[pid] = max(self.seen.get(pid, 0.0), (int(rest[11]) + int(rest[12])) / self._tick)
+
+    def _run(self) -> None:
+        while not self._stop.wait(self._interval):
+            self._sample()
+
+    def stop(self) -> float:
+        self._sample()
+        self._stop.set()
+        self._thread.join()
+        return sum(self.seen.values())
+
+
 @dataclass
 class PairResult:
     wall: float                     # server launch -> both exited
@@ -222,6 +281,7 @@ class PairResult:
     server: dict[str, Any]
     client: dict[str, Any]
     stderr: dict[str, str] = field(default_factory=dict)
+    cpu: dict[str, Any] = field(default_factory=dict)
 
 
 def _parse_summary(role: str, out: str, err: str, code: int) -> dict[str, Any]:
@@ -244,9 +304,12 @@ def run_pair(server_cmd: Sequence[str], client_cmd: Sequence[str], *, port: int,
     env = {**os.environ, **(env or {})}
     with tempfile.TemporaryFile("w+") as s_out, tempfile.TemporaryFile("w+") as s_err, \
             tempfile.TemporaryFile("w+") as c_out, tempfile.TemporaryFile("w+") as c_err:
+        sys0 = system_cpu_seconds()
+        sampler = SessionCpu().start()
         start = time.perf_counter()
         deadline = time.monotonic() + timeout
         server = subprocess.Popen(server_cmd, stdout=s_out, stderr=s_err, env=env, start_new_session=True)
+        sampler.sessions.add(server.pid)
         client: subprocess.Popen | None = None
         try:
             wait_listening(port, server, timeout=min(timeout, 300.0))
@@ -256,6 +319,7 @@ def run_pair(server_cmd: Sequence[str], client_cmd: Sequence[str], *, port: int,
                                  f"{(s_err.read().strip().splitlines() or [''])[-1]}")
             client_start = time.perf_counter()
             client = subprocess.Popen(client_cmd, stdout=c_out, stderr=c_err, env=env, start_new_session=True)
+            sampler.sessions.add(client.pid)
             for proc, role in ((client, "client"), (server, "server")):
                 left = deadline - time.monotonic()
                 try:
@@ -280,6 +344,8 @@ def run_pair(server_cmd: Sequence[str], client_cmd: Sequence[str], *, port: int,
             for proc in (client, server):
                 if proc is not None and proc.poll() is None:
                     kill_tree(proc)
+            own = sampler.stop()
+            sys1 = system_cpu_seconds()
         texts = {}
         for name, fh in (("server_out", s_out), ("server_err", s_err), ("client_out", c_out), ("client_err", c_err)):
             fh.seek(0)
@@ -298,7 +364,18 @@ def run_pair(server_cmd: Sequence[str], client_cmd: Sequence[str], *, port: int,
         server=_parse_summary("server", texts["server_out"], texts["server_err"], server.returncode),
         client=_parse_summary("client", texts["client_out"], texts["client_err"], client.returncode),
         stderr={"server": texts["server_err"][-2000:], "client": texts["client_err"][-2000:]},
+        cpu=_cpu_figures(end - start, own, None if sys0 is None or sys1 is None else sys1 - sys0),
     )
+
+
+def _cpu_figures(wall: float, own: float, system: float | None) -> dict[str, Any]:
+    """CPU-seconds used by the two parties and their workers, by everything else, and core use."""
+    n = cores()
+    out: dict[str, Any] = {"own_cpu_s": round(own, 2), "utilisation": round(own / (wall * n), 3) if wall > 0 else None}
+    if system is not None:
+        out["system_cpu_s"] = round(system, 2)
+        out["other_cpu_s"] = round(max(0.0, system - own), 2)
+    return out
 
 
 def write_json(path: Path, doc: Any) -> None:

@@ -64,6 +64,8 @@ class _PhaseClock:
         self.t = time.perf_counter()
 
     def tick(self, phase: str) -> None:
+        if phase == self.phase:
+            return
         now = time.perf_counter()
         self.stats.phases[self.phase] = self.stats.phases.get(self.phase, 0.0) + (now - self.t)
         self.phase, self.t = phase, now
@@ -121,6 +123,8 @@ def run_party(
     """
     stats = stats or RunStats()
     clock = _PhaseClock(stats)
+    clock.phase = party.progress().phase
+    party.phase_listener = clock.tick
     start = time.perf_counter()
     sent0, recv0 = channel.bytes_sent, channel.bytes_received
     try:

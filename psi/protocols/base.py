@@ -22,7 +22,7 @@ from __future__ import annotations
 import enum
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable
 
 from ..errors import ProtocolStateError, PsiqError, UnexpectedMessage
 from ..messages import Message
@@ -84,6 +84,7 @@ class Party(ABC):
         self._phase = "start"
         self._done_units = 0
         self._total_units = 0
+        self.phase_listener: "Callable[[str], None] | None" = None
 
     # -- driver-facing API -------------------------------------------------------------------
     def outgoing(self) -> list[Message]:
@@ -139,6 +140,8 @@ class Party(ABC):
 
     def _set_phase(self, phase: str, total: int = 0) -> None:
         self._phase, self._done_units, self._total_units = phase, 0, total
+        if self.phase_listener is not None:
+            self.phase_listener(phase)  # lets a driver time phases exactly, even mid-call
 
     def _advance(self, units: int) -> None:
         self._done_units += units
@@ -146,6 +149,8 @@ class Party(ABC):
     def _finish(self) -> None:
         self._finished = True
         self._phase = "done"
+        if self.phase_listener is not None:
+            self.phase_listener("done")
 
     def _require_finished(self) -> None:
         if not self._finished:
