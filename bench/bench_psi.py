@@ -269,6 +269,9 @@ def _om_worker(conn, path_a: str, path_b: str, mode: str, fpr: float) -> None:
         t4 = time.perf_counter()
         sizes = {"setup": len(setup.SerializeToString()), "request": len(request.SerializeToString()),
                  "response": len(response.SerializeToString())}
+        # openmined sizes its GCS hash range as max(n_c, n_s) / (fpr / n_c) in an int64; past 2^63 it
+        # overflows (the setup then reports a negative range) and the requested rate is not met.
+        hash_range = int(setup.gcs.hash_range) if mode == "gcs" else None
         conn.send({
             "ok": True, "version": om.__version__, "n_client": len(client_items), "n_server": len(server_items),
             "intersection_size": len(set(indices)),
@@ -276,6 +279,7 @@ def _om_worker(conn, path_a: str, path_b: str, mode: str, fpr: float) -> None:
                        "intersection": round(t4 - t3, 4)},
             "total_s": round(t4 - t0, 3),
             "bytes": sizes,
+            "gcs_hash_range": hash_range,
             "bytes_client_to_server": sizes["request"],
             "bytes_server_to_client": sizes["setup"] + sizes["response"],
             "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0, 1),
@@ -379,11 +383,21 @@ def wire_per_element(sizes: list[int], om: list[dict[str, Any]], fpr_bits: int) 
         keys = os.urandom(filters.KEY_SIZE * n)
         for kind in filters.FILTER_KINDS:
             data = filters.encode_filter(kind, keys, n_query=n, fpr_bits=fpr_bits)
-            row = {"size": n, "mode": kind, "psiq_bytes": len(data), "psiq_bytes_per_element": round(len(data) / n, 3)}
+            # any approximate-membership encoding of n elements with per-query false-positive rate
+            # eps = 2^-fpr_bits / n_c needs at least n * log2(1/eps) bits
+            bound = (fpr_bits + math.log2(n)) / 8
+            row = {"size": n, "mode": kind, "psiq_bytes": len(data), "psiq_bytes_per_element": round(len(data) / n, 3),
+                   "lower_bound_bytes_per_element": round(bound, 3)}
             o = next((o for o in om if o["size"] == n and o["mode"] == kind), None)
             if o is not None:
                 row["openmined_bytes"] = o["bytes"]["setup"]
                 row["openmined_bytes_per_element"] = round(o["bytes"]["setup"] / n, 3)
+                hr = o.get("gcs_hash_range")
+                if hr is not None:
+                    row["openmined_gcs_hash_range"] = hr
+                    row["openmined_gcs_overflow"] = hr <= 0
+                    effective = (n * n) / (2.0**63 if hr <= 0 else hr)
+                    row["openmined_effective_fpr_bits"] = round(-math.log2(effective), 1)
             out.append(row)
     return out
 
@@ -458,7 +472,12 @@ def print_report(doc: dict[str, Any]) -> None:
         print("\nserver set on the wire, bytes per server element (psiq filter vs openmined setup message)")
         for w in doc["wire_per_server_element"]:
             om = f"{w['openmined_bytes_per_element']:6.2f}" if "openmined_bytes_per_element" in w else "     -"
-            print(f"{w['size']:>9,}  {w['mode']:<6} psiq {w['psiq_bytes_per_element']:6.2f}   openmined {om}")
+            note = ""
+            if w.get("openmined_gcs_overflow"):
+                note = (f"  (openmined GCS hash range overflowed int64: effective rate about "
+                        f"2^-{w['openmined_effective_fpr_bits']}, not 2^-{doc['settings'].get('fpr_bits', 40)})")
+            print(f"{w['size']:>9,}  {w['mode']:<6} psiq {w['psiq_bytes_per_element']:6.2f}   openmined {om}"
+                  f"   bound {w['lower_bound_bytes_per_element']:5.2f}{note}")
 
 
 # -- main -------------------------------------------------------------------------------------
