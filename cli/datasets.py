@@ -6,6 +6,8 @@ import json
 
 import click
 
+from .common import handles_errors
+
 __all__ = ["datasets_group"]
 
 
@@ -15,6 +17,7 @@ def datasets_group() -> None:
 
 
 @datasets_group.command("generate")
+@handles_errors
 @click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False), help="Output directory.")
 @click.option("--rows", type=click.IntRange(min=0), default=10_000, show_default=True, help="Customers per bank.")
 @click.option("--overlap", type=click.FloatRange(0.0, 1.0), default=0.3, show_default=True,
@@ -28,5 +31,10 @@ def generate_command(out_dir: str, rows: int, overlap: float, seed: int, blackli
     """Write bank_a.csv, bank_b.csv, blacklist.csv and expected.json into --out."""
     from datasets.generate import generate
 
-    summary = generate(out_dir, rows, overlap, seed, blacklist_rows, rows_b=rows_b)
+    from psi.errors import InputError
+
+    try:
+        summary = generate(out_dir, rows, overlap, seed, blacklist_rows, rows_b=rows_b)
+    except OSError as err:
+        raise InputError(f"cannot write the tables to {out_dir}: {err.strerror or err}") from None
     click.echo(json.dumps(summary, indent=2, ensure_ascii=False))

@@ -65,6 +65,7 @@ def pir_group() -> None:
 
 
 @pir_group.command("setup")
+@handles_errors
 @click.option("--input", "input_path", required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @click.option("--on", "on", required=True, help="Column holding the listed ids.")
 @click.option("--label", "label", default=None, help="Column holding the label returned to askers.")
@@ -74,7 +75,6 @@ def pir_group() -> None:
 @_normalize_option
 @_regex_option
 @output_options
-@handles_errors
 def setup_command(input_path: Path, on: str, label: str | None, out_dir: Path, label_width: int | None,
                   workers: int | None, normalize: str, key_regex: str | None, as_json: bool, quiet: bool) -> None:
     """Build a new table version from a CSV (fresh keys: old hints and labels stop working)."""
@@ -102,6 +102,7 @@ def setup_command(input_path: Path, on: str, label: str | None, out_dir: Path, l
 
 
 @pir_group.command("serve")
+@handles_errors
 @click.option("--db", "db_dir", required=True, type=click.Path(exists=True, file_okay=False, path_type=Path))
 @click.option("--listen", default="127.0.0.1:7767", show_default=True)
 @click.option("--quota", type=click.IntRange(0), default=None, help="Lookups per client per UTC day.")
@@ -110,7 +111,6 @@ def setup_command(input_path: Path, on: str, label: str | None, out_dir: Path, l
 @click.option("--forever", is_flag=True, help="Serve clients concurrently until interrupted (default: one client).")
 @tls_options
 @output_options
-@handles_errors
 def serve_command(db_dir: Path, listen: str, quota: int | None, audit_log: Path | None, forever: bool,
                   tls: object, as_json: bool, quiet: bool) -> None:
     """Answer lookups from the table in DB; counts evaluations per client certificate."""
@@ -150,6 +150,7 @@ def _print_result(result: object, as_json: bool) -> None:
 
 
 @pir_group.command("query")
+@handles_errors
 @click.option("--peer", required=True, help="HOST:PORT of the lookup service.")
 @click.option("--id", "ident", default=None, help="One id to look up.")
 @click.option("--input", "input_path", default=None, type=click.Path(exists=True, dir_okay=False, path_type=Path))
@@ -162,7 +163,6 @@ def _print_result(result: object, as_json: bool) -> None:
 @_regex_option
 @tls_options
 @output_options
-@handles_errors
 def query_command(peer: str, ident: str | None, input_path: Path | None, on: str | None, output_path: Path | None,
                   cache_dir: Path | None, normalize: str, key_regex: str | None, tls: object,
                   as_json: bool, quiet: bool) -> None:
