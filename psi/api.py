@@ -198,8 +198,12 @@ def run_session(
     output: str | os.PathLike[str] | None = None,
     executor: Executor | None = None,
     on_progress: ProgressCallback | None = None,
+    head_start: Any = None,
 ) -> PsiSummary:
     """Run one party of a PSI session over ``channel`` with the keys in ``table``.
+
+    ``head_start`` (server, ECDH): an :class:`psi.protocols.ecdh.HeadStart` begun on ``table``
+    before the connection; used if the session's settings match.
 
     Writes ``output`` (this party's rows of the intersection; aligned with the peer's in
     ``both`` mode) atomically when this party learns the intersection. Raises
@@ -215,12 +219,15 @@ def run_session(
     module = protocol_module(options.protocol)
     own_executor = executor is None
     executor = executor or Executor(options.workers)
+    _warm(executor, options)
     try:
         hello = _hello(role, options, config, table)
         peer = exchange_hello(channel, hello, max_peer_size=options.max_peer_size, timeout=options.timeout)
         peer_size = peer_set_size(peer)
         party_cls = module.Client if role == Role.CLIENT else module.Server
         extras = _server_extras(options, table, executor) if role == Role.SERVER else {}
+        if head_start is not None and role == Role.SERVER and not extras:
+            extras["head_start"] = head_start
         party = party_cls(table.keys, config, peer_size=peer_size, executor=executor, **extras)
         stats = run_party(party, channel, on_progress=on_progress, timeout=options.timeout)
         outcome: PsiOutcome = party.result()
@@ -310,26 +317,55 @@ def serve(
     listening; without it the error is raised. Returns the last session's summary.
     """
     options = options or PsiOptions()
-    table = _read(input, on, options)
-    last: PsiSummary | None = None
+    # Bind first (a client may connect while the input is read: it waits in the backlog), and
+    # start the workers, so that both overlap reading the input.
     with Listener(listen, tls) as listener, Executor(options.workers) as executor:
-        if on_listening is not None:
-            on_listening(listener.address)
-        while True:
-            try:
-                channel = listener.accept(timeout=accept_timeout)
-                with channel:
-                    last = run_session(Role.SERVER, channel, table, options=options, output=output,
-                                       executor=executor, on_progress=on_progress)
-                if on_session is not None:
-                    on_session(last)
-            except PsiqError as err:
-                if not forever:
-                    raise
-                if on_error is not None:
-                    on_error(err)
+        _warm(executor, options)
+        table = _read(input, on, options)
+        return _serve_on(table, listener, executor, output, options, forever, on_progress, on_listening,
+                         on_session, on_error, accept_timeout)
+
+
+def _warm(executor: Executor, options: PsiOptions) -> None:
+    """Start the worker processes in the background (overlapping the input read and handshake)."""
+    if options.protocol in ("ecdh", "rsa"):  # kkrt does its work in the main process
+        executor.warm(protocol_module(options.protocol).__name__)
+
+
+def _serve_on(table: KeyTable, listener: Listener, executor: Executor, output: Any, options: PsiOptions,
+              forever: bool, on_progress: Any, on_listening: Any, on_session: Any, on_error: Any,
+              accept_timeout: float | None) -> PsiSummary | None:
+    last: PsiSummary | None = None
+    if on_listening is not None:
+        on_listening(listener.address)
+    while True:
+        head = _head_start(table, options, executor)
+        try:
+            channel = listener.accept(timeout=accept_timeout)
+            with channel:
+                last = run_session(Role.SERVER, channel, table, options=options, output=output,
+                                   executor=executor, on_progress=on_progress, head_start=head)
+            if on_session is not None:
+                on_session(last)
+        except PsiqError as err:
             if not forever:
-                return last
+                raise
+            if on_error is not None:
+                on_error(err)
+        finally:
+            if head is not None:
+                head.cancel()  # unused (no session, or settings differ): drop its queued work
+        if not forever:
+            return last
+
+
+def _head_start(table: KeyTable, options: PsiOptions, executor: Executor) -> Any:
+    """ECDH: start encrypting the server's set (fresh key) while waiting for the next client."""
+    if options.protocol != "ecdh" or options.prepared is not None or options.server_key is not None:
+        return None
+    from .protocols import ecdh
+
+    return ecdh.HeadStart(table.keys, options.protocol_config(), executor)
 
 
 def connect(
@@ -346,9 +382,12 @@ def connect(
 ) -> PsiSummary:
     """Run the client side against a server at ``peer`` (``host:port``)."""
     options = options or PsiOptions()
-    table = _read(input, on, options)
-    with tcp_connect(peer, tls, timeout=connect_timeout, retries=retries) as channel:
-        return run_session(Role.CLIENT, channel, table, options=options, output=output, on_progress=on_progress)
+    with Executor(options.workers) as executor:
+        _warm(executor, options)
+        table = _read(input, on, options)
+        with tcp_connect(peer, tls, timeout=connect_timeout, retries=retries) as channel:
+            return run_session(Role.CLIENT, channel, table, options=options, output=output,
+                               on_progress=on_progress, executor=executor)
 
 
 def exchange_via_folder(

@@ -4,19 +4,36 @@ Protocols hand the executor a top-level (picklable) function and a list of batch
 executor returns results in order. ``workers=1`` runs in-process (tests, tiny inputs); the
 default uses one worker process per core. Each batch should carry a few thousand elements so
 the pickling overhead stays small next to the arithmetic.
+
+For pipelined protocols: :meth:`Executor.scatter` cuts one batch into one piece per worker
+and returns futures, so a party can queue the next batch's pieces before it waits on the
+current ones (and keep every core busy); :meth:`Executor.warm` starts the workers early, in
+the background, with the modules they need imported once in the fork server.
 """
 
 from __future__ import annotations
 
 import multiprocessing
 import os
+import threading
 from concurrent.futures import Future, ProcessPoolExecutor
 from typing import Any, Callable, Iterable, Iterator, Sequence, TypeVar
 
-__all__ = ["Executor", "default_workers", "split"]
+__all__ = ["Executor", "default_workers", "split", "split_even", "wait_first"]
 
 T = TypeVar("T")
 R = TypeVar("R")
+
+
+def _add_forkserver_preload(modules: Sequence[str]) -> None:
+    """Ask the (not yet started) fork server to import ``modules`` before forking workers."""
+    from multiprocessing import forkserver
+
+    server = forkserver._forkserver  # type: ignore[attr-defined]
+    if getattr(server, "_forkserver_pid", None) is not None:
+        return  # already running: its preload list is fixed
+    current = list(getattr(server, "_preload_modules", ["__main__"]))
+    forkserver.set_forkserver_preload(current + [m for m in modules if m not in current])
 
 
 def default_workers() -> int:
@@ -37,6 +54,35 @@ def split(items: Sequence[T], batch_size: int) -> list[Sequence[T]]:
     return [items[i : i + batch_size] for i in range(0, len(items), batch_size)]
 
 
+def split_even(items: Sequence[T], parts: int) -> list[Sequence[T]]:
+    """Cut ``items`` into at most ``parts`` consecutive slices of near-equal length (none empty)."""
+    if parts <= 0:
+        raise ValueError("parts must be positive")
+    n = len(items)
+    parts = min(parts, n)
+    if parts == 0:
+        return []
+    bounds = [n * i // parts for i in range(parts + 1)]
+    return [items[bounds[i] : bounds[i + 1]] for i in range(parts)]
+
+
+def wait_first(futures: Iterable["Future[Any]"]) -> None:
+    """Block until the first of ``futures`` is done (returns at once if there is none)."""
+    for fut in futures:
+        fut.exception()  # waits; an exception surfaces later through fut.result()
+        return
+
+
+def _import_modules(modules: tuple[str, ...]) -> None:
+    import importlib
+
+    for name in modules:
+        try:
+            importlib.import_module(name)
+        except ImportError:  # pragma: no cover - a warm-up hint only
+            pass
+
+
 class Executor:
     """Ordered map of a function over batches, in worker processes or in-process.
 
@@ -47,6 +93,8 @@ class Executor:
     def __init__(self, workers: int | None = None) -> None:
         self.workers = default_workers() if workers is None else max(1, workers)
         self._pool: ProcessPoolExecutor | None = None
+        self._warm: list[Future[None]] = []
+        self._warm_thread: threading.Thread | None = None
 
     def __enter__(self) -> "Executor":
         return self
@@ -55,15 +103,56 @@ class Executor:
         self.close()
 
     def close(self) -> None:
+        if self._warm_thread is not None:
+            self._warm_thread.join()
+            self._warm_thread = None
         if self._pool is not None:
             self._pool.shutdown(wait=True, cancel_futures=True)
             self._pool = None
+        self._warm = []
 
-    def _get_pool(self) -> ProcessPoolExecutor:
+    def _get_pool(self, preload: Sequence[str] = ()) -> ProcessPoolExecutor:
         if self._pool is None:
-            ctx = multiprocessing.get_context("forkserver" if os.name == "posix" else "spawn")
+            method = "forkserver" if os.name == "posix" else "spawn"
+            ctx = multiprocessing.get_context(method)
+            if method == "forkserver" and preload:
+                _add_forkserver_preload(preload)
             self._pool = ProcessPoolExecutor(max_workers=self.workers, mp_context=ctx)
         return self._pool
+
+    def warm(self, *modules: str) -> None:
+        """Start every worker now, in the background, with ``modules`` imported.
+
+        Call it early (e.g. before a handshake) so that process start-up and imports overlap
+        other work instead of delaying the first batch. With the forkserver start method the
+        modules are imported once in the fork server (if it is not running yet) and inherited
+        by every worker. Does nothing with ``workers == 1``; calling it again is harmless.
+        """
+        if self.workers == 1 or self._warm_thread is not None or self._pool is not None:
+            return
+        pool = self._get_pool(modules)
+
+        def start() -> None:
+            # ProcessPoolExecutor spawns workers on demand, one per submit while none is idle;
+            # the first spawn also waits for the fork server to start and import ``modules``.
+            try:
+                self._warm = [pool.submit(_import_modules, tuple(modules)) for _ in range(self.workers)]
+            except Exception:  # noqa: BLE001 - pool closed meanwhile; real work reports errors
+                pass
+
+        self._warm_thread = threading.Thread(target=start, name="psiq-executor-warm", daemon=True)
+        self._warm_thread.start()
+
+    def scatter(self, fn: Callable[[Any], R], items: Sequence[Any], *, parts: int | None = None) -> "list[Future[R]]":
+        """Submit ``fn`` on about one slice of ``items`` per worker; futures in slice order.
+
+        With ``workers == 1`` the single slice is computed in-process. ``fn(slice)`` results
+        concatenate (in order) to the answer for the whole of ``items``.
+        """
+        if not len(items):
+            return []
+        pieces = split_even(items, parts or self.workers) if self.workers > 1 else [items]
+        return [self.submit(fn, piece) for piece in pieces]
 
     def map(self, fn: Callable[..., R], batches: Iterable[Any], *, parallel: bool = True) -> list[R]:
         """Return ``[fn(b) for b in batches]``, computed over the workers when worthwhile."""

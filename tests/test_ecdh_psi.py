@@ -101,6 +101,50 @@ def test_two_workers():
             check_outcomes(x, y, reveal, client, server)
 
 
+def test_two_workers_both_mode_and_duplicates():
+    x = items([5, 1, 5, 2, 3] + list(range(100, 500)))
+    y = items(list(range(300, 700)) + [1, 1])
+    with Executor(workers=2) as executor:
+        for window in (1, 4):
+            config = ecdh.Config(reveal=Reveal.BOTH, batch_size=33, window=window)
+            client, server = run(x, y, config, executor=executor)
+            check_outcomes(x, y, Reveal.BOTH, client, server)
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+@pytest.mark.parametrize("reveal", list(Reveal))
+def test_head_start(workers, reveal):
+    x, y = items(range(0, 120)), items(range(60, 200))
+    config = ecdh.Config(reveal=reveal, batch_size=16, window=2)
+    with Executor(workers=workers) as executor:
+        head = ecdh.HeadStart(y, config, executor)
+        assert head.matches(y, config) and not head.matches(list(y), config)
+        assert not head.matches(y, ecdh.Config(reveal=reveal, group="ristretto255", batch_size=16))
+        client = ecdh.Client(x, config, peer_size=len(y), executor=executor)
+        server = ecdh.Server(y, config, peer_size=len(x), executor=executor, head_start=head)
+        assert server._head_start and not head.matches(y, config)  # used up: one session only
+        run_pair(client, server)
+        check_outcomes(x, y, reveal, client.result(), server.result())
+        # a used-up (or mismatched) head start is ignored: fresh key, same answers
+        server2 = ecdh.Server(y, config, peer_size=len(x), executor=executor, head_start=head)
+        assert not server2._head_start and server2._scalar != server._scalar
+        head.cancel()
+
+
+def test_head_start_cancel_and_other_group():
+    y = items(range(50))
+    with Executor(workers=2) as executor:
+        head = ecdh.HeadStart(y, ecdh.Config(group="ristretto255"), executor)
+        config = ecdh.Config()
+        server = ecdh.Server(y, config, peer_size=10, executor=executor, head_start=head)
+        assert not server._head_start  # group differs: not used
+        head.cancel()
+        assert not head.matches(y, ecdh.Config(group="ristretto255"))
+        client = ecdh.Client(items(range(10)), config, peer_size=50, executor=executor)
+        run_pair(client, server)
+        assert client.result().cardinality == 10
+
+
 # -- flow control and privacy steps -----------------------------------------------------------
 def test_client_keeps_at_most_window_batches_in_flight():
     config = ecdh.Config(batch_size=4, window=3)
@@ -277,3 +321,21 @@ def test_prepared_set_unbalanced_sessions():
         ecdh.Server(server_items, ecdh.Config(group="p256"), peer_size=1, executor=EXECUTOR, prepared=loaded)
     with pytest.raises(UsageError):
         ecdh.prepare_server_set(server_items, "p256", key, EXECUTOR)
+
+
+def test_both_mode_server_maps_matches_even_with_equal_key_halves():
+    server = started_server(reveal=Reveal.BOTH, count=3)
+    server.outgoing()
+    half = b"\x07" * 8
+    own = [half + b"\x03" * 8, b"\x01" * 16, half + b"\x02" * 8]  # two keys share their first half
+    server._own_keys = b"".join(own)
+    server._answered = 3
+    server._state = ecdh._ServerState.AWAIT_MATCHES
+    server.receive(Message(ecdh.MATCHES, pack_items(sorted([own[0], own[2]]), 16)))
+    assert server.result().indices == [server._first[2], server._first[0]]
+    for matches in ([own[0], own[2]], [half + b"\x04" * 8]):  # wrong order; unknown key
+        bad = started_server(reveal=Reveal.BOTH, count=3)
+        bad.outgoing()
+        bad._own_keys, bad._answered, bad._state = b"".join(own), 3, ecdh._ServerState.AWAIT_MATCHES
+        with pytest.raises(MalformedMessage):
+            bad.receive(Message(ecdh.MATCHES, pack_items(matches, 16)))

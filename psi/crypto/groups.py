@@ -117,14 +117,15 @@ class _Expander:
         h.update(bytes(h.block_size))
         self._prefix = h  # hash state after Z_pad, copied per message
         self._hash_name = hash_name
+        self._new = getattr(hashlib, hash_name)  # the named constructor is faster than hashlib.new
+        self._mid = b"\x01" + self._dst_prime
         self._length = length
 
     def __call__(self, msg: bytes) -> bytes:
         h = self._prefix.copy()
         h.update(msg)
         h.update(self._tail)
-        b_0 = h.digest()
-        return hashlib.new(self._hash_name, b_0 + b"\x01" + self._dst_prime).digest()[: self._length]
+        return self._new(h.digest() + self._mid).digest()[: self._length]
 
 
 def _as_list(elements: Sequence[bytes] | bytes, width: int) -> Sequence[bytes]:
@@ -166,6 +167,11 @@ class Group(ABC):
     @abstractmethod
     def multiply(self, scalar: bytes, elements: Sequence[bytes] | bytes) -> list[bytes]:
         """Validate every element and return ``scalar * element`` for each."""
+
+    def multiply_own(self, scalar: bytes, elements: Sequence[bytes]) -> list[bytes]:
+        """``scalar * element`` for elements this process made itself with :meth:`hash_to_group`
+        (valid by construction, so a group may skip the per-element validation)."""
+        return self.multiply(scalar, elements)
 
 
 # -- x25519 -----------------------------------------------------------------------------------
@@ -224,17 +230,26 @@ class X25519Group(Group):
             raise UsageError("an x25519 scalar is 32 bytes")
 
     def hash_to_group(self, dst: bytes, items: Sequence[bytes]) -> list[bytes]:
+        # expand_message_xmd(item || ctr, dst, 48) with the hash state after Z_pad || item
+        # shared by every ctr; the 48-byte output is the top of the second 64-byte digest.
         expand = _Expander(dst, 48, "sha512")
-        legendre, p, a = gmpy2.legendre, _P25519, _A25519
+        prefix, new, mid = expand._prefix, expand._new, expand._mid
+        tails = [bytes([ctr]) + expand._tail for ctr in range(256)]
+        legendre, mpz, from_bytes = gmpy2.legendre, gmpy2.mpz, int.from_bytes
+        p, a = mpz(_P25519), _A25519
         out = []
         for item in items:
+            h_item = prefix.copy()
+            h_item.update(item)
             for ctr in range(256):
-                u = int.from_bytes(expand(item + bytes([ctr])), "big") % p
-                if legendre((u * u + a * u + 1) * u, p) == 1:
+                h = h_item.copy()
+                h.update(tails[ctr])
+                u = mpz(from_bytes(new(h.digest() + mid).digest(), "big") >> 128) % p
+                if legendre(u * (u * (u + a) + 1), p) == 1:  # u^3 + A u^2 + u is a square
                     break
             else:  # probability 2^-256
                 raise ValueError("hash-to-curve found no point")
-            out.append(u.to_bytes(32, "little"))
+            out.append(int(u).to_bytes(32, "little"))
         return out
 
     def check_element(self, element: bytes) -> None:
@@ -247,6 +262,7 @@ class X25519Group(Group):
             raise MalformedMessage("x25519 element is not reduced modulo p (non-canonical)")
         if u in _LOW_ORDER_U:
             raise MalformedMessage("x25519 element is a low-order point")
+        u = gmpy2.mpz(u)
         if gmpy2.legendre((u * u + _A25519 * u + 1) * u, _P25519) != 1:
             raise MalformedMessage("x25519 element is not on the curve (twist point)")
 
@@ -262,6 +278,17 @@ class X25519Group(Group):
             except ValueError:  # all-zero output: a (torsion) point of small order
                 raise MalformedMessage("x25519 product is the identity (all-zero)") from None
         return out
+
+    def multiply_own(self, scalar: bytes, elements: Sequence[bytes]) -> list[bytes]:
+        # hash_to_group outputs are canonical u on the curve itself; a low-order one (chance
+        # ~2^-250) gives an all-zero product, which exchange() still rejects.
+        self.check_scalar(scalar)
+        key = x25519.X25519PrivateKey.from_private_bytes(bytes(scalar))
+        load, exchange = x25519.X25519PublicKey.from_public_bytes, key.exchange
+        try:
+            return [exchange(load(element)) for element in elements]
+        except ValueError:
+            raise MalformedMessage("x25519 product is the identity (all-zero)") from None
 
 
 # -- ristretto255 -----------------------------------------------------------------------------
@@ -457,4 +484,4 @@ def multiply_batch(group_name: str, scalar_bytes: bytes, elements: Sequence[byte
 def hash_and_multiply_batch(group_name: str, dst: bytes, scalar_bytes: bytes, items: Sequence[bytes]) -> list[bytes]:
     """Worker entry point: ``scalar * H(item)`` for each item (one round trip to the worker)."""
     group = get_group(group_name)
-    return group.multiply(scalar_bytes, group.hash_to_group(dst, items))
+    return group.multiply_own(scalar_bytes, group.hash_to_group(dst, items))

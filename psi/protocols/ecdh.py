@@ -51,6 +51,14 @@ ristretto255 ≈ 43 µs, p256 ≈ 72 µs (p256 hash-to-curve a further 88 µs, p
 is the default. Server set at 10^5 x 10^5, 2^-40: gcs 7.4 bytes/element (auto's choice), raw
 10.0, bloom 10.3.
 
+Scheduling (both parties share the cores in a loopback run, so the aim is that neither ever
+leaves a core idle): every batch is cut into one piece per worker and queued at once. The
+server queues its own set first (with a :class:`HeadStart`, before the client even connects)
+and each received batch behind it; the client blinds up to ``2 window`` batches ahead and
+queues each evaluated batch for unblinding as soon as it arrives. ``outgoing()`` blocks only
+on work whose result can be sent now, or when no message from the peer is due. Workers return
+joined bytes (and the 16-byte filter keys, not the elements, where only keys are needed).
+
 Client states: ``START -> RUNNING -> DONE``. Server states: ``START -> SERVING [->
 AWAIT_MATCHES (both)] -> DONE``. Any exception moves a party to the failed state.
 """
@@ -62,9 +70,13 @@ import hashlib
 import hmac
 import secrets
 import struct
+from collections import deque
+from concurrent.futures import Future
 from dataclasses import dataclass
 from functools import partial
 from typing import Any, Sequence
+
+import numpy as np
 
 from ..crypto import filters
 from ..crypto.groups import (
@@ -76,7 +88,7 @@ from ..crypto.groups import (
 )
 from ..errors import InputError, MalformedMessage, UsageError
 from ..messages import Message, pack_items, pack_json, unpack_items, unpack_json
-from ..parallel import Executor, split
+from ..parallel import Executor, split, wait_first
 from .base import Party, PsiOutcome, Reveal
 
 __all__ = [
@@ -87,6 +99,7 @@ __all__ = [
     "Server",
     "ServerKey",
     "PreparedSet",
+    "HeadStart",
     "prepare_server_set",
     "input_digest",
 ]
@@ -280,6 +293,44 @@ def prepare_server_set(
     return PreparedSet(key, len(items), input_digest(items), elements)
 
 
+# -- worker entry points (top level: they pickle by name) --------------------------------------
+def _blind_worker(group: str, dst: bytes, scalar: bytes, items: Sequence[bytes]) -> bytes:
+    """``scalar * H(item)`` for each item, back to back."""
+    return b"".join(hash_and_multiply_batch(group, dst, scalar, items))
+
+
+def _own_keys_worker(group: str, dst: bytes, scalar: bytes, items: Sequence[bytes]) -> bytes:
+    """Filter keys (fingerprints) of ``scalar * H(item)``, back to back."""
+    return filters.fingerprint(hash_and_multiply_batch(group, dst, scalar, items))
+
+
+def _evaluate_worker(group: str, scalar: bytes, blob: bytes) -> bytes:
+    """Validate each received element and return ``scalar * element``, back to back."""
+    return b"".join(multiply_batch(group, scalar, blob))
+
+
+def _unblind_worker(group: str, inverse: bytes, blob: bytes) -> bytes:
+    """Validate, unblind and fingerprint each received element (16-byte keys back to back)."""
+    return filters.fingerprint(multiply_batch(group, inverse, blob))
+
+
+def _blob_pieces(blob: bytes, width: int, parts: int) -> list[bytes]:
+    """Cut a buffer of ``width``-byte elements into at most ``parts`` whole-element pieces."""
+    count = len(blob) // width
+    parts = max(1, min(parts, count))
+    bounds = [count * i // parts * width for i in range(parts + 1)]
+    return [blob[bounds[i] : bounds[i + 1]] for i in range(parts)]
+
+
+def _key_rows(keys: bytes) -> np.ndarray:
+    """16-byte keys as rows of two big-endian uint64 (lexicographic order = byte order)."""
+    return np.frombuffer(keys, dtype=">u8").reshape(-1, 2)
+
+
+def _gather(futures: "list[Future[bytes]]") -> bytes:
+    return b"".join(f.result() for f in futures)
+
+
 # -- helpers ----------------------------------------------------------------------------------
 def _check_items(items: Sequence[bytes]) -> Sequence[bytes]:
     for item in items:
@@ -290,6 +341,8 @@ def _check_items(items: Sequence[bytes]) -> Sequence[bytes]:
 
 def _distinct(items: Sequence[bytes]) -> tuple[list[bytes], list[list[int]]]:
     """Distinct items in first-seen order, and every position of each."""
+    if all(type(item) is bytes for item in items) and len(dict.fromkeys(items)) == len(items):
+        return list(items), [[p] for p in range(len(items))]  # already distinct (the usual case)
     where: dict[bytes, list[int]] = {}
     for position, item in enumerate(items):
         where.setdefault(bytes(item), []).append(position)
@@ -337,9 +390,13 @@ class Client(Party):
         self._inverse = self._group.invert_scalar(self._scalar)
         self._state = _ClientState.START
         self._sent = 0  # batches sent
+        self._sent_items = 0
         self._received = 0  # evaluated elements received
         self._evaluated_messages = 0
-        self._pending: list[bytes] = []  # evaluated blobs not yet unblinded
+        # Work in the executor, oldest first: blinded batches not yet sent (batch self._sent
+        # onwards) and evaluated batches being unblinded; each entry is one batch's pieces.
+        self._blinding: deque[list[Future[bytes]]] = deque()
+        self._unblinding: deque[list[Future[bytes]]] = deque()
         self._keys: list[bytes] = []  # unblinded fingerprints, in received order
         self._set_info: dict[str, Any] | None = None
         self._set_parts: list[bytes] = []
@@ -357,47 +414,76 @@ class Client(Party):
         return self._outcome
 
     # -- sending -----------------------------------------------------------------------------
+    # The executor works ahead: up to 2 x window batches are being blinded (in about one piece
+    # per worker each) while earlier ones are on the wire, and every evaluated batch is handed
+    # to the workers for unblinding as soon as it arrives. outgoing() blocks only on work whose
+    # result can be sent now, or when no message from the server is due.
     def _produce(self) -> None:
         if self._state is _ClientState.START:
             self._send(QUERY, pack_json({"count": self._m}))
             self._state = _ClientState.RUNNING
             self._set_phase("blind", self._m)
-        if self._state is not _ClientState.RUNNING:
+        while self._state is _ClientState.RUNNING:
+            self._submit_blinds()
+            self._collect_unblinded()
+            room = self._send_room()
+            while room > 0 and self._blinding and all(f.done() for f in self._blinding[0]):
+                self._send_blinded()
+                room -= 1
+            if self._outbox:
+                self._submit_blinds()
+                return
+            if room > 0 and self._blinding:
+                wait_first(f for f in self._blinding[0] if not f.done())
+                continue
+            if self._filter is None or self._received < self._sent_items:
+                return  # the driver waits for the server
+            if self._unblinding:
+                wait_first(f for f in self._unblinding[0] if not f.done())
+                continue
+            if self._received == self._m and self._sent == len(self._batches):
+                self._conclude()
             return
-        self._send_batches()
-        self._unblind_pending()
-        if self._received == self._m and self._filter is not None and not self._pending:
-            self._conclude()
 
-    def _send_batches(self) -> None:
-        if self._config.reveal is Reveal.CARDINALITY:
-            # The server answers only after the last batch: send `window` batches per call.
-            limit = min(len(self._batches), self._sent + self._config.window)
-        else:  # at most `window` batches unanswered
-            limit = min(len(self._batches), self._evaluated_messages + self._config.window)
-        if limit <= self._sent:
-            return
-        work = partial(hash_and_multiply_batch, self._config.group, _dst(self._config.group), self._scalar)
-        blinded = self._executor.map(work, self._batches[self._sent : limit])
-        for elements in blinded:
-            self._send(BLINDED, pack_items(elements, self._group.element_size))
-            self._advance(len(elements))
-        self._sent = limit
+    def _send_room(self) -> int:
+        """How many more batches may go out now (flow control)."""
+        if self._config.reveal is Reveal.CARDINALITY:  # the server answers only after the last batch
+            return len(self._batches) - self._sent
+        return min(len(self._batches), self._evaluated_messages + self._config.window) - self._sent
 
-    def _unblind_pending(self) -> None:
-        if not self._pending:
+    def _submit_blinds(self) -> None:
+        ahead = 2 * self._config.window
+        base = self._sent if self._config.reveal is Reveal.CARDINALITY else self._evaluated_messages
+        limit = min(len(self._batches), base + ahead)
+        first = self._sent + len(self._blinding)
+        if first >= limit:
             return
-        pending, self._pending = self._pending, []
-        unblinded = self._executor.map(partial(multiply_batch, self._config.group, self._inverse), pending)
-        for elements in unblinded:
-            self._keys.append(filters.fingerprint(elements))
+        work = partial(_blind_worker, self._config.group, _dst(self._config.group), self._scalar)
+        for index in range(first, limit):
+            self._blinding.append(self._executor.scatter(work, self._batches[index]))
+
+    def _send_blinded(self) -> None:
+        blob = _gather(self._blinding.popleft())
+        count = len(self._batches[self._sent])
+        self._send(BLINDED, pack_items(blob, self._group.element_size))
+        self._sent += 1
+        self._sent_items += count
+        if self._phase == "blind":
+            self._advance(count)
+
+    def _collect_unblinded(self) -> None:
+        while self._unblinding and all(f.done() for f in self._unblinding[0]):
+            keys = _gather(self._unblinding.popleft())
+            self._keys.append(keys)
+            if self._phase == "unblind":
+                self._advance(len(keys) // filters.KEY_SIZE)
 
     def _conclude(self) -> None:
         assert self._filter is not None
         keys = b"".join(self._keys)
-        hits = self._filter.contains(keys).tolist()
+        hits = np.flatnonzero(self._filter.contains(keys))
         reveal = self._config.reveal
-        count = sum(hits)
+        count = int(hits.size)
         details = {
             "group": self._config.group,
             "filter": self._filter.kind,
@@ -408,12 +494,15 @@ class Client(Party):
         if reveal is Reveal.CARDINALITY:
             self._outcome = PsiOutcome(None, count, details)
         elif reveal is Reveal.RECEIVER:
-            indices = sorted(p for j, hit in enumerate(hits) if hit for p in self._positions[j])
+            positions = self._positions
+            indices = sorted(p for j in hits.tolist() for p in positions[j])
             self._outcome = PsiOutcome(indices, count, details)
         else:
-            matched = sorted((keys[j * 16 : (j + 1) * 16], j) for j, hit in enumerate(hits) if hit)
-            self._send(MATCHES, pack_items([key for key, _ in matched], filters.KEY_SIZE))
-            self._outcome = PsiOutcome([self._positions[j][0] for _, j in matched], count, details)
+            rows = _key_rows(keys)[hits]
+            order = np.lexsort((rows[:, 1], rows[:, 0]))  # = byte order of the 16-byte keys
+            self._send(MATCHES, pack_items(rows[order].tobytes(), filters.KEY_SIZE))
+            positions = self._positions
+            self._outcome = PsiOutcome([positions[j][0] for j in hits[order].tolist()], count, details)
         self._state = _ClientState.DONE
         self._finish()
 
@@ -443,10 +532,11 @@ class Client(Party):
             blob = unpack_items(body, width, exact_count=len(self._batches[index]))
         self._evaluated_messages += 1
         self._received += len(blob) // width
-        self._pending.append(blob)
+        work = partial(_unblind_worker, self._config.group, self._inverse)
+        pieces = _blob_pieces(blob, width, self._executor.workers)
+        self._unblinding.append([self._executor.submit(work, piece) for piece in pieces])
         if self._phase != "unblind":
             self._set_phase("unblind", self._m)
-        self._advance(len(blob) // width)
 
     def _on_set(self, body: bytes) -> None:
         if self._set_info is not None:
@@ -486,6 +576,55 @@ class Client(Party):
 
 
 # -- server -----------------------------------------------------------------------------------
+def _submit_own_set(
+    executor: Executor, config: Config, scalar: bytes, distinct: Sequence[bytes]
+) -> "list[Future[bytes]]":
+    work = partial(_own_keys_worker, config.group, _dst(config.group), scalar)
+    piece = max(1, config.batch_size // executor.workers)
+    return [executor.submit(work, part) for part in split(distinct, piece)]
+
+
+class HeadStart:
+    """A server's own set already being encrypted, under a fresh key, before a client connects.
+
+    A listening server builds one while it waits (``HeadStart(items, config, executor)``) and
+    hands it to the next :class:`Server` (``head_start=``), which uses it only if the items and
+    the group are the same; each head start serves at most one session (fresh key per session).
+    Call :meth:`cancel` after the session either way, so that a failed or missing session does
+    not leave queued work in a shared executor.
+    """
+
+    def __init__(self, items: Sequence[bytes], config: Config, executor: Executor) -> None:
+        self._items = items
+        self._group = config.group
+        self._batch_size = config.batch_size
+        self.distinct, positions = _distinct(_check_items(items))
+        self.first = [p[0] for p in positions]
+        self._scalar: bytes | None = get_group(config.group).generate_scalar()
+        self._futures = _submit_own_set(executor, config, self._scalar, self.distinct)
+
+    def matches(self, items: Sequence[bytes], config: Config) -> bool:
+        return (
+            self._scalar is not None
+            and items is self._items
+            and config.group == self._group
+            and config.batch_size == self._batch_size
+        )
+
+    def take(self) -> tuple[bytes, "list[Future[bytes]]"]:
+        """The session key and the pending fingerprints; the head start is used up."""
+        assert self._scalar is not None
+        scalar, self._scalar = self._scalar, None
+        return scalar, list(self._futures)
+
+    def cancel(self) -> None:
+        """Cancel whatever of the work has not started (an unused head start, or a session that
+        failed before the own set was done); a no-op once the work is finished."""
+        for fut in self._futures:
+            fut.cancel()
+        self._scalar, self._futures = None, []
+
+
 class Server(Party):
     """The party holding the set the client queries; answers blinded queries with its key."""
 
@@ -497,15 +636,23 @@ class Server(Party):
         peer_size: int,
         executor: Executor,
         prepared: PreparedSet | None = None,
+        head_start: "HeadStart | None" = None,
     ) -> None:
         super().__init__()
         self._config = config
         self._peer_size = _check_peer_size(peer_size)
         self._executor = executor
         self._group = get_group(config.group)
-        items = _check_items(items)
-        self._distinct, positions = _distinct(items)
-        self._first = [p[0] for p in positions]
+        self._own_futures: list[Future[bytes]] = []  # fingerprints of the own set, in pieces
+        if head_start is not None and prepared is None and head_start.matches(items, config):
+            self._distinct, self._first = head_start.distinct, head_start.first
+            self._scalar, self._own_futures = head_start.take()
+            self._head_start = True
+        else:
+            items = _check_items(items)
+            self._distinct, positions = _distinct(items)
+            self._first = [p[0] for p in positions]
+            self._head_start = False
         self._prepared = prepared
         if prepared is not None:
             if prepared.group != config.group:
@@ -513,15 +660,15 @@ class Server(Party):
             if prepared.count != len(items) or not hmac.compare_digest(prepared.digest, input_digest(items)):
                 raise UsageError("prepared set was made from other input data")
             self._scalar = prepared.key._scalar
-        else:
+        elif not self._head_start:
             self._scalar = self._group.generate_scalar()
         self._state = _ServerState.START
         self._own_keys: bytes | None = None
         self._m: int | None = None
         self._received = 0
-        self._pending: list[bytes] = []
+        self._evaluating: deque[list[Future[bytes]]] = deque()  # received batches, oldest first
         self._answered = 0
-        self._held: list[bytes] = []  # cardinality mode: all evaluations before the shuffle
+        self._held: list[bytes] = []  # cardinality mode: all evaluations (blobs) before the shuffle
         self._set_sent = 0
         self._filter_kind = ""
         self._outcome: PsiOutcome | None = None
@@ -543,22 +690,36 @@ class Server(Party):
         return details
 
     # -- sending -----------------------------------------------------------------------------
+    # The own set goes to the executor at the start (before the client's first batch arrives)
+    # and every received batch is queued behind it at once; outgoing() blocks only on work whose
+    # result is due to the client, or on the own set once the client has sent everything.
     def _produce(self) -> None:
         if self._state is _ServerState.START:
             self._encrypt_own_set()
             self._state = _ServerState.SERVING
-        if self._state is not _ServerState.SERVING or self._m is None:
-            return
-        if not self._set_sent:
-            self._send_set()
-        self._evaluate_pending()
-        if self._answered == self._m:
-            if self._config.reveal is Reveal.BOTH:
-                self._state = _ServerState.AWAIT_MATCHES
+        while self._state is _ServerState.SERVING:
+            self._collect_own_set()
+            if self._m is None:
+                return
+            if not self._set_sent and self._own_keys is not None:
+                self._send_set()
+            self._collect_evaluations()
+            if self._answered == self._m and self._own_keys is not None:
+                if self._config.reveal is Reveal.BOTH:
+                    self._state = _ServerState.AWAIT_MATCHES
+                else:
+                    self._outcome = PsiOutcome(None, None, self._details())
+                    self._state = _ServerState.DONE
+                    self._finish()
+                return
+            if self._outbox:
+                return
+            if self._evaluating:
+                wait_first(f for f in self._evaluating[0] if not f.done())
+            elif self._own_keys is None and self._received == self._m:
+                wait_first(f for f in self._own_futures if not f.done())
             else:
-                self._outcome = PsiOutcome(None, None, self._details())
-                self._state = _ServerState.DONE
-                self._finish()
+                return  # the driver waits for the client
 
     def _encrypt_own_set(self) -> None:
         n = len(self._distinct)
@@ -566,12 +727,19 @@ class Server(Party):
         if self._prepared is not None:
             size = self._group.element_size
             blob = self._prepared.elements
-            elements = [blob[p * size : (p + 1) * size] for p in self._first]
-        else:
-            work = partial(hash_and_multiply_batch, self._config.group, _dst(self._config.group), self._scalar)
-            elements = [e for part in self._executor.map(work, split(self._distinct, self._config.batch_size)) for e in part]
-        self._own_keys = filters.fingerprint(elements)
-        self._advance(n)
+            self._own_keys = filters.fingerprint([blob[p * size : (p + 1) * size] for p in self._first])
+            self._advance(n)
+            return
+        if not self._head_start:
+            self._own_futures = _submit_own_set(self._executor, self._config, self._scalar, self._distinct)
+        if not self._own_futures:
+            self._own_keys = b""
+
+    def _collect_own_set(self) -> None:
+        if self._own_keys is None and all(f.done() for f in self._own_futures):
+            self._own_keys = _gather(self._own_futures)
+            self._own_futures = []
+            self._advance(len(self._distinct))
 
     def _send_set(self) -> None:
         assert self._own_keys is not None and self._m is not None
@@ -584,23 +752,26 @@ class Server(Party):
             self._send(SET_CHUNK, data[start : start + CHUNK_BYTES])
         self._set_sent = len(data)
         self._set_phase("evaluate", self._m)
+        self._advance(self._answered + sum(len(h) for h in self._held) // self._group.element_size)
 
-    def _evaluate_pending(self) -> None:
-        if not self._pending:
-            return
-        pending, self._pending = self._pending, []
-        results = self._executor.map(partial(multiply_batch, self._config.group, self._scalar), pending)
+    def _collect_evaluations(self) -> None:
         width = self._group.element_size
-        for elements in results:
-            self._advance(len(elements))
-            if self._config.reveal is Reveal.CARDINALITY:
-                self._held.extend(elements)
+        cardinality = self._config.reveal is Reveal.CARDINALITY
+        while self._evaluating and all(f.done() for f in self._evaluating[0]):
+            blob = _gather(self._evaluating.popleft())
+            count = len(blob) // width
+            if self._set_sent:
+                self._advance(count)
+            if cardinality:
+                self._held.append(blob)
             else:
-                self._send(EVALUATED, pack_items(elements, width))
-                self._answered += len(elements)
-        if self._config.reveal is Reveal.CARDINALITY and len(self._held) == self._m:
-            secrets.SystemRandom().shuffle(self._held)  # unlink answers from queries
-            for batch in split(self._held, self._config.batch_size):
+                self._send(EVALUATED, pack_items(blob, width))
+                self._answered += count
+        if cardinality and self._answered < self._m and self._received == self._m and not self._evaluating:
+            blob = b"".join(self._held)
+            held = [blob[i : i + width] for i in range(0, len(blob), width)]
+            secrets.SystemRandom().shuffle(held)  # unlink answers from queries
+            for batch in split(held, self._config.batch_size):
                 self._send(EVALUATED, pack_items(batch, width))
             self._answered, self._held = self._m, []
 
@@ -628,24 +799,29 @@ class Server(Party):
         if not blob:
             raise MalformedMessage("empty blinded batch")
         self._received += len(blob) // width
-        self._pending.append(blob)
+        work = partial(_evaluate_worker, self._config.group, self._scalar)
+        pieces = _blob_pieces(blob, width, self._executor.workers)
+        self._evaluating.append([self._executor.submit(work, piece) for piece in pieces])
 
     def _on_matches(self, body: bytes) -> None:
         assert self._own_keys is not None and self._m is not None
         size = filters.KEY_SIZE
         blob = unpack_items(body, size, max_count=min(self._m, len(self._distinct)))
-        own = {self._own_keys[j * size : (j + 1) * size]: j for j in range(len(self._distinct))}
-        indices: list[int] = []
-        previous = b""
-        for start in range(0, len(blob), size):
-            key = blob[start : start + size]
-            if key <= previous:
-                raise MalformedMessage("matches are not in strictly increasing order")
-            previous = key
-            j = own.get(key)
-            if j is None:
-                raise MalformedMessage("client reported a match the server does not hold")
-            indices.append(self._first[j])
+        got = _key_rows(blob)
+        hi, lo = got[:, 0], got[:, 1]
+        if not ((hi[1:] > hi[:-1]) | ((hi[1:] == hi[:-1]) & (lo[1:] > lo[:-1]))).all():
+            raise MalformedMessage("matches are not in strictly increasing order")
+        own = _key_rows(self._own_keys)
+        order = np.lexsort((own[:, 1], own[:, 0]))
+        own_hi, own_lo = own[order, 0], own[order, 1]
+        at = np.minimum(np.searchsorted(own_hi, hi), max(len(order) - 1, 0))
+        if len(order) and (own_hi[1:] == own_hi[:-1]).any():  # equal first halves (~2^-64 per pair)
+            where = {own_hi[i].tobytes() + own_lo[i].tobytes(): i for i in range(len(order))}
+            at = np.array([where.get(hi[i].tobytes() + lo[i].tobytes(), 0) for i in range(len(hi))], dtype=np.int64)
+        if len(hi) and (not len(order) or not ((own_hi[at] == hi) & (own_lo[at] == lo)).all()):
+            raise MalformedMessage("client reported a match the server does not hold")
+        first = self._first
+        indices = [first[j] for j in order[at].tolist()] if len(hi) else []
         self._outcome = PsiOutcome(indices, len(indices), self._details())
         self._state = _ServerState.DONE
         self._finish()
