@@ -7,8 +7,9 @@ the pickling overhead stays small next to the arithmetic.
 
 For pipelined protocols: :meth:`Executor.scatter` cuts one batch into one piece per worker
 and returns futures, so a party can queue the next batch's pieces before it waits on the
-current ones (and keep every core busy); :meth:`Executor.warm` starts the workers early, in
-the background, with the modules they need imported once in the fork server.
+current ones (and keep every core busy); :meth:`Executor.warm` starts the workers early with
+the modules they need imported: by forking at once when that is safe (main thread, no other
+thread yet: the CLI's case), otherwise in the background through a fork server.
 """
 
 from __future__ import annotations
@@ -34,6 +35,22 @@ def _add_forkserver_preload(modules: Sequence[str]) -> None:
         return  # already running: its preload list is fixed
     current = list(getattr(server, "_preload_modules", ["__main__"]))
     forkserver.set_forkserver_preload(current + [m for m in modules if m not in current])
+
+
+def _start_method() -> str:
+    """``fork`` when it is safe right now, else ``forkserver`` (``spawn`` off POSIX).
+
+    Forking is only safe from the main thread while no other thread exists (a forked child
+    inherits locks held by other threads). ``PSIQ_START_METHOD`` overrides the choice.
+    """
+    forced = os.environ.get("PSIQ_START_METHOD")
+    if forced:
+        return forced
+    if os.name != "posix":
+        return "spawn"
+    if threading.current_thread() is threading.main_thread() and threading.active_count() == 1:
+        return "fork"
+    return "forkserver"
 
 
 def default_workers() -> int:
@@ -95,6 +112,7 @@ class Executor:
         self._pool: ProcessPoolExecutor | None = None
         self._warm: list[Future[None]] = []
         self._warm_thread: threading.Thread | None = None
+        self.start_method: str | None = None
 
     def __enter__(self) -> "Executor":
         return self
@@ -113,10 +131,11 @@ class Executor:
 
     def _get_pool(self, preload: Sequence[str] = ()) -> ProcessPoolExecutor:
         if self._pool is None:
-            method = "forkserver" if os.name == "posix" else "spawn"
+            method = _start_method()
             ctx = multiprocessing.get_context(method)
             if method == "forkserver" and preload:
                 _add_forkserver_preload(preload)
+            self.start_method = method
             self._pool = ProcessPoolExecutor(max_workers=self.workers, mp_context=ctx)
         return self._pool
 
@@ -129,6 +148,13 @@ class Executor:
         by every worker. Does nothing with ``workers == 1``; calling it again is harmless.
         """
         if self.workers == 1 or self._warm_thread is not None or self._pool is not None:
+            return
+        if _start_method() == "fork":
+            # Fork every worker now, before any thread exists (ProcessPoolExecutor launches all
+            # of them on the first submit with fork); the children inherit what is imported.
+            _import_modules(tuple(modules))
+            pool = self._get_pool(modules)
+            self._warm = [pool.submit(_import_modules, ()) for _ in range(self.workers)]
             return
         pool = self._get_pool(modules)
 

@@ -78,7 +78,8 @@ def test_exceptions_propagate(workers):
         assert ex.map(_square_all, [[2], [3]]) == [[4], [9]]  # still usable afterwards
 
 
-def test_warm_starts_workers_in_the_background():
+def test_warm_through_the_fork_server_in_the_background(monkeypatch):
+    monkeypatch.setenv("PSIQ_START_METHOD", "forkserver")
     ex = Executor(2)
     try:
         ex.warm("psi.crypto.groups")
@@ -88,8 +89,30 @@ def test_warm_starts_workers_in_the_background():
         for fut in ex._warm:
             fut.result(timeout=60)
         pids = {f.result() for f in ex.scatter(_pid, list(range(8)))}
-        assert os.getpid() not in pids
+        assert os.getpid() not in pids and ex.start_method == "forkserver"
     finally:
         ex.close()
     ex.close()  # closing twice is harmless
     wait_first([])  # nothing to wait for
+
+
+def test_fork_only_from_a_lone_main_thread(monkeypatch):
+    import threading
+
+    from psi.parallel import _start_method
+
+    monkeypatch.delenv("PSIQ_START_METHOD", raising=False)
+    seen = {}
+    t = threading.Thread(target=lambda: seen.setdefault("method", _start_method()))
+    t.start()
+    t.join()
+    assert seen["method"] == "forkserver"  # another thread exists while this one asks
+    if threading.active_count() == 1:
+        ex = Executor(2)
+        try:
+            ex.warm("psi.crypto.groups")
+            assert ex.start_method == "fork" and ex._warm_thread is None
+            pids = {f.result() for f in ex.scatter(_pid, list(range(8)))}
+            assert os.getpid() not in pids
+        finally:
+            ex.close()
