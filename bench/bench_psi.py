@@ -504,6 +504,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--openmined", dest="openmined", action="store_true", default=None,
                     help="run openmined-psi raw/gcs/bloom on the same keys (default: when importable)")
     ap.add_argument("--no-openmined", dest="openmined", action="store_false")
+    ap.add_argument("--openmined-modes", default="raw,gcs,bloom",
+                    help="comma-separated openmined data structures to run (each takes ~5 min at 2^20)")
     ap.add_argument("--keep-going", action="store_true", help="record a failed run and continue (exit code 1 at the end)")
     ap.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "psi.json")
     args = ap.parse_args(argv)
@@ -561,7 +563,7 @@ def main(argv: list[str] | None = None) -> int:
             if failed and not args.keep_going:
                 break
             if args.openmined:
-                for mode in OM_MODES:
+                for mode in [m for m in args.openmined_modes.split(",") if m in OM_MODES]:
                     print(f"  {n:>9,}  openmined {mode} ...", file=sys.stderr, flush=True)
                     try:
                         o = run_openmined(mode, n, data, expected, args)
