@@ -128,6 +128,23 @@ class Normalization:
             value = step(value)
         return value
 
+    def apply_many(self, values: list[str]) -> list[str]:
+        """``[self.apply(v) for v in values]``, one pass per step (much faster for many values).
+
+        Raises :class:`KeyNormalizationError` if any value does not match the key regex (the
+        caller then falls back to :meth:`apply` per value to find which one).
+        """
+        for step in self._steps:
+            if step is _trim:
+                stripped = list(map(str.strip, values))
+                joined = "".join(stripped)
+                if "\u200b" in joined or "\ufeff" in joined:
+                    stripped = list(map(_trim, stripped))
+                values = stripped
+            else:
+                values = list(map(step, values))
+        return values
+
     @property
     def is_identity(self) -> bool:
         """True when ``apply`` returns its argument unchanged."""

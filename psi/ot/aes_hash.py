@@ -34,17 +34,22 @@ def derive_key(tag: bytes, *parts: bytes, size: int = 16) -> bytes:
 
 
 class RowPrg:
-    """``len(seeds)`` independent AES-CTR keystreams, advanced together."""
+    """``len(seeds)`` independent AES-CTR keystreams, advanced together.
 
-    def __init__(self, seeds: np.ndarray) -> None:
+    ``offset`` starts every stream that many bytes in (so a worker can expand one batch of a
+    session's streams on its own; the bytes are those the sequential streams would give).
+    """
+
+    def __init__(self, seeds: np.ndarray, offset: int = 0) -> None:
         seeds = np.asarray(seeds, dtype=np.uint8)
         if seeds.ndim != 2 or seeds.shape[1] != BLOCK:
             raise ValueError("seeds must be an (n, 16) uint8 array")
-        self._streams = [
-            Cipher(algorithms.AES(bytes(seed)), modes.CTR(bytes(BLOCK))).encryptor() for seed in seeds
-        ]
+        counter = (offset // BLOCK).to_bytes(BLOCK, "big")
+        self._streams = [Cipher(algorithms.AES(bytes(seed)), modes.CTR(counter)).encryptor() for seed in seeds]
         self._zeros = np.zeros(0, dtype=np.uint8)
         self._scratch = np.zeros(0, dtype=np.uint8)
+        if offset % BLOCK:
+            self.fill(np.empty((len(self._streams), offset % BLOCK), dtype=np.uint8))
 
     def fill(self, out: np.ndarray) -> np.ndarray:
         """Write the next ``out.shape[1]`` bytes of stream ``j`` into ``out[j]``; return ``out``."""

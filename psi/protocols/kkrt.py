@@ -37,11 +37,15 @@ intersection in ``both`` mode). Security: semi-honest (KKRT16 with the base OTs 
 from __future__ import annotations
 
 import enum
+import functools
 import hashlib
 import math
 import secrets
+import weakref
+from concurrent.futures import Future
 from dataclasses import dataclass
-from typing import Sequence
+from multiprocessing import shared_memory
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
@@ -49,7 +53,7 @@ from ..errors import MalformedMessage, UsageError
 from ..messages import Message
 from ..ot.aes_hash import TweakHash, derive_key
 from ..ot.base_ot import POINT_BYTES, BaseOtReceiver, BaseOtSender
-from ..ot.extension import ExtensionReceiver, ExtensionSender, PseudorandomCode
+from ..ot.extension import ExtensionReceiver, ExtensionSender, PseudorandomCode, padded_rows
 from ..ot.session import HelloState
 from ..parallel import Executor
 from .. import cuckoo
@@ -63,6 +67,7 @@ CODE_WIDTH = 512
 SIGMA = 40
 MAX_ITEMS = 1 << 31
 _DOMAIN = 0x4B  # hash-tweak domain byte for KKRT OPRF outputs
+_MIN_PIECE = 1 << 13  # below ~2 pieces of this many items, per-item work stays in-process
 
 
 @dataclass(frozen=True)
@@ -105,11 +110,102 @@ class _State(enum.Enum):
 # [→ MATCHES in both mode] → DONE.  Any error → failed (Party base).
 
 
-def _digests(items: Sequence[bytes], session: bytes) -> np.ndarray:
-    key = derive_key(b"kkrt-item-digest", session, size=32)
+# -- work cut by rows, run on the executor (top-level, picklable; bit-identical to one piece) --
+
+
+def _digest_piece(items: Sequence[bytes], key: bytes) -> np.ndarray:
+    """BLAKE2b-128 of each item keyed with ``key``: ``uint8 (len(items), 16)``."""
     blake = hashlib.blake2b
     joined = b"".join([blake(item, digest_size=16, key=key).digest() for item in items])
     return np.frombuffer(joined, dtype=np.uint8).reshape(len(items), 16)
+
+
+def _digest_key(session: bytes) -> bytes:
+    return derive_key(b"kkrt-item-digest", session, size=32)
+
+
+def _digests(items: Sequence[bytes], session: bytes) -> np.ndarray:
+    return _digest_piece(items, _digest_key(session))
+
+
+def _done_future(value: Any) -> "Future[Any]":
+    fut: Future[Any] = Future()
+    fut.set_result(value)
+    return fut
+
+
+def _scatter(executor: Executor, fn: Callable[[Any], Any], items: Sequence[Any]) -> "list[Future[Any]]":
+    """``executor.scatter`` for inputs worth shipping out; small ones run here at once."""
+    if executor.workers == 1 or len(items) < 2 * _MIN_PIECE:
+        return [_done_future(fn(items))]
+    return executor.scatter(fn, items)
+
+
+def _gather(futures: "list[Future[np.ndarray]]", axis: int = 0) -> np.ndarray:
+    parts = [fut.result() for fut in futures]
+    return parts[0] if len(parts) == 1 else np.concatenate(parts, axis=axis)
+
+
+def _client_batch(
+    inputs: np.ndarray, *, keys0: np.ndarray, keys1: np.ndarray, offset: int, code_key: bytes, session: bytes, start: int, width: int
+) -> tuple[np.ndarray, bytes]:
+    """One correction batch from scratch: (OPRF values of its bins, wire ``U``)."""
+    ext = ExtensionReceiver(keys0, keys1, offset)
+    t_rows, wire = ext.extend_codewords(PseudorandomCode(code_key, CODE_WIDTH).encode(inputs))
+    return TweakHash(session).hash_rows(t_rows, start, out_bytes=width, domain=_DOMAIN), wire
+
+
+def _server_values(
+    digests: np.ndarray,
+    *,
+    q: "np.ndarray | tuple[str, tuple[int, int]]",
+    cuckoo_seed: bytes,
+    bins: int,
+    code_key: bytes,
+    secret: bytes,
+    session: bytes,
+    width: int,
+    step: int,
+) -> np.ndarray:
+    """``uint8 (HASHES, len(digests), width)``: the server's OPRF values of these items.
+
+    ``q`` is the extension matrix, or (name, shape) of a shared-memory block holding it.
+    """
+    shm = None
+    if isinstance(q, tuple):
+        shm = shared_memory.SharedMemory(name=q[0])
+        q = np.ndarray(q[1], dtype=np.uint8, buffer=shm.buf)
+    try:
+        n = digests.shape[0]
+        indices = cuckoo.bin_indices(digests, cuckoo_seed, bins)
+        code = PseudorandomCode(code_key, CODE_WIDTH)
+        hasher = TweakHash(session)
+        mask = np.frombuffer(secret, dtype=np.uint8)[None, :]
+        values = np.empty((cuckoo.HASHES, n, width), dtype=np.uint8)
+        for h in range(cuckoo.HASHES):
+            for start in range(0, n, step):
+                stop = min(start + step, n)
+                idx = indices[start:stop, h]
+                rows = code.encode(_code_inputs(digests[start:stop], h))
+                rows &= mask
+                rows ^= q[idx]
+                values[h, start:stop] = hasher.hash_rows(rows, 0, out_bytes=width, domain=_DOMAIN, indices=idx)
+        return values
+    finally:
+        if shm is not None:
+            del q
+            shm.close()
+
+
+def _release_shm(shm: shared_memory.SharedMemory) -> None:
+    try:
+        shm.unlink()
+    except FileNotFoundError:  # pragma: no cover - already gone
+        pass
+    try:
+        shm.close()
+    except BufferError:  # pragma: no cover - a view is still alive; the mapping goes at exit
+        pass
 
 
 def _code_inputs(digests: np.ndarray, hash_index: np.ndarray | int) -> np.ndarray:
@@ -183,7 +279,8 @@ class Client(_Common):
 
     def _start(self) -> None:
         self._set_phase("cuckoo")
-        digests = _digests(self._items, self._session)
+        key = _digest_key(self._session)
+        digests = _gather(_scatter(self._executor, functools.partial(_digest_piece, key=key), self._items))
         self._table = cuckoo.build(digests)
         bins = self._table.bins
         inputs = np.frombuffer(secrets.token_bytes(16 * bins), dtype=np.uint8).reshape(bins, 16).copy()
@@ -201,11 +298,22 @@ class Client(_Common):
         if len(body) != CODE_WIDTH * POINT_BYTES + 16:
             raise MalformedMessage("kkrt.base.b has the wrong length")
         keys0, keys1 = self._base.finish(body[: CODE_WIDTH * POINT_BYTES])
-        self._ext = ExtensionReceiver(keys0, keys1)
-        self._code = PseudorandomCode(derive_key(b"kkrt-code", self._session, body[-16:]), CODE_WIDTH)
+        code_key = derive_key(b"kkrt-code", self._session, body[-16:])
         self._oprf = np.empty((self._table.bins, self._width), dtype=np.uint8)
         self._batches = -(-self._table.bins // self._config.batch_size)
         self._sent = self._acked = 0
+        # Several workers: every batch is expanded from scratch in a worker (the PRG streams
+        # are started at the batch's offset), a few batches ahead of the flow-control window.
+        self._parallel = self._executor.workers > 1 and self._table.bins >= 2 * _MIN_PIECE
+        if self._parallel:
+            self._batch_fn = functools.partial(
+                _client_batch, keys0=keys0, keys1=keys1, code_key=code_key, session=self._session, width=self._width
+            )
+            self._pending: dict[int, Future] = {}
+            self._submitted = 0
+        else:
+            self._ext = ExtensionReceiver(keys0, keys1)
+            self._code = PseudorandomCode(code_key, CODE_WIDTH)
         self._state = _State.OPRF
         self._set_phase("oprf", self._batches)
 
@@ -213,11 +321,24 @@ class Client(_Common):
         if self._state is not _State.OPRF:
             return
         size = self._config.batch_size
+        if self._parallel:
+            ahead = self._config.window + self._executor.workers
+            stride = padded_rows(size) // 8  # PRG bytes per stream per full batch
+            while self._submitted < self._batches and self._submitted < self._sent + ahead:
+                k = self._submitted
+                start, stop = k * size, min((k + 1) * size, self._table.bins)
+                self._pending[k] = self._executor.submit(
+                    functools.partial(self._batch_fn, offset=k * stride, start=start), self._inputs[start:stop]
+                )
+                self._submitted += 1
         while self._sent < self._batches and self._sent - self._acked < self._config.window:
             start = self._sent * size
             stop = min(start + size, self._table.bins)
-            t_rows, wire = self._ext.extend_codewords(self._code.encode(self._inputs[start:stop]))
-            self._oprf[start:stop] = self._hash.hash_rows(t_rows, start, out_bytes=self._width, domain=_DOMAIN)
+            if self._parallel:
+                self._oprf[start:stop], wire = self._pending.pop(self._sent).result()
+            else:
+                t_rows, wire = self._ext.extend_codewords(self._code.encode(self._inputs[start:stop]))
+                self._oprf[start:stop] = self._hash.hash_rows(t_rows, start, out_bytes=self._width, domain=_DOMAIN)
             self._send("kkrt.u", wire)
             self._sent += 1
 
@@ -278,6 +399,9 @@ class Server(_Common):
         state = self._state
         if state is _State.HELLO:
             self._accept_hello(message)
+            # pre-hash in the background (workers) while the base OTs and corrections run
+            key = _digest_key(self._session)
+            self._digest_futures = _scatter(self._executor, functools.partial(_digest_piece, key=key), self._items)
             self._state = _State.BASE
             self._set_phase("base-ot")
         elif state is _State.BASE and message.kind == "kkrt.base.a":
@@ -304,8 +428,16 @@ class Server(_Common):
         reply, keys = BaseOtReceiver(secret, self._session).reply(body[:POINT_BYTES])
         code_seed = secrets.token_bytes(16)
         self._ext = ExtensionSender(keys, secret)
-        self._code = PseudorandomCode(derive_key(b"kkrt-code", self._session, code_seed), CODE_WIDTH)
-        self._q = np.empty((bins, CODE_WIDTH // 8), dtype=np.uint8)
+        self._code_key = derive_key(b"kkrt-code", self._session, code_seed)
+        shape = (bins, CODE_WIDTH // 8)
+        self._shm = None
+        if self._executor.workers > 1 and self._n >= 2 * _MIN_PIECE:
+            # q lives in shared memory so the value workers read it without a copy
+            self._shm = shared_memory.SharedMemory(create=True, size=bins * (CODE_WIDTH // 8))
+            self._shm_release = weakref.finalize(self, _release_shm, self._shm)
+            self._q = np.ndarray(shape, dtype=np.uint8, buffer=self._shm.buf)
+        else:
+            self._q = np.empty(shape, dtype=np.uint8)
         self._received = 0
         self._corrections = -(-bins // self._config.batch_size)
         self._send("kkrt.base.b", reply + code_seed)
@@ -325,21 +457,27 @@ class Server(_Common):
 
     def _compute_values(self) -> None:
         self._set_phase("values")
-        digests = _digests(self._items, self._session)
-        indices = cuckoo.bin_indices(digests, self._cuckoo_seed, self._bins)
+        digests = _gather(self._digest_futures)
+        self._digest_futures = []
         rng = np.random.default_rng(secrets.randbits(128))
-        values = np.empty((cuckoo.HASHES, self._n, self._width), dtype=np.uint8)
-        secret = self._ext.secret[None, :]
         step = self._config.batch_size
-        for h in range(cuckoo.HASHES):
-            for start in range(0, self._n, step):
-                stop = min(start + step, self._n)
-                bins = indices[start:stop, h]
-                rows = self._code.encode(_code_inputs(digests[start:stop], h))
-                rows &= secret
-                rows ^= self._q[bins]
-                values[h, start:stop] = self._hash.hash_rows(rows, 0, out_bytes=self._width, domain=_DOMAIN, indices=bins)
+        q_ref = self._q if self._shm is None else (self._shm.name, self._q.shape)
+        fn = functools.partial(
+            _server_values,
+            q=q_ref,
+            cuckoo_seed=self._cuckoo_seed,
+            bins=self._bins,
+            code_key=self._code_key,
+            secret=self._ext.secret.tobytes(),
+            session=self._session,
+            width=self._width,
+            step=step,
+        )
+        values = _gather(_scatter(self._executor, fn, digests), axis=1) if self._n else np.empty((cuckoo.HASHES, 0, self._width), dtype=np.uint8)
         self._q = None
+        if self._shm is not None:
+            self._shm = None
+            self._shm_release()
         self._perms = [rng.permutation(self._n) for _ in range(cuckoo.HASHES)]
         self._wire = np.concatenate([values[h][self._perms[h]] for h in range(cuckoo.HASHES)])
         self._sent = self._acked = 0
