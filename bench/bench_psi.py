@@ -7,7 +7,7 @@ on the same keys, and the floor each protocol cannot beat on this machine.
     python bench/bench_psi.py --no-openmined --receiver      # also time --reveal receiver
 
 For every size N, bench/data/ gets (once, cached) two synthetic bank tables with N rows each and
-``--overlap`` of them in common (datasets.generate). For every protocol variant the script
+``--overlap`` of them in common (psiq_datasets.generate). For every protocol variant the script
 starts ``psiq psi serve ... --json --quiet`` and, once it listens, ``psiq psi connect ... --json
 --quiet --reveal both --output ...`` with certificates from ``psiq certs init`` (temp dir), waits
 for both (``--timeout``, then both are killed), and checks both summaries' intersection size,

@@ -96,7 +96,7 @@ def machine_info(packages: Sequence[str] = ("psiq", "openmined_psi", "gmpy2", "c
 # -- datasets ---------------------------------------------------------------------------------
 def dataset(rows: int, overlap: float = 0.5, seed: int = 7, rows_b: int | None = None) -> Path:
     """Directory with bank_a.csv / bank_b.csv / expected.json, generated once and cached."""
-    from datasets.generate import generate
+    from psiq_datasets.generate import generate
 
     rows_b = rows if rows_b is None else rows_b
     DATA_DIR.mkdir(parents=True, exist_ok=True)

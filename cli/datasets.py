@@ -29,7 +29,7 @@ def datasets_group() -> None:
 def generate_command(out_dir: str, rows: int, overlap: float, seed: int, blacklist_rows: int,
                      rows_b: int | None) -> None:
     """Write bank_a.csv, bank_b.csv, blacklist.csv and expected.json into --out."""
-    from datasets.generate import generate
+    from psiq_datasets.generate import generate
 
     from psi.errors import InputError
 

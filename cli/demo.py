@@ -18,9 +18,9 @@ __all__ = ["demo_command", "sample_dir"]
 
 def sample_dir() -> Path:
     """Where the shipped sample tables live (installed with the ``datasets`` package)."""
-    import datasets
+    import psiq_datasets
 
-    return Path(datasets.__file__).resolve().parent / "sample"
+    return Path(psiq_datasets.__file__).resolve().parent / "sample"
 
 
 @click.command("demo")

@@ -1,4 +1,4 @@
-"""Synthetic bank customer tables and the committed samples (see :mod:`datasets.generate`).
+"""Synthetic bank customer tables and the committed samples (see :mod:`psiq_datasets.generate`).
 
 ``datasets/sample/`` holds bank_a.csv and bank_b.csv (10,000 customers each, 30% shared),
 blacklist.csv (20,000 IDs) and expected.json, generated with seed 20261123.

@@ -12,7 +12,7 @@ from psi import api
 from psi.errors import InputError, ParameterMismatch, UsageError
 from psi.normalize import Normalization
 
-from datasets.generate import generate
+from psiq_datasets.generate import generate
 
 from .conftest import tls_for
 

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from datasets.generate import generate
+from psiq_datasets.generate import generate
 
 from .conftest import ROOT, free_port, psiq_cmd, subprocess_env, tls_args
 

@@ -11,8 +11,8 @@ import pytest
 from click.testing import CliRunner
 
 from cli.datasets import datasets_group
-from datasets import SAMPLE_SEED, sample_dir
-from datasets.generate import MOBILE_PREFIXES, REGIONS, generate, id_check_character, validate_id_number
+from psiq_datasets import SAMPLE_SEED, sample_dir
+from psiq_datasets.generate import MOBILE_PREFIXES, REGIONS, generate, id_check_character, validate_id_number
 from psi.records import read_keys
 
 
