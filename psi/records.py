@@ -10,6 +10,12 @@ Two streaming passes, never the whole file in memory:
   and spacing are preserved exactly); for Parquet the needed row groups are read chunk by
   chunk. Output is atomic: a temporary file in the target directory, ``os.replace`` at the end.
 
+CSV/TSV files are read in blocks of a few MiB. A block with no quote characters, no stray
+carriage returns, valid UTF-8 and every record as wide as the header is split on newlines and
+delimiters directly (the common case, several times faster); anything else goes through the
+csv module from that block until a record ends at a block boundary. Both give the same
+records, line numbers and errors (``tests/test_records.py`` checks this on random input).
+
 Row numbers count data records from 0, header and blank lines excluded; both passes count the
 same way. Error messages name the file and its 1-based line (CSV/TSV; the header is line 1)
 or 1-based data row (Parquet), never a key value: keys are customer identifiers and error
@@ -28,6 +34,7 @@ import mmap
 import os
 from array import array
 from dataclasses import dataclass, field
+from itertools import filterfalse, repeat
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Literal, Sequence
 
@@ -58,6 +65,11 @@ _PROGRESS_EVERY = 100_000
 _PARQUET_BATCH = 65_536
 _PARQUET_CHUNK = 1 << 20
 _CSV_CHUNK = 1 << 16
+_SCAN_BLOCK = 1 << 22  # bytes read at a time by the CSV/TSV scan
+_HEADER_ONLY = object()
+_FAST = True  # False: parse every CSV/TSV record with the csv module (the reference path, for tests)
+_ASCII_SPACE = b" \t\n\r\x0b\x0c\x1c\x1d\x1e\x1f"  # what str.strip() removes from ASCII text
+_LENGTHS = [n.to_bytes(4, "big") for n in range(256)]
 
 
 # -- formats --------------------------------------------------------------------------------
@@ -158,16 +170,26 @@ class KeyTable:
 
 
 class _Collector:
-    """Accumulates keys row by row and applies the dedup and empty-key policies."""
+    """Accumulates keys row by row (or a block of rows at a time) and applies the dedup and
+    empty-key policies. :meth:`add_batch` gives exactly the result of calling :meth:`add` for
+    each row in turn; whenever a block has anything unusual (an empty or non-matching value,
+    a duplicate under ``dedup="error"``) it falls back to :meth:`add` so errors are the same.
+    """
 
     def __init__(self, name: str, on: list[str], normalization: Normalization, dedup: str,
                  skip_empty: bool, unit: str) -> None:
         self.name, self.on, self.unit = name, on, unit
+        self.normalization = normalization
         self.normalize = None if normalization.is_identity else normalization.apply
+        self.ascii_fold: bytes | None = None  # how the normalisation acts on pure-ASCII values
+        if normalization.is_identity:
+            self.ascii_fold = b""
+        elif normalization == Normalization():  # trim only (the default)
+            self.ascii_fold = _ASCII_SPACE
         self.dedup, self.skip_empty = dedup, skip_empty
         self.index: dict[bytes, int] = {}
         self.keys: list[bytes] = []
-        self.first_line = array("q")
+        self.first_line = array("q")  # per key, only kept (and needed) with dedup="error"
         self.row_numbers = array("q")
         self.row_keys = array("q")
         self.duplicates = 0
@@ -201,18 +223,22 @@ class _Collector:
         if known is None:
             known = self.index[key] = len(self.keys)
             self.keys.append(key)
-            self.first_line.append(line)
+            if self.dedup == "error":
+                self.first_line.append(line)
         else:
             self.duplicates += 1
             if self.dedup == "error":
-                raise InputError(
-                    f"{self.name} {self.unit} {line}: duplicate key (first seen on {self.unit} "
-                    f"{self.first_line[known]}); use --dedup first or --dedup keep-all to allow duplicates"
-                )
+                self._duplicate_error(line, self.first_line[known])
             if self.dedup == "first":
                 return
         self.row_numbers.append(row)
         self.row_keys.append(known)
+
+    def _duplicate_error(self, line: int, first: int) -> None:
+        raise InputError(
+            f"{self.name} {self.unit} {line}: duplicate key (first seen on {self.unit} "
+            f"{first}); use --dedup first or --dedup keep-all to allow duplicates"
+        )
 
     def _failing_column(self, values: Sequence[str]) -> str:
         for position, value in enumerate(values):
@@ -222,43 +248,163 @@ class _Collector:
                 return self.on[position]
         return self.on[0]
 
+    # -- a block of rows at once ------------------------------------------------------------
+    def add_batch(self, row0: int, columns: list[list[bytes]], lines: np.ndarray) -> None:
+        """Rows ``row0, row0+1, ...`` whose key fields are ``columns[j][i]`` (raw UTF-8 bytes,
+        no newlines, already validated as UTF-8); ``lines[i]`` is row ``i``'s first line."""
+        count = len(columns[0])
+        if not count:
+            return
+        fold = self.ascii_fold
+        encoded: list[list[bytes]] | None = None
+        if fold is not None and b"".join([b"".join(column) for column in columns]).isascii():
+            encoded = columns if not fold else [list(map(bytes.strip, column, repeat(fold))) for column in columns]
+        else:
+            texts = [b"\n".join(column).decode("utf-8").split("\n") for column in columns]
+            try:
+                folded = [self.normalization.apply_many(text) for text in texts]
+            except KeyNormalizationError:
+                return self._add_each(row0, columns, lines)
+            encoded = [("\n".join(values)).encode("utf-8").split(b"\n") for values in folded]
+        if any(b"" in column for column in encoded):
+            return self._add_each(row0, columns, lines)
+        keys = encoded[0] if len(encoded) == 1 else _join_fields(encoded)
+        self._dedup_batch(row0, keys, lines)
+
+    def _add_each(self, row0: int, columns: list[list[bytes]], lines: np.ndarray) -> None:
+        texts = [b"\n".join(column).decode("utf-8").split("\n") for column in columns]
+        add = self.add
+        for i, values in enumerate(zip(*texts)):
+            add(row0 + i, int(lines[i]), values)
+
+    def _dedup_batch(self, row0: int, keys: list[bytes], lines: np.ndarray) -> None:
+        index = self.index
+        before = len(index)
+        count = len(keys)
+        if self.dedup == "error":
+            index.update(zip(keys, range(before, before + count)))
+            if len(index) != before + count:
+                self._batch_duplicate_error(keys, lines)
+            self.keys.extend(keys)
+            self.first_line.frombytes(np.ascontiguousarray(lines, dtype=np.int64).tobytes())
+            self.row_numbers.frombytes(np.arange(row0, row0 + count, dtype=np.int64).tobytes())
+            self.row_keys.frombytes(np.arange(before, before + count, dtype=np.int64).tobytes())
+            return
+        new = list(filterfalse(index.__contains__, dict.fromkeys(keys)))
+        index.update(zip(new, range(before, before + len(new))))
+        self.keys.extend(new)
+        self.duplicates += count - len(new)
+        if len(new) == count:
+            rows = np.arange(row0, row0 + count, dtype=np.int64)
+            known = np.arange(before, before + count, dtype=np.int64)
+        else:
+            known = np.fromiter(map(index.__getitem__, keys), dtype=np.int64, count=count)
+            if self.dedup == "keep-all":
+                rows = np.arange(row0, row0 + count, dtype=np.int64)
+            else:  # first: keep the first row of each key new in this block
+                values, first = np.unique(known, return_index=True)
+                first = first[values >= before]  # new keys are numbered in order of first row
+                rows = first.astype(np.int64) + row0
+                known = known[first]
+        self.row_numbers.frombytes(rows.tobytes())
+        self.row_keys.frombytes(np.ascontiguousarray(known, dtype=np.int64).tobytes())
+
+    def _batch_duplicate_error(self, keys: list[bytes], lines: np.ndarray) -> None:
+        # the index is spoiled by now, but this ends the read: find the first repeat in row order
+        earlier = set(self.keys)
+        seen: dict[bytes, int] = {}
+        for i, key in enumerate(keys):
+            if key in earlier:
+                self.duplicates += 1
+                self._duplicate_error(int(lines[i]), self.first_line[self.keys.index(key)])
+            if key in seen:
+                self.duplicates += 1
+                self._duplicate_error(int(lines[i]), int(lines[seen[key]]))
+            seen[key] = i
+        raise AssertionError("no duplicate found")  # pragma: no cover
+
+
+def _join_fields(columns: list[list[bytes]]) -> list[bytes]:
+    """``encode_key`` for many rows at once, on already UTF-8 encoded fields."""
+    parts: list[Any] = []
+    for column in columns:
+        lengths = list(map(len, column))
+        try:
+            parts.append(list(map(_LENGTHS.__getitem__, lengths)))
+        except IndexError:
+            parts.append([n.to_bytes(4, "big") for n in lengths])
+        parts.append(column)
+    return list(map(b"".join, zip(*parts)))
+
 
 # -- CSV / TSV scanning ---------------------------------------------------------------------
-class _CsvScan:
-    """One pass over a CSV/TSV file: header, then (row, first line, start, end, fields).
+@dataclass
+class _Block:
+    """Consecutive data records of a clean stretch of a CSV/TSV file (no quotes, no stray CR,
+    valid UTF-8, every record of the header's width): ``lines[i]`` is record ``row0 + i``
+    without its line ending; ``first_lines[i]`` its line number; ``starts``/``ends`` its byte
+    range (only when the scan was asked for offsets)."""
 
-    Lines are read as bytes so each record's byte range and line number are known; each line
-    is decoded as strict UTF-8 (a BOM at the start is accepted and remembered).
+    row0: int
+    lines: list[bytes]
+    first_lines: np.ndarray
+    starts: np.ndarray | None = None
+    ends: np.ndarray | None = None
+
+
+def _blocks(handle: Any, size: int) -> Iterator[bytes]:
+    """The file in pieces of about ``size`` bytes, each ending just after a newline (or at EOF)."""
+    rest = b""
+    while True:
+        block = handle.read(size)
+        if not block:
+            if rest:
+                yield rest
+            return
+        if rest:
+            block = rest + block
+        cut = block.rfind(b"\n") + 1
+        if not cut:
+            rest = block
+            continue
+        if cut < len(block):
+            rest = block[cut:]
+            block = block[:cut]
+        else:
+            rest = b""
+        yield block
+
+
+class _CsvScan:
+    """One pass over a CSV/TSV file: header, then data records.
+
+    :meth:`items` yields either a :class:`_Block` (many records at once, for stretches of the
+    file where plain splitting on newlines and delimiters is exactly what the csv module would
+    do) or a ``(row, first line, start offset, end offset, fields)`` tuple per record parsed by
+    the csv module (anywhere else: quoted fields, stray CRs, bad UTF-8, wrong widths, ...).
+    Lines are counted as in the file's bytes (``\\n``);
+    each line must be strict UTF-8 (a BOM at the start is accepted and remembered).
     """
 
-    def __init__(self, path: Path, fmt: str) -> None:
+    def __init__(self, path: Path, fmt: str, *, fast: bool | None = None, offsets: bool = False) -> None:
         self.path, self.name = path, path.name
         self.delimiter = "\t" if fmt == "tsv" else ","
         self.quoting = csv.QUOTE_NONE if fmt == "tsv" else csv.QUOTE_MINIMAL
+        self.fast = _FAST if fast is None else fast
+        self.offsets = offsets
+        self.limit = csv.field_size_limit()
         self.line = 0
         self.pos = 0
+        self.row = 0
+        self.width = 0
         self.bom = b""
         self.header: list[str] = []
         self.header_line = 0
         self.header_bytes = b""
         self.newline = b"\n"
-        self.ends_with_newline = True
+        self._left = 0
 
-    def _lines(self, handle: Any) -> Iterator[str]:
-        for raw in handle:
-            self.line += 1
-            self.pos += len(raw)
-            try:
-                text = raw.decode("utf-8")
-            except UnicodeDecodeError as err:
-                raise InputError(
-                    f"{self.name} line {self.line}: not valid UTF-8 (byte {err.start + 1} of the line);"
-                    " save the file as UTF-8"
-                ) from None
-            yield text
-
-    def records(self) -> Iterator[tuple[int, int, int, int, list[str]]]:
-        """Yield (row number, first line, start offset, end offset, fields) per data record."""
+    def items(self) -> Iterator[_Block | tuple[int, int, int, int, list[str]]]:
         try:
             handle = open(self.path, "rb")
         except FileNotFoundError:
@@ -273,36 +419,148 @@ class _CsvScan:
                 self.bom, self.pos = _BOM, 3
             else:
                 handle.seek(0)
-            reader = csv.reader(self._lines(handle), delimiter=self.delimiter, quoting=self.quoting, strict=True)
-            width = 0
-            row = 0
-            while True:
-                start, first_line = self.pos, self.line + 1
+            blocks = _blocks(handle, _SCAN_BLOCK)
+            for block in blocks:
+                if self.fast:
+                    done = self._fast_block(block)
+                    if done is not None:
+                        if done is not _HEADER_ONLY:
+                            yield done
+                        continue
+                yield from self._slow(block, blocks)
+            if not self.width:
+                raise InputError(f"{self.name}: file is empty (no header row and no data)")
+
+    # -- the plain path ---------------------------------------------------------------------
+    def _fast_block(self, block: bytes) -> Any:
+        """Handle ``block`` without the csv module if that gives the same result; None if not."""
+        if b"\0" in block or (self.quoting != csv.QUOTE_NONE and b'"' in block):
+            return None
+        crlf = b"\r" in block
+        if crlf and block.count(b"\r") != block.count(b"\r\n"):
+            return None
+        if not block.isascii():
+            try:
+                block.decode("utf-8")
+            except UnicodeDecodeError:
+                return None
+        terminated = block.endswith(b"\n")
+        lines = (block.replace(b"\r\n", b"\n") if crlf else block).split(b"\n")
+        if terminated:
+            lines.pop()
+        if len(block) >= self.limit and max(map(len, lines)) >= self.limit:
+            return None
+        first = 0  # index of the first data line
+        header = None
+        if not self.width:
+            while first < len(lines) and not lines[first]:
+                first += 1
+            if first == len(lines):  # blank lines only
+                self.line += len(lines)
+                self.pos += len(block)
+                return _HEADER_ONLY
+            header = lines[first].decode("utf-8").split(self.delimiter)
+            first += 1
+        width = self.width or len(header)  # type: ignore[arg-type]
+        data = lines[first:] if first else lines
+        blanks = data.count(b"")
+        counts = list(map(bytes.count, data, repeat(self.delimiter.encode())))
+        if counts.count(width - 1) != len(data) - (blanks if width > 1 else 0):
+            return None
+        if header is not None:  # commit the header
+            raw = (block.split(b"\n", first)[first - 1])
+            if first < len(lines) or terminated:
+                raw += b"\n"
+            self.header, self.header_line, self.header_bytes = header, self.line + first, raw
+            self.width = width
+            if raw.endswith(b"\r\n"):
+                self.newline = b"\r\n"
+        base = self.line + first + 1  # line number of data[0]
+        if blanks:
+            kept = np.flatnonzero(np.fromiter(map(len, data), dtype=np.int64, count=len(data)))
+            first_lines = kept + base
+            data = list(filter(None, data))
+        else:
+            kept = None
+            first_lines = np.arange(base, base + len(data), dtype=np.int64)
+        if not data:
+            self.line += len(lines)
+            self.pos += len(block)
+            return _HEADER_ONLY  # nothing to yield: consumers look at the header on the first record
+        result = _Block(self.row, data, first_lines)
+        if self.offsets and data:
+            raw_lines = block.split(b"\n") if crlf else lines
+            if crlf and terminated:
+                raw_lines.pop()
+            sizes = np.fromiter(map(len, raw_lines), dtype=np.int64, count=len(raw_lines)) + 1
+            if not terminated:
+                sizes[-1] -= 1
+            bounds = np.empty(len(sizes) + 1, dtype=np.int64)
+            bounds[0] = self.pos
+            np.cumsum(sizes, out=bounds[1:])
+            bounds[1:] += self.pos
+            at = np.arange(first, len(raw_lines), dtype=np.int64) if kept is None else kept + first
+            result.starts, result.ends = bounds[at], bounds[at + 1]
+        self.line += len(lines)
+        self.pos += len(block)
+        self.row += len(data)
+        return result
+
+    # -- the csv module path ----------------------------------------------------------------
+    def _feed(self, block: bytes, blocks: Iterator[bytes]) -> Iterator[str]:
+        while True:
+            parts = block.split(b"\n")
+            last = parts.pop()
+            raws = [part + b"\n" for part in parts]
+            if last:
+                raws.append(last)
+            self._left = len(raws)
+            for raw in raws:
+                self._left -= 1
+                self.line += 1
+                self.pos += len(raw)
                 try:
-                    fields = next(reader)
-                except StopIteration:
-                    break
-                except csv.Error as err:
-                    raise InputError(f"{self.name} line {self.line}: malformed {self._kind()} ({err})") from None
-                if not fields:
-                    continue  # blank line
-                if not width:
-                    width = len(fields)
+                    text = raw.decode("utf-8")
+                except UnicodeDecodeError as err:
+                    raise InputError(
+                        f"{self.name} line {self.line}: not valid UTF-8 (byte {err.start + 1} of the line);"
+                        " save the file as UTF-8"
+                    ) from None
+                yield text
+            next_block = next(blocks, None)
+            if next_block is None:
+                return
+            block = next_block
+
+    def _slow(self, block: bytes, blocks: Iterator[bytes]) -> Iterator[tuple[int, int, int, int, list[str]]]:
+        """Parse with the csv module from ``block`` on, until a record ends where a block does."""
+        reader = csv.reader(self._feed(block, blocks), delimiter=self.delimiter, quoting=self.quoting, strict=True)
+        while True:
+            start, first_line = self.pos, self.line + 1
+            try:
+                fields = next(reader)
+            except StopIteration:
+                return
+            except csv.Error as err:
+                raise InputError(f"{self.name} line {self.line}: malformed {self._kind()} ({err})") from None
+            if fields:
+                if not self.width:
+                    self.width = len(fields)
                     self.header, self.header_line = fields, first_line
                     with open(self.path, "rb") as again:
                         again.seek(start)
                         self.header_bytes = again.read(self.pos - start)
                     if self.header_bytes.endswith(b"\r\n"):
                         self.newline = b"\r\n"
-                    continue
-                if len(fields) != width:
+                elif len(fields) != self.width:
                     raise InputError(
-                        f"{self.name} line {first_line}: {len(fields)} fields, but the header has {width}"
+                        f"{self.name} line {first_line}: {len(fields)} fields, but the header has {self.width}"
                     )
-                yield row, first_line, start, self.pos, fields
-                row += 1
-            if not width:
-                raise InputError(f"{self.name}: file is empty (no header row and no data)")
+                else:
+                    yield self.row, first_line, start, self.pos, fields
+                    self.row += 1
+            if not self._left and self.fast:
+                return  # at a block boundary, between records: the plain path may go on
 
     def _kind(self) -> str:
         return "TSV" if self.delimiter == "\t" else "CSV"
@@ -388,17 +646,30 @@ def _read_csv_keys(path: Path, fmt: str, on: list[str], normalization: Normaliza
     scan = _CsvScan(path, fmt)
     collector = _Collector(path.name, on, normalization, dedup, skip_empty, "line")
     add = collector.add
-    records = scan.records()
+    delimiter = scan.delimiter.encode()
     columns: list[int] | None = None
+    single: int | None = None
     rows = 0
-    for row, line, _start, _end, fields in records:
+    for item in scan.items():
         if columns is None:
             columns = _key_columns(path.name, scan.header, on)
             single = columns[0] if len(columns) == 1 else None
+        if isinstance(item, _Block):
+            lines = item.lines
+            if scan.width == 1:
+                values = [lines]
+            else:  # one pass per column: cheaper than keeping a list of parts per line alive
+                values = [[line.split(delimiter, c + 1)[c] for line in lines] for c in columns]
+            collector.add_batch(item.row0, values, item.first_lines)
+            before, rows = rows, rows + len(lines)
+            if progress is not None and rows // _PROGRESS_EVERY != before // _PROGRESS_EVERY:
+                progress(rows)
+            continue
+        _row, line, _start, _end, fields = item
         if single is not None:
-            add(row, line, (fields[single],))
+            add(_row, line, (fields[single],))
         else:
-            add(row, line, [fields[c] for c in columns])
+            add(_row, line, [fields[c] for c in columns])
         rows += 1
         if progress is not None and rows % _PROGRESS_EVERY == 0:
             progress(rows)
@@ -463,7 +734,7 @@ def count_rows(path: str | os.PathLike[str], fmt: str | None = None) -> int:
     if fmt == "parquet":
         _pa, pq = _pyarrow(path)
         return int(_open_parquet(path, pq).metadata.num_rows)
-    return sum(1 for _ in _CsvScan(path, fmt).records())
+    return sum(len(item.lines) if isinstance(item, _Block) else 1 for item in _CsvScan(path, fmt).items())
 
 
 # -- writing --------------------------------------------------------------------------------
@@ -526,13 +797,29 @@ def _check_range(order: np.ndarray, total: int, name: str, expect_rows: int | No
 
 
 def _write_csv(src: Path, fmt: str, order: np.ndarray, handle: Any, expect_rows: int | None) -> None:
-    scan = _CsvScan(src, fmt)
+    scan = _CsvScan(src, fmt, offsets=True)
+    start_parts: list[np.ndarray] = []
+    end_parts: list[np.ndarray] = []
     starts = array("q")
     ends = array("q")
-    for _row, _line, start, end, _fields in scan.records():
-        starts.append(start)
-        ends.append(end)
-    _check_range(order, len(starts), src.name, expect_rows)
+    for item in scan.items():
+        if isinstance(item, _Block):
+            if starts:
+                start_parts.append(np.frombuffer(starts, dtype=np.int64).copy())
+                end_parts.append(np.frombuffer(ends, dtype=np.int64).copy())
+                starts, ends = array("q"), array("q")
+            if item.starts is not None:
+                start_parts.append(item.starts)
+                end_parts.append(item.ends)  # type: ignore[arg-type]
+            continue
+        starts.append(item[2])
+        ends.append(item[3])
+    start_parts.append(np.frombuffer(starts, dtype=np.int64))
+    end_parts.append(np.frombuffer(ends, dtype=np.int64))
+    start_at = np.concatenate(start_parts)
+    end_at = np.concatenate(end_parts)
+    total = len(start_at)
+    _check_range(order, total, src.name, expect_rows)
     width = len(scan.header)
     newline = scan.newline
     empty = (b"," * (width - 1) if fmt == "csv" else b"\t" * (width - 1)) if width > 1 else b'""'
@@ -545,22 +832,21 @@ def _write_csv(src: Path, fmt: str, order: np.ndarray, handle: Any, expect_rows:
     handle.write(header)
     if not len(order):
         return
-    start_at = np.frombuffer(starts, dtype=np.int64)
-    end_at = np.frombuffer(ends, dtype=np.int64)
+    if not total:  # only empty rows can be asked for
+        start_at = end_at = np.zeros(1, dtype=np.int64)
     with open(src, "rb") as source, mmap.mmap(source.fileno(), 0, access=mmap.ACCESS_READ) as data:
+        # only the file's last record can lack a line ending
+        unterminated = total - 1 if total and not data[end_at[-1] - 1 : end_at[-1]] == b"\n" else -2
         write = handle.write
         for begin in range(0, len(order), _CSV_CHUNK):
             rows = order[begin : begin + _CSV_CHUNK]
             safe = np.maximum(rows, 0)
-            spans = zip(rows.tolist(), start_at[safe].tolist(), end_at[safe].tolist())
-            for row, start, end in spans:
-                if row < 0:
-                    write(empty)
-                    continue
-                chunk = data[start:end]
-                write(chunk)
-                if not chunk.endswith(b"\n"):
-                    write(newline)
+            pieces = list(map(data.__getitem__, map(slice, start_at[safe].tolist(), end_at[safe].tolist())))
+            for i in np.flatnonzero(rows < 0).tolist():
+                pieces[i] = empty
+            for i in np.flatnonzero(rows == unterminated).tolist():
+                pieces[i] += newline
+            write(b"".join(pieces))
 
 
 def _write_parquet(src: Path, fmt: str, order: np.ndarray, handle: Any, expect_rows: int | None) -> None:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from hypothesis import given, strategies as st
+from hypothesis import given, settings, strategies as st
 
 from psi.errors import MalformedMessage, UsageError
 from psi.normalize import KeyNormalizationError, Normalization
@@ -121,3 +121,22 @@ def test_apply_is_idempotent(value: str) -> None:
     norm = Normalization(trim=True, casefold=True, fullwidth=True)
     once = norm.apply(value)
     assert norm.apply(once) == once
+
+
+# -- apply_many is apply, value by value --------------------------------------------------------
+_SETTINGS = [Normalization(), Normalization(trim=False), Normalization(fullwidth=True, casefold=True),
+             Normalization(phone=True), Normalization(regex=r"(\d+)"), Normalization(regex=r"[a-z]+", casefold=True),
+             Normalization(fullwidth=True, phone=True)]
+_TEXT = st.text(alphabet=st.sampled_from(list(" \t\u3000\u200b\ufeff\xa0\x1c1２aＡß-+86()x张")), max_size=8)
+
+
+@settings(max_examples=300, deadline=None)
+@given(values=st.lists(_TEXT, max_size=6), norm=st.sampled_from(_SETTINGS))
+def test_apply_many_matches_apply(values: list[str], norm: Normalization) -> None:
+    try:
+        expected = [norm.apply(v) for v in values]
+    except KeyNormalizationError:
+        with pytest.raises(KeyNormalizationError):
+            norm.apply_many(values)
+        return
+    assert norm.apply_many(values) == expected

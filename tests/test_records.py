@@ -8,6 +8,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from hypothesis import HealthCheck, example, given, settings
+from hypothesis import strategies as st
 
 from psi import records
 from psi.errors import InputError, UsageError
@@ -292,3 +294,100 @@ def test_parquet_without_pyarrow(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
     monkeypatch.setattr(builtins, "__import__", no_pyarrow)
     with pytest.raises(InputError, match="needs pyarrow"):
         read_keys(write(tmp_path / "x.parquet", b"PAR1"), ["id"])
+
+
+# -- the plain fast path equals the csv-module path -------------------------------------------
+
+_PIECES = ["a", "b", "7", "12", " ", "  ", ",", "\t", '"', '""', "\n", "\r\n", "\r", "\u200b", "\ufeff",
+           "\u3000", "１", "Ａ", "张", "é", "ß", "+86 138", "-", "x"]
+_NORMS = [Normalization(), Normalization(trim=False), Normalization(fullwidth=True, casefold=True),
+          Normalization(regex=r"(\d+)"), Normalization(phone=True), Normalization(casefold=True)]
+
+
+def _field() -> st.SearchStrategy[str]:
+    return st.lists(st.sampled_from(_PIECES), max_size=3).map("".join)
+
+
+@st.composite
+def _csv_files(draw: st.DrawFn) -> tuple[bytes, str]:
+    fmt = draw(st.sampled_from(["csv", "tsv"]))
+    sep = "," if fmt == "csv" else "\t"
+    width = draw(st.integers(1, 3))
+    newline = draw(st.sampled_from(["\n", "\r\n"]))
+    header = sep.join(f"c{i}" for i in range(width))
+    rows = draw(st.lists(st.one_of(
+        st.lists(st.sampled_from(["1", "2", "3", " 1", "Ａ", "a", "张", "", "a b"]), min_size=width, max_size=width),
+        st.lists(_field(), min_size=width, max_size=width),
+        st.lists(_field(), min_size=1, max_size=4),
+    ), max_size=12))
+    lines = [header]
+    raw = draw(st.booleans())  # raw: no quoting at all (tricky and malformed input)
+    for fields in rows:
+        if raw or fmt == "tsv":
+            lines.append(sep.join(fields))
+        else:
+            lines.append(sep.join('"' + f.replace('"', '""') + '"' if any(c in f for c in ',"\r\n') else f
+                                  for f in fields))
+        if draw(st.integers(0, 9)) == 0:
+            lines.append("")  # a blank line
+    text = newline.join(lines) + draw(st.sampled_from([newline, "", "\n\n"]))
+    data = text.encode("utf-8")
+    if draw(st.booleans()):
+        data = b"\xef\xbb\xbf" + data
+    if draw(st.integers(0, 19)) == 0:
+        at = draw(st.integers(0, len(data)))
+        data = data[:at] + b"\xff" + data[at:]
+    return data, fmt
+
+
+def _outcome(path: Path, fmt: str, on: list[str], **options: object) -> object:
+    try:
+        t = read_keys(path, on, fmt=fmt, **options)  # type: ignore[arg-type]
+    except (InputError, UsageError) as err:
+        return type(err).__name__, str(err)
+    return (t.header, t.columns, t.keys, t.row_numbers.tolist(), t.row_keys.tolist(), t.rows_read,
+            t.duplicate_rows, t.skipped_rows)
+
+
+def _write_outcome(path: Path, fmt: str, out: Path) -> object:
+    try:
+        total = count_rows(path, fmt=fmt)
+        write_rows(path, [*range(total - 1, -1, -1), None, *range(total)], out, fmt=fmt)
+    except (InputError, UsageError) as err:
+        return type(err).__name__, str(err)
+    return total, out.read_bytes()
+
+
+@settings(max_examples=int(os.environ.get("PSIQ_FUZZ_EXAMPLES", "400")), deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(file=_csv_files(), block=st.sampled_from([1, 7, 16, 64, 1 << 22]), norm=st.sampled_from(_NORMS),
+       dedup=st.sampled_from(["error", "first", "keep-all"]), skip_empty=st.booleans(),
+       on=st.sampled_from([["c0"], ["c1"], ["c0", "c1"], ["c2", "c0"]]))
+@example(file=(b'c0,c1\n"x\ny",1\n2,3\n', "csv"), block=1, norm=Normalization(), dedup="error",
+         skip_empty=False, on=["c0"])
+def test_fast_path_matches_csv_module(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, file: tuple[bytes, str],
+                                      block: int, norm: Normalization, dedup: str, skip_empty: bool,
+                                      on: list[str]) -> None:
+    data, fmt = file
+    path = write(tmp_path / "in.dat", data)
+    options = dict(normalization=norm, dedup=dedup, skip_empty=skip_empty)
+    with monkeypatch.context() as patch:
+        patch.setattr(records, "_FAST", False)
+        expected = _outcome(path, fmt, on, **options)
+        expected_write = _write_outcome(path, fmt, tmp_path / "slow.out")
+    with monkeypatch.context() as patch:
+        patch.setattr(records, "_SCAN_BLOCK", block)
+        assert _outcome(path, fmt, on, **options) == expected
+        assert _write_outcome(path, fmt, tmp_path / "fast.out") == expected_write
+
+
+def test_fast_path_big_clean_file_matches(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    rows = ["id,name,phone"] + [f"{i % 5000:06d},张{i},+86 138{i:08d}" for i in range(20_000)]
+    rows[7000] = ' 12,"quoted, name",1'  # one quoted stretch in the middle
+    path = write(tmp_path / "big.csv", "\r\n".join(rows) + "\r\n")
+    monkeypatch.setattr(records, "_SCAN_BLOCK", 4096)
+    for on, norm, dedup in [(["id"], Normalization(), "first"), (["id", "name"], Normalization(), "keep-all"),
+                            (["phone"], Normalization(phone=True), "error"), (["id"], Normalization(), "error")]:
+        fast = _outcome(path, "csv", on, normalization=norm, dedup=dedup)
+        monkeypatch.setattr(records, "_FAST", False)
+        assert _outcome(path, "csv", on, normalization=norm, dedup=dedup) == fast
+        monkeypatch.setattr(records, "_FAST", True)
