@@ -145,3 +145,49 @@ def test_value_width_formula():
     assert kkrt.value_bytes(1 << 20, 1 << 20) == 10
     assert kkrt.value_bytes(0, 0) == 5
     assert cuckoo.table_size(1 << 20) == int(np.ceil((40 + 20 + 256) / 240 * (1 << 20)))
+
+
+def _deterministic(monkeypatch, seed):
+    """Make every random choice of a session reproducible (hello nonces, seeds, base OTs)."""
+    import random
+    import secrets
+
+    import rbcl
+
+    from psi.ot import base_ot
+
+    np.random.default_rng(0)  # numpy.random draws OS entropy when first imported: do it now
+    rnd = random.Random(seed)
+    monkeypatch.setattr(secrets, "token_bytes", lambda n=32: rnd.randbytes(n))
+    monkeypatch.setattr(secrets, "token_hex", lambda n=32: rnd.randbytes(n).hex())
+    monkeypatch.setattr(secrets, "randbits", lambda k: rnd.getrandbits(k))
+    monkeypatch.setattr(base_ot, "_nonzero_scalar", lambda: rbcl.crypto_core_ristretto255_scalar_reduce(rnd.randbytes(64)))
+
+
+def _recorded_run(client_items, server_items, executor_c, executor_s, reveal, batch_size):
+    config = kkrt.Config(reveal=reveal, batch_size=batch_size)
+    client = kkrt.Client(client_items, config, peer_size=len(server_items), executor=executor_c)
+    server = kkrt.Server(server_items, config, peer_size=len(client_items), executor=executor_s)
+    wire = []
+    for party in (client, server):
+        send = party._send
+        party._send = lambda kind, body=b"", send=send, who=party: (wire.append((who is client, kind, bytes(body))), send(kind, body))[1]
+    run_pair(client, server)
+    return client.result(), server.result(), wire
+
+
+@pytest.mark.parametrize("batch_size", [1 << 12, 1000])
+def test_workers_give_identical_wire_bytes(monkeypatch, batch_size):
+    """Two worker processes per side produce exactly the single-core session (same seeds)."""
+    n = 3 * kkrt._MIN_PIECE  # large enough to go to the workers
+    client = [b"w-%d" % i for i in range(n)]
+    server = [b"w-%d" % i for i in range(n // 3, n + n // 3)]
+    runs = []
+    with Executor(2) as ec, Executor(2) as es:
+        for executors in ((EXECUTOR, EXECUTOR), (ec, es)):
+            _deterministic(monkeypatch, 7)
+            runs.append(_recorded_run(client, server, *executors, Reveal.BOTH, batch_size))
+    (c1, s1, w1), (c2, s2, w2) = runs
+    assert c1.indices == c2.indices and s1.indices == s2.indices
+    assert sorted(client[i] for i in c2.indices) == sorted(set(client) & set(server))
+    assert len(w1) == len(w2) and all(a == b for a, b in zip(w1, w2))

@@ -40,6 +40,8 @@ import enum
 import functools
 import hashlib
 import math
+import mmap
+import os
 import secrets
 import weakref
 from concurrent.futures import Future
@@ -173,8 +175,8 @@ def _server_values(
     """
     shm = None
     if isinstance(q, tuple):
-        shm = shared_memory.SharedMemory(name=q[0])
-        q = np.ndarray(q[1], dtype=np.uint8, buffer=shm.buf)
+        shm = _attach(q[0], q[1][0] * q[1][1])
+        q = np.frombuffer(shm, dtype=np.uint8, count=q[1][0] * q[1][1]).reshape(q[1])
     try:
         n = digests.shape[0]
         indices = cuckoo.bin_indices(digests, cuckoo_seed, bins)
@@ -195,6 +197,18 @@ def _server_values(
         if shm is not None:
             del q
             shm.close()
+
+
+def _attach(name: str, size: int) -> "mmap.mmap":
+    """Map the parent's shared block read-only, without registering it with a resource tracker
+    (``SharedMemory(name=...)`` does in 3.11, and a worker's tracker then reports a leak)."""
+    import _posixshmem
+
+    fd = _posixshmem.shm_open("/" + name, os.O_RDONLY, mode=0o600)
+    try:
+        return mmap.mmap(fd, size, prot=mmap.PROT_READ)
+    finally:
+        os.close(fd)
 
 
 def _release_shm(shm: shared_memory.SharedMemory) -> None:
@@ -433,7 +447,8 @@ class Server(_Common):
         self._shm = None
         if self._executor.workers > 1 and self._n >= 2 * _MIN_PIECE:
             # q lives in shared memory so the value workers read it without a copy
-            self._shm = shared_memory.SharedMemory(create=True, size=bins * (CODE_WIDTH // 8))
+            name = "psiq-kkrt-" + os.urandom(8).hex()  # not ``secrets``: keep its draws as single-core
+            self._shm = shared_memory.SharedMemory(name=name, create=True, size=bins * (CODE_WIDTH // 8))
             self._shm_release = weakref.finalize(self, _release_shm, self._shm)
             self._q = np.ndarray(shape, dtype=np.uint8, buffer=self._shm.buf)
         else:
