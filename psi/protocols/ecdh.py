@@ -37,7 +37,7 @@ Sizes leak on both sides (distinct counts). Duplicates are removed before anythi
 multiplicities do not leak; in ``receiver`` mode every position of a matched item is reported.
 
 Security: semi-honest parties; privacy rests on DDH / one-more-DH in the random-oracle model
-(``H`` is a hash-to-group with the domain tag ``psiq-ecdh-v1-<group>``). Fresh secret keys per
+(``H`` is a hash-to-group with the domain tag ``psiq-ecdh-v2-<group>``). Fresh secret keys per
 session, except a server that loads a persisted key with a :class:`PreparedSet` (unbalanced
 mode): then the same ``H(y)^b`` go to every client, so clients can link sessions and see set
 changes, and each evaluation a client obtains is one more one-more-DH query; the outcome says
@@ -105,7 +105,7 @@ __all__ = [
 ]
 
 NAME = "ecdh"
-VERSION = 1
+VERSION = 2  # 2: x25519 hash-to-group v2 (one SHA-512 per try, two candidates)
 
 QUERY = "ecdh.query"
 BLINDED = "ecdh.blinded"
