@@ -69,6 +69,7 @@ from bench.common import (  # noqa: E402
     machine_info,
     make_pki,
     plaintext_intersection,
+    precompile_psiq,
     psiq_command,
     read_keys,
     run_pair,
@@ -535,6 +536,7 @@ def main(argv: list[str] | None = None) -> int:
         "wire_per_server_element": [], "errors": [],
     }
 
+    precompile_psiq()
     print("measuring primitives (one core) ...", file=sys.stderr, flush=True)
     samples: list[dict[str, Any]] = [measure_primitives(args)]
 

@@ -363,6 +363,8 @@ def _head_start(table: KeyTable, options: PsiOptions, executor: Executor) -> Any
     """ECDH: start encrypting the server's set (fresh key) while waiting for the next client."""
     if options.protocol != "ecdh" or options.prepared is not None or options.server_key is not None:
         return None
+    if executor.workers == 1:  # in-process: the work would block accept() until it is all done
+        return None
     from .protocols import ecdh
 
     return ecdh.HeadStart(table.keys, options.protocol_config(), executor)

@@ -339,3 +339,22 @@ def test_both_mode_server_maps_matches_even_with_equal_key_halves():
         bad._own_keys, bad._answered, bad._state = b"".join(own), 3, ecdh._ServerState.AWAIT_MATCHES
         with pytest.raises(MalformedMessage):
             bad.receive(Message(ecdh.MATCHES, pack_items(matches, 16)))
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.binary(max_size=3), max_size=30))
+def test_distinct_positions_match_a_plain_grouping(items):
+    distinct, positions = ecdh._distinct(items)
+    expected: dict[bytes, list[int]] = {}
+    for position, item in enumerate(items):
+        expected.setdefault(item, []).append(position)
+    assert distinct == list(expected)
+    assert len(positions) == len(distinct)
+    assert [positions[j] for j in range(len(distinct))] == list(expected.values())
+    assert ecdh._first_positions(positions) == [p[0] for p in expected.values()]
+
+
+def test_check_items_refuses_non_bytes():
+    with pytest.raises(InputError):
+        ecdh._check_items([b"a", "b"])
+    assert ecdh._check_items([b"a", bytearray(b"b")]) == [b"a", bytearray(b"b")]

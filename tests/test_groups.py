@@ -279,16 +279,19 @@ def test_x25519_hash_matches_its_specification(items, dst):
 
 
 def test_x25519_hash_uses_later_counters():
-    # about 1 item in 4 needs ctr >= 1; make sure some of these are covered and still agree
+    # about 1 key in 4 needs ctr >= 1 and 1 in 16 ctr >= 2: cover both and check they agree
     dst = b"psiq-test"
-    items = [b"%d" % i for i in range(64)]
-    needs_slow = [i for i in items if _x25519_hash_reference(dst, i) not in _first_digest_candidates(dst, i)]
-    assert needs_slow
-    assert get_group("x25519").hash_to_group(dst, needs_slow) == [_x25519_hash_reference(dst, i) for i in needs_slow]
+    items = [b"%d" % i for i in range(200)]
+    later = [i for i in items if _x25519_hash_reference(dst, i) not in _digest_candidates(dst, i, 0)]
+    latest = [i for i in later if _x25519_hash_reference(dst, i) not in _digest_candidates(dst, i, 1)]
+    assert later and latest
+    group = get_group("x25519")
+    assert group.hash_to_group(dst, later) == [_x25519_hash_reference(dst, i) for i in later]
+    assert group.hash_to_group(dst, latest) == [_x25519_hash_reference(dst, i) for i in latest]
 
 
-def _first_digest_candidates(dst: bytes, item: bytes) -> set[bytes]:
-    d = bytearray(hashlib.sha512(bytes([len(dst)]) + dst + b"\x00" + item).digest())
+def _digest_candidates(dst: bytes, item: bytes, ctr: int) -> set[bytes]:
+    d = bytearray(hashlib.sha512(bytes([len(dst)]) + dst + bytes([ctr]) + item).digest())
     d[31] &= 0x7F
     d[63] &= 0x7F
     return {bytes(d[:32]), bytes(d[32:])}

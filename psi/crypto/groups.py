@@ -204,9 +204,9 @@ _LOW_ORDER_ROWS = [np.frombuffer(u.to_bytes(32, "little"), dtype="<u8") for u in
 
 
 def _x25519_hash_slow(prefix: bytes, item: bytes) -> bytes:
-    """The rest of the x25519 hash loop (ctr = 1, 2, ...) for the 1 in 4 items that need it."""
+    """The rest of the x25519 hash loop (ctr = 2, 3, ...) for the 1 in 16 items that need it."""
     mask, p, a = _MASK255, _P25519, _A25519
-    for ctr in range(1, 256):
+    for ctr in range(2, 256):
         d = hashlib.sha512(prefix + bytes([ctr]) + item).digest()
         for half in (d[:32], d[32:]):
             u = int.from_bytes(half, "little") & mask
@@ -259,24 +259,26 @@ class X25519Group(Group):
         if len(dst) > 255:
             raise ValueError("hash-to-group DST is longer than 255 bytes")
         prefix = bytes([len(dst)]) + dst
-        first = hashlib.sha512(prefix + b"\x00")
-        copy, legendre, mpz, from_bytes = first.copy, gmpy2.legendre, gmpy2.mpz, int.from_bytes
+        states = (hashlib.sha512(prefix + b"\x00"), hashlib.sha512(prefix + b"\x01"))  # ctr 0 and 1
+        legendre, mpz, from_bytes = gmpy2.legendre, gmpy2.mpz, int.from_bytes
         p, a, mask = mpz(_P25519), _A25519, _MASK255
         out = []
         append = out.append
         for item in items:
-            h = copy()
-            h.update(item)
-            d = h.digest()
-            u = mpz(from_bytes(d[:32], "little") & mask)
-            if u < p and legendre(u * (u * (u + a) + 1), p) == 1:  # u^3 + A u^2 + u a non-zero square
-                append(int(u).to_bytes(32, "little"))
+            for state in states:
+                h = state.copy()
+                h.update(item)
+                d = h.digest()
+                u = mpz(from_bytes(d[:32], "little") & mask)
+                if u < p and legendre(u * (u * (u + a) + 1), p) == 1:  # u^3 + A u^2 + u a non-zero square
+                    break
+                u = mpz(from_bytes(d[32:], "little") & mask)
+                if u < p and legendre(u * (u * (u + a) + 1), p) == 1:
+                    break
+            else:  # 1 item in 16 needs ctr >= 2
+                append(_x25519_hash_slow(prefix, item))
                 continue
-            u = mpz(from_bytes(d[32:], "little") & mask)
-            if u < p and legendre(u * (u * (u + a) + 1), p) == 1:
-                append(int(u).to_bytes(32, "little"))
-                continue
-            append(_x25519_hash_slow(prefix, item))
+            append(int(u).to_bytes(32, "little"))
         return out
 
     def check_element(self, element: bytes) -> None:

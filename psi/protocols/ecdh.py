@@ -333,20 +333,42 @@ def _gather(futures: "list[Future[bytes]]") -> bytes:
 
 # -- helpers ----------------------------------------------------------------------------------
 def _check_items(items: Sequence[bytes]) -> Sequence[bytes]:
-    for item in items:
-        if not isinstance(item, (bytes, bytearray)):
-            raise InputError("PSI items must be bytes")
+    if not set(map(type, items)) <= {bytes, bytearray}:  # one C-level pass in the usual case
+        for item in items:
+            if not isinstance(item, (bytes, bytearray)):
+                raise InputError("PSI items must be bytes")
     return items
 
 
-def _distinct(items: Sequence[bytes]) -> tuple[list[bytes], list[list[int]]]:
+class _Singletons(Sequence[list[int]]):
+    """Positions of ``n`` items that are all distinct: item ``j`` occurs at ``j`` only."""
+
+    def __init__(self, n: int) -> None:
+        self._n = n
+
+    def __len__(self) -> int:
+        return self._n
+
+    def __getitem__(self, j: int) -> list[int]:  # type: ignore[override]
+        if not -self._n <= j < self._n:
+            raise IndexError(j)
+        return [j % self._n]
+
+
+def _distinct(items: Sequence[bytes]) -> tuple[list[bytes], Sequence[list[int]]]:
     """Distinct items in first-seen order, and every position of each."""
-    if all(type(item) is bytes for item in items) and len(dict.fromkeys(items)) == len(items):
-        return list(items), [[p] for p in range(len(items))]  # already distinct (the usual case)
+    if set(map(type, items)) <= {bytes} and len(set(items)) == len(items):
+        return list(items), _Singletons(len(items))  # already distinct (the usual case)
     where: dict[bytes, list[int]] = {}
     for position, item in enumerate(items):
         where.setdefault(bytes(item), []).append(position)
     return list(where), list(where.values())
+
+
+def _first_positions(positions: Sequence[list[int]]) -> list[int]:
+    if isinstance(positions, _Singletons):
+        return list(range(len(positions)))
+    return [p[0] for p in positions]
 
 
 def _check_peer_size(peer_size: int) -> int:
@@ -599,7 +621,7 @@ class HeadStart:
         self._group = config.group
         self._batch_size = config.batch_size
         self.distinct, positions = _distinct(_check_items(items))
-        self.first = [p[0] for p in positions]
+        self.first = _first_positions(positions)
         self._scalar: bytes | None = get_group(config.group).generate_scalar()
         self._futures = _submit_own_set(executor, config, self._scalar, self.distinct)
 
@@ -651,7 +673,7 @@ class Server(Party):
         else:
             items = _check_items(items)
             self._distinct, positions = _distinct(items)
-            self._first = [p[0] for p in positions]
+            self._first = _first_positions(positions)
             self._head_start = False
         self._prepared = prepared
         if prepared is not None:
