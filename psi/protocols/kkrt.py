@@ -360,6 +360,8 @@ class Client(_Common):
         self._inputs = None
         self._values = np.empty((cuckoo.HASHES * self._n_server, self._width), dtype=np.uint8)
         self._filled = 0
+        self._mine: np.ndarray | None = None  # each item's OPRF value (its own bin), once needed
+        self._lookups: list[Future] = []  # per hash function, as soon as its block has arrived
         self._state = _State.VALUES
         self._set_phase("values", self._values.shape[0])
         if self._values.shape[0] == 0:
@@ -374,23 +376,32 @@ class Client(_Common):
         self._filled += expected
         self._advance(expected)
         self._send("kkrt.ack")
+        self._submit_lookups()
         if self._filled == self._values.shape[0]:
             self._match()
+
+    def _submit_lookups(self) -> None:
+        """Match each hash function's block of server values in a worker as soon as it is
+        complete, so the matching overlaps the server computing the later blocks."""
+        n = self._n_server
+        while len(self._lookups) < cuckoo.HASHES and (len(self._lookups) + 1) * n <= self._filled:
+            h = len(self._lookups)
+            if self._mine is None:
+                self._mine = self._oprf[self._table.bin_of()]
+            query_ids = np.nonzero(self._table.which == h)[0]
+            server = self._values[h * n : (h + 1) * n]
+            self._lookups.append(self._executor.submit(_lookup_block, query_ids, self._mine[query_ids], server, h * n))
 
     def _match(self) -> None:
         self._set_phase("match")
         table = self._table
-        mine = self._oprf[table.bin_of()]  # each item's OPRF value (its own bin)
-        items: list[np.ndarray] = []
-        positions: list[np.ndarray] = []
-        for h in range(cuckoo.HASHES):
-            query_ids = np.nonzero(table.which == h)[0]
-            server = self._values[h * self._n_server : (h + 1) * self._n_server]
-            q_idx, s_idx = _lookup(mine[query_ids], server)
-            items.append(query_ids[q_idx])
-            positions.append(s_idx + h * self._n_server)
-        matched = np.concatenate(items)
-        wire = np.concatenate(positions)
+        self._submit_lookups()
+        if self._mine is None:  # an empty server set
+            self._mine = self._oprf[table.bin_of()]
+        mine = self._mine
+        blocks = [fut.result() for fut in self._lookups]
+        matched = np.concatenate([b[0] for b in blocks]) if blocks else np.zeros(0, dtype=np.int64)
+        wire = np.concatenate([b[1] for b in blocks]) if blocks else np.zeros(0, dtype=np.int64)
         if self._reveal is Reveal.BOTH:
             order = _value_order(mine[matched])
             matched, wire = matched[order], wire[order]
@@ -534,6 +545,14 @@ class Server(_Common):
             raise MalformedMessage("kkrt.matches names one item twice")
         indices = items.tolist()
         self._done(PsiOutcome(indices, len(indices), {"protocol": NAME}))
+
+
+def _lookup_block(
+    query_ids: np.ndarray, queries: np.ndarray, table: np.ndarray, offset: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Worker entry point: (item ids, wire positions) of the queries found in one block."""
+    q_idx, s_idx = _lookup(queries, table)
+    return query_ids[q_idx], s_idx + offset
 
 
 def _lookup(queries: np.ndarray, table: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
