@@ -203,14 +203,19 @@ _P25519_MPZ = gmpy2.mpz(_P25519)
 _LOW_ORDER_ROWS = [np.frombuffer(u.to_bytes(32, "little"), dtype="<u8") for u in sorted(_LOW_ORDER_U)]
 
 
+def _on_curve(u: int) -> bool:
+    """u^3 + A u^2 + u is a non-zero square mod p: u is the coordinate of a curve (not twist)
+    point other than (0, 0). The batch loops below inline this test."""
+    return gmpy2.legendre(u * (u * (u + _A25519) + 1), _P25519_MPZ) == 1
+
+
 def _x25519_hash_slow(prefix: bytes, item: bytes) -> bytes:
     """The rest of the x25519 hash loop (ctr = 2, 3, ...) for the 1 in 16 items that need it."""
-    mask, p, a = _MASK255, _P25519, _A25519
     for ctr in range(2, 256):
         d = hashlib.sha512(prefix + bytes([ctr]) + item).digest()
         for half in (d[:32], d[32:]):
-            u = int.from_bytes(half, "little") & mask
-            if u < p and gmpy2.legendre(u * (u * (u + a) + 1), p) == 1:
+            u = int.from_bytes(half, "little") & _MASK255
+            if u < _P25519 and _on_curve(u):
                 return u.to_bytes(32, "little")
     raise ValueError("hash-to-curve found no point")  # probability 2^-512
 
@@ -270,7 +275,7 @@ class X25519Group(Group):
                 h.update(item)
                 d = h.digest()
                 u = mpz(from_bytes(d[:32], "little") & mask)
-                if u < p and legendre(u * (u * (u + a) + 1), p) == 1:  # u^3 + A u^2 + u a non-zero square
+                if u < p and legendre(u * (u * (u + a) + 1), p) == 1:  # _on_curve(u), inlined
                     break
                 u = mpz(from_bytes(d[32:], "little") & mask)
                 if u < p and legendre(u * (u * (u + a) + 1), p) == 1:
@@ -291,8 +296,7 @@ class X25519Group(Group):
             raise MalformedMessage("x25519 element is not reduced modulo p (non-canonical)")
         if u in _LOW_ORDER_U:
             raise MalformedMessage("x25519 element is a low-order point")
-        u = gmpy2.mpz(u)
-        if gmpy2.legendre((u * u + _A25519 * u + 1) * u, _P25519) != 1:
+        if not _on_curve(gmpy2.mpz(u)):
             raise MalformedMessage("x25519 element is not on the curve (twist point)")
 
     def check_elements(self, elements: Sequence[bytes]) -> None:

@@ -332,11 +332,18 @@ def _gather(futures: "list[Future[bytes]]") -> bytes:
 
 
 # -- helpers ----------------------------------------------------------------------------------
-def _check_items(items: Sequence[bytes]) -> Sequence[bytes]:
-    if not set(map(type, items)) <= {bytes, bytearray}:  # one C-level pass in the usual case
+def _item_types(items: Sequence[bytes]) -> set[type]:
+    """The items' types; raises :class:`InputError` unless every item is bytes or bytearray."""
+    types = set(map(type, items))  # one C-level pass in the usual case
+    if not types <= {bytes, bytearray}:
         for item in items:
             if not isinstance(item, (bytes, bytearray)):
                 raise InputError("PSI items must be bytes")
+    return types
+
+
+def _check_items(items: Sequence[bytes]) -> Sequence[bytes]:
+    _item_types(items)
     return items
 
 
@@ -356,8 +363,8 @@ class _Singletons(Sequence[list[int]]):
 
 
 def _distinct(items: Sequence[bytes]) -> tuple[list[bytes], Sequence[list[int]]]:
-    """Distinct items in first-seen order, and every position of each."""
-    if set(map(type, items)) <= {bytes} and len(set(items)) == len(items):
+    """Distinct items in first-seen order, and every position of each (items are checked)."""
+    if _item_types(items) <= {bytes} and len(set(items)) == len(items):
         return list(items), _Singletons(len(items))  # already distinct (the usual case)
     where: dict[bytes, list[int]] = {}
     for position, item in enumerate(items):
@@ -406,7 +413,7 @@ class Client(Party):
         self._peer_size = _check_peer_size(peer_size)
         self._executor = executor
         self._group = get_group(config.group)
-        self._distinct, self._positions = _distinct(_check_items(items))
+        self._distinct, self._positions = _distinct(items)
         self._batches = split(self._distinct, config.batch_size)
         self._scalar = self._group.generate_scalar()
         self._inverse = self._group.invert_scalar(self._scalar)
@@ -620,7 +627,7 @@ class HeadStart:
         self._items = items
         self._group = config.group
         self._batch_size = config.batch_size
-        self.distinct, positions = _distinct(_check_items(items))
+        self.distinct, positions = _distinct(items)
         self.first = _first_positions(positions)
         self._scalar: bytes | None = get_group(config.group).generate_scalar()
         self._futures = _submit_own_set(executor, config, self._scalar, self.distinct)
@@ -671,7 +678,6 @@ class Server(Party):
             self._scalar, self._own_futures = head_start.take()
             self._head_start = True
         else:
-            items = _check_items(items)
             self._distinct, positions = _distinct(items)
             self._first = _first_positions(positions)
             self._head_start = False

@@ -395,13 +395,12 @@ class Client(_Common):
     def _match(self) -> None:
         self._set_phase("match")
         table = self._table
-        self._submit_lookups()
-        if self._mine is None:  # an empty server set
-            self._mine = self._oprf[table.bin_of()]
+        self._submit_lookups()  # every block has arrived: all are submitted now
+        assert self._mine is not None and len(self._lookups) == cuckoo.HASHES
         mine = self._mine
         blocks = [fut.result() for fut in self._lookups]
-        matched = np.concatenate([b[0] for b in blocks]) if blocks else np.zeros(0, dtype=np.int64)
-        wire = np.concatenate([b[1] for b in blocks]) if blocks else np.zeros(0, dtype=np.int64)
+        matched = np.concatenate([b[0] for b in blocks])
+        wire = np.concatenate([b[1] for b in blocks])
         if self._reveal is Reveal.BOTH:
             order = _value_order(mine[matched])
             matched, wire = matched[order], wire[order]

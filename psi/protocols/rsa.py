@@ -63,7 +63,7 @@ from ..crypto.blind_rsa import VARIANT, blind_batch, emsa_pss_encode, finalize_b
 from ..crypto.rsa_keys import ALLOWED_BITS, CrtParams, RsaKey, RsaPublicKey, sign_batch
 from ..errors import InputError, MalformedMessage, ProtocolStateError, UsageError
 from ..messages import Message, pack_items, pack_u32_list, unpack_items, unpack_u32_list
-from ..parallel import Executor, split
+from ..parallel import Executor, split, split_even
 from .base import Party, PsiOutcome, Reveal
 
 __all__ = [
@@ -173,13 +173,6 @@ def _sign_own_items(params: CrtParams, items: Sequence[bytes]) -> bytes:
     em_bits = n.bit_length() - 1
     encoded = [emsa_pss_encode(psi_message(x), em_bits) for x in items]
     return b"".join(hashlib.sha256(OUTPUT_TAG + s).digest() for s in sign_batch(params, encoded))
-
-
-def _parts(seq: Sequence, workers: int) -> list[Sequence]:
-    """Cut one protocol batch into about one piece per worker."""
-    if not seq:
-        return []
-    return split(seq, -(-len(seq) // workers))
 
 
 # -- the server's signed set ------------------------------------------------------------------
@@ -331,7 +324,7 @@ class Client(Party):
             start = self._next_start
             batch = self._items[start : start + self._config.batch_size]
             results = self._executor.map(
-                functools.partial(_blind_items, public.numbers), _parts(batch, self._executor.workers)
+                functools.partial(_blind_items, public.numbers), split_even(batch, self._executor.workers)
             )
             blob = b"".join(r[0] for r in results)
             invs = [inv for r in results for inv in r[1]]
@@ -371,7 +364,7 @@ class Client(Party):
             (self._items[start + i], blob[i * k : (i + 1) * k], invs[i]) for i in range(count)
         ]
         results = self._executor.map(
-            functools.partial(_finalize_items, public.numbers), _parts(batch, self._executor.workers)
+            functools.partial(_finalize_items, public.numbers), split_even(batch, self._executor.workers)
         )
         hashes = b"".join(results)
         self._full[start * FULL_HASH : (start + count) * FULL_HASH] = hashes
@@ -540,7 +533,7 @@ class Server(Party):
             else:
                 wire_items = [self._items[i] for i in self._wire_order()[start:stop]]
                 results = self._executor.map(
-                    functools.partial(_sign_own_items, self._params), _parts(wire_items, self._executor.workers)
+                    functools.partial(_sign_own_items, self._params), split_even(wire_items, self._executor.workers)
                 )
                 full = b"".join(results)
                 self._own_hashes += full

@@ -222,6 +222,23 @@ def _check_insecure(host: str) -> None:
         raise UsageError("plain TCP (--insecure) is allowed only on loopback; configure TLS for other addresses")
 
 
+def _secure(raw: socket.socket, ctx: ssl.SSLContext | None, tls: TlsConfig | None, *, server_side: bool) -> TcpChannel:
+    """The channel over ``raw``: plain without a context, else after the TLS handshake and the
+    peer-name check (``raw`` is closed if either fails)."""
+    if ctx is None:
+        return TcpChannel(raw)
+    try:
+        sock = ctx.wrap_socket(raw, server_side=server_side)
+        name = check_peer_name(sock, tls.peer_name if tls else None)
+    except (ssl.SSLError, OSError) as err:
+        raw.close()
+        raise _tls_error(err, handshake=True) from None
+    except AuthenticationError:
+        raw.close()
+        raise
+    return TcpChannel(sock, peer_name=name)
+
+
 def connect(
     address: str,
     tls: TlsConfig | None,
@@ -253,18 +270,7 @@ def connect(
             reason = "connection refused" if isinstance(err, ConnectionRefusedError) else str(err) or err.__class__.__name__
             raise TransportError(f"cannot connect to {address}: {reason} (after {retries + 1} attempts)") from None
         raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        if ctx is None:
-            return TcpChannel(raw)
-        try:
-            sock = ctx.wrap_socket(raw, server_side=False)
-            name = check_peer_name(sock, tls.peer_name if tls else None)
-        except (ssl.SSLError, OSError) as err:
-            raw.close()
-            raise _tls_error(err, handshake=True) from None
-        except AuthenticationError:
-            raw.close()
-            raise
-        return TcpChannel(sock, peer_name=name)
+        return _secure(raw, ctx, tls, server_side=False)
     raise TransportError(f"cannot connect to {address}: {last}")  # pragma: no cover
 
 
@@ -332,20 +338,9 @@ class PendingConnection:
 
     def secure(self) -> TcpChannel:
         """Run the TLS handshake (if configured) and check the peer; return the channel."""
-        raw = self._raw
-        if self._ctx is None:
-            return TcpChannel(raw)
-        raw.settimeout(self._timeout)
-        try:
-            sock = self._ctx.wrap_socket(raw, server_side=True)
-            name = check_peer_name(sock, self._tls.peer_name if self._tls else None)
-        except (ssl.SSLError, OSError) as err:
-            raw.close()
-            raise _tls_error(err, handshake=True) from None
-        except AuthenticationError:
-            raw.close()
-            raise
-        return TcpChannel(sock, peer_name=name)
+        if self._ctx is not None:
+            self._raw.settimeout(self._timeout)
+        return _secure(self._raw, self._ctx, self._tls, server_side=True)
 
     def close(self) -> None:
         self._raw.close()
