@@ -397,8 +397,13 @@ def wire_per_element(sizes: list[int], om: list[dict[str, Any]], fpr_bits: int) 
                 if hr is not None:
                     row["openmined_gcs_hash_range"] = hr
                     row["openmined_gcs_overflow"] = hr <= 0
-                    effective = (n * n) / (2.0**63 if hr <= 0 else hr)
-                    row["openmined_effective_fpr_bits"] = round(-math.log2(effective), 1)
+                    used = 2**63 if hr <= 0 else hr
+                    row["openmined_effective_fpr_bits"] = round(-math.log2(n * n / used), 1)
+                    # same rate: psiq's Golomb coding over the range openmined actually used, same n
+                    same = len(filters.encode_gcs_range(keys, used))
+                    row["psiq_bytes_at_openmined_range"] = same
+                    row["psiq_bytes_per_element_at_openmined_range"] = round(same / n, 4)
+                    row["openmined_bytes_per_element_exact"] = round(o["bytes"]["setup"] / n, 4)
             out.append(row)
     return out
 
@@ -479,6 +484,10 @@ def print_report(doc: dict[str, Any]) -> None:
                         f"2^-{w['openmined_effective_fpr_bits']}, not 2^-{doc['settings'].get('fpr_bits', 40)})")
             print(f"{w['size']:>9,}  {w['mode']:<6} psiq {w['psiq_bytes_per_element']:6.2f}   openmined {om}"
                   f"   bound {w['lower_bound_bytes_per_element']:5.2f}{note}")
+            if "psiq_bytes_at_openmined_range" in w:
+                print(f"{'':>9}  {'':<6} same rate (openmined's range): psiq {w['psiq_bytes_at_openmined_range']:,} B "
+                      f"({w['psiq_bytes_per_element_at_openmined_range']:.4f}/element), openmined {w['openmined_bytes']:,} B "
+                      f"({w['openmined_bytes_per_element_exact']:.4f}/element)")
 
 
 # -- main -------------------------------------------------------------------------------------

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+import math
 import os
 import random
 
@@ -79,12 +81,58 @@ def test_huge_announced_count_rejected_before_allocation():
         decode_filter(header, n_query=1, fpr_bits=40, max_count=10)
 
 
-def test_gcs_rejects_unsorted_and_padding():
+def _gcs_body(data: bytes) -> tuple[int, int, int]:
+    code, param, n = filters._HEADER.unpack_from(data, 0)
+    assert code == 3
+    return param, n, filters._HEADER.size
+
+
+def test_gcs_rejects_padding_trailing_bytes_and_values_out_of_range():
     members = os.urandom(16 * 50)
-    data = bytearray(encode_filter("gcs", members, n_query=10, fpr_bits=20))
-    data[-1] ^= 0x01 if data[-1] & 0x01 == 0 else 0  # flip a padding bit if the last bit is padding
+    data = encode_filter("gcs", members, n_query=10, fpr_bits=20)
+    lay = filters._gcs_layout(50, filters._gcs_range(50, 10, 20))
+    assert lay.low_bits == 0 and 50 * lay.width % 8  # the fixed section ends in padding bits
+    decode_filter(data, n_query=10, fpr_bits=20, max_count=50)
+    fixed_end = filters._HEADER.size + -(-50 * lay.width // 8)
+    bad = bytearray(data)
+    bad[fixed_end - 1] |= 1  # a padding bit of the fixed-width remainder section
+    for malformed in (bytes(bad), data + b"\x00", data[:-1], data[:fixed_end]):
+        with pytest.raises(MalformedMessage):
+            decode_filter(malformed, n_query=10, fpr_bits=20, max_count=50)
+    # the same divisor over a 4x larger range: values past the agreed range must be refused
+    wide = dataclasses.replace(lay, coded_range=4 * lay.coded_range)
+    hi, lo = filters._split_keys(members)
     with pytest.raises(MalformedMessage):
-        decode_filter(bytes(data[:-1]), n_query=10, fpr_bits=20, max_count=50)
+        decode_filter(filters._encode_gcs(hi, lo, wide), n_query=10, fpr_bits=20, max_count=50)
+
+
+@settings(max_examples=60, deadline=None)
+@given(a=st.lists(st.integers(0, 2**64 - 1), min_size=1, max_size=20), b=st.integers(0, 2**64 - 1))
+def test_mulhi_is_exact(a, b):
+    got = filters._mulhi(np.array(a, dtype=np.uint64), b)
+    assert got.tolist() == [(x * b) >> 64 for x in a]
+
+
+@pytest.mark.parametrize("n, hash_range", [(10**4, 2**63), (65536, 2**63), (10**5, 2**63), (3000, 2**100)])
+def test_gcs_size_is_within_a_tenth_of_a_bit_of_the_entropy(n, hash_range):
+    # log2 C(R, n) / n ~ log2(R / n) + log2(e) bits per element for R >> n
+    data = filters.encode_gcs_range(os.urandom(16 * n), hash_range)
+    bits = 8 * len(data) / n
+    entropy = math.log2(hash_range / n) + math.log2(math.e)
+    assert entropy < bits < entropy + 0.1
+
+
+@settings(max_examples=30, deadline=None)
+@given(keys=st.lists(st.binary(min_size=16, max_size=16), min_size=1, max_size=40, unique=True),
+       hash_range=st.integers(1, 2**112 - 1))
+def test_gcs_round_trip_over_any_range(keys, hash_range):
+    blob = b"".join(keys)
+    lay = filters._gcs_layout(len(keys), hash_range)
+    data = filters.encode_gcs_range(blob, hash_range)
+    param, n, start = _gcs_body(data)
+    decoded = filters._decode_gcs(memoryview(data)[start:], param, n, lay)
+    assert decoded.contains(blob).all()
+    assert len(data) <= filters._gcs_size(n, lay, bound=True)
 
 
 def test_member_helper_handles_duplicates():

@@ -48,7 +48,7 @@ checked against the announced sizes. A false positive of the filter (expected nu
 
 Group choice (measured, see :mod:`psi.crypto.groups`): per multiplication x25519 ≈ 32 µs,
 ristretto255 ≈ 43 µs, p256 ≈ 72 µs (p256 hash-to-curve a further 88 µs, pure Python); x25519
-is the default. Server set at 10^5 x 10^5, 2^-40: gcs 7.4 bytes/element (auto's choice), raw
+is the default. Server set at 10^5 x 10^5, 2^-40: gcs 7.26 bytes/element (auto's choice), raw
 10.0, bloom 10.3.
 
 Scheduling (both parties share the cores in a loopback run, so the aim is that neither ever
@@ -105,7 +105,8 @@ __all__ = [
 ]
 
 NAME = "ecdh"
-VERSION = 2  # 2: x25519 hash-to-group v2 (one SHA-512 per try, two candidates)
+VERSION = 3  # 2: x25519 hash-to-group v2 (one SHA-512 per try, two candidates); 3: Golomb-coded set v2
+HASH_VERSION = 2  # in the hash-to-group tag and in prepared-set files (their contents do not depend on the filters)
 
 QUERY = "ecdh.query"
 BLINDED = "ecdh.blinded"
@@ -118,7 +119,7 @@ COMPRESSIONS = ("auto",) + filters.FILTER_KINDS
 
 
 def _dst(group: str) -> bytes:
-    return f"psiq-ecdh-v{VERSION}-{group}".encode("ascii")
+    return f"psiq-ecdh-v{HASH_VERSION}-{group}".encode("ascii")
 
 
 @dataclass(frozen=True)
@@ -242,7 +243,7 @@ class PreparedSet:
         header = pack_json(
             {
                 "protocol": NAME,
-                "version": VERSION,
+                "version": HASH_VERSION,
                 "group": self.group,
                 "key_fingerprint": self.key.fingerprint,
                 "count": self.count,
@@ -265,7 +266,7 @@ class PreparedSet:
             group, count = header["group"], header["count"]
             size, digest = header["element_size"], bytes.fromhex(header["input_digest"])
             fingerprint = header["key_fingerprint"]
-            ok = header["protocol"] == NAME and header["version"] == VERSION
+            ok = header["protocol"] == NAME and header["version"] == HASH_VERSION
         except (MalformedMessage, KeyError, TypeError, ValueError):
             raise InputError("prepared-set header is malformed") from None
         if not ok:
