@@ -49,12 +49,42 @@ _register_optional()
 
 def main() -> None:
     """Entry point of the console script; library errors become one line and an exit code."""
-    import sys
-
     from psi.errors import PsiqError
 
     try:
         cli(prog_name="psiq")
+        code: object = 0
     except PsiqError as err:
         click.echo(f"psiq: error: {err}", err=True)
-        sys.exit(err.exit_code)
+        code = err.exit_code
+    except SystemExit as done:  # click ends every run this way
+        code = done.code
+    _exit(code)
+
+
+def _exit(code: object) -> None:
+    """End the process with ``code`` (as ``sys.exit`` would interpret it).
+
+    When the command has finished everything (only the main thread left, no child process
+    still running, every output closed and renamed by the command itself), skip the
+    interpreter's teardown: freeing a session's objects and modules took about 50 ms per
+    process at 10^5 keys. Otherwise exit normally, so that pending work is waited for.
+    """
+    import multiprocessing
+    import os
+    import sys
+    import threading
+
+    if code is None:
+        code = 0
+    elif not isinstance(code, int):
+        print(code, file=sys.stderr)
+        code = 1
+    if threading.active_count() > 1 or multiprocessing.active_children():
+        sys.exit(code)
+    try:
+        sys.stdout.flush()
+        sys.stderr.flush()
+    except (OSError, ValueError):  # closed pipe or stream: let the normal exit report it
+        sys.exit(code)
+    os._exit(code)

@@ -72,3 +72,25 @@ def test_prepared_ecdh_set_serves_a_client(tmp_path: Path, pki: Path) -> None:
     assert client.returncode == 0 and server.returncode == 0, (client.stderr, s_err)
     assert json.loads(client.stdout)["intersection_size"] == 3000
     assert any("persisted key" in n for n in json.loads(s_out)["notes"])
+
+
+def _run_exit(code: str, tmp_path: Path, before: str = "") -> subprocess.CompletedProcess:
+    script = f"import sys, threading, time\nfrom cli.main import _exit\n{before}\n_exit({code})\n"
+    return subprocess.run([*psiq_cmd()[:1], "-c", script], capture_output=True, text=True, cwd=tmp_path,
+                          env=subprocess_env(), timeout=60)
+
+
+def test_exit_codes_follow_sys_exit(tmp_path: Path) -> None:
+    assert _run_exit("None", tmp_path).returncode == 0
+    assert _run_exit("4", tmp_path).returncode == 4
+    done = _run_exit("'psiq: something failed'", tmp_path)
+    assert done.returncode == 1 and "psiq: something failed" in done.stderr
+
+
+def test_exit_waits_for_a_thread_still_writing(tmp_path: Path) -> None:
+    # the fast path (no interpreter teardown) is only taken when nothing else is running
+    before = ("def late():\n    time.sleep(0.3)\n    open('late.txt', 'w').write('done')\n"
+              "threading.Thread(target=late).start()")
+    done = _run_exit("0", tmp_path, before)
+    assert done.returncode == 0, done.stderr
+    assert (tmp_path / "late.txt").read_text() == "done"
