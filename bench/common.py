@@ -250,6 +250,12 @@ class SessionCpu:
     Workers are started by a forkserver, so they are not waited for by the party and do not show
     in RUSAGE_CHILDREN; they do keep the party's session id. A process that exits between two
     samples loses at most its last ``interval`` of CPU time.
+
+    Each sample walks down from the session leaders (the parties) through
+    ``/proc/PID/task/TID/children``, about ten small reads, instead of reading every process's
+    stat: the sampler shares the cores with the run it measures (the full scan cost the
+    benchmark 0.1 CPU-s per ECDH 10^5 run). Without that file (a kernel built without
+    CONFIG_PROC_CHILDREN) it falls back to the full scan.
     """
 
     def __init__(self, interval: float = 0.1) -> None:
@@ -261,24 +267,54 @@ class SessionCpu:
         self._stop = threading.Event()
         self._interval = interval
         self._thread = threading.Thread(target=self._run, daemon=True)
+        self._walk = os.path.exists(f"/proc/{os.getpid()}/task/{os.getpid()}/children")
 
     def start(self) -> "SessionCpu":
         self._thread.start()
         return self
 
+    def _stat(self, pid: int) -> tuple[int, float] | None:
+        """(session id, CPU-seconds) of ``pid``, or None if it is gone."""
+        try:
+            with open(f"/proc/{pid}/stat", "rb") as fh:
+                raw = fh.read()
+        except OSError:
+            return None
+        rest = raw[raw.rindex(b")") + 2 :].split()
+        return int(rest[3]), (int(rest[11]) + int(rest[12])) / self._tick
+
     def _sample(self) -> None:
+        if self._walk:
+            todo, done = list(self.sessions), set()
+            while todo:
+                pid = todo.pop()
+                if pid in done:
+                    continue
+                done.add(pid)
+                stat = self._stat(pid)
+                if stat is None:
+                    continue
+                if stat[0] in self.sessions:
+                    self.seen[pid] = max(self.seen.get(pid, 0.0), stat[1])
+                try:
+                    tasks = os.listdir(f"/proc/{pid}/task")
+                except OSError:
+                    continue
+                for tid in tasks:
+                    try:
+                        with open(f"/proc/{pid}/task/{tid}/children", "rb") as fh:
+                            todo.extend(int(c) for c in fh.read().split())
+                    except OSError:
+                        continue
+            return
         try:
             pids = [int(p) for p in os.listdir("/proc") if p.isdigit()]
         except OSError:
             return
         for pid in pids:
-            try:
-                raw = Path(f"/proc/{pid}/stat").read_text()
-            except OSError:
-                continue
-            rest = raw[raw.rindex(")") + 2 :].split()
-            if int(rest[3]) in self.sessions:
-                self.seen[pid] = max(self.seen.get(pid, 0.0), (int(rest[11]) + int(rest[12])) / self._tick)
+            stat = self._stat(pid)
+            if stat is not None and stat[0] in self.sessions:
+                self.seen[pid] = max(self.seen.get(pid, 0.0), stat[1])
 
     def _run(self) -> None:
         while not self._stop.wait(self._interval):
