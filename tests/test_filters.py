@@ -148,3 +148,24 @@ def test_unknown_kind_and_bad_args():
         encode_filter("cuckoo", b"", n_query=1, fpr_bits=40)
     with pytest.raises(UsageError):
         encoded_size("raw", 1, 1, 0)
+
+
+@settings(max_examples=200, deadline=None)
+@given(kind=st.sampled_from(FILTER_KINDS), n=st.integers(0, 40), fpr_bits=st.sampled_from([8, 20, 40, 60]),
+       edits=st.lists(st.tuples(st.integers(0, 10_000), st.integers(0, 255)), max_size=4),
+       cut=st.integers(-3, 3), seed=st.integers(0, 2**32 - 1))
+def test_mutated_filters_decode_or_raise_malformed(kind, n, fpr_bits, edits, cut, seed):
+    # a peer can send anything: the decoder either accepts it or raises MalformedMessage
+    rng = random.Random(seed)
+    data = bytearray(encode_filter(kind, rng.randbytes(16 * n), n_query=30, fpr_bits=fpr_bits))
+    for pos, value in edits:
+        data[pos % len(data)] = value
+    if cut < 0:
+        del data[cut:]
+    else:
+        data += bytes(cut)
+    try:
+        decoded = decode_filter(bytes(data), n_query=30, fpr_bits=fpr_bits, max_count=40)
+    except MalformedMessage:
+        return
+    assert decoded.contains(rng.randbytes(16 * 5)).shape == (5,)
