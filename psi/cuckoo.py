@@ -60,21 +60,23 @@ def insert(indices: np.ndarray, bins: int, rng: np.random.Generator, max_rounds:
     """
     count = indices.shape[0]
     table = np.full(bins, -1, dtype=np.int64)
+    claims = np.full(bins, -1, dtype=np.int64)  # scratch, all -1 between rounds
     which = rng.integers(0, HASHES, count).astype(np.int64)
     pending = np.arange(count, dtype=np.int64)
     for _ in range(max_rounds):
         if pending.size == 0:
             return table, which
         targets = indices[pending, which[pending]]
-        claimed, first = np.unique(targets, return_index=True)
-        winners = pending[first]
-        lost = np.ones(pending.size, dtype=bool)
-        lost[first] = False
-        losers = pending[lost]
+        # every claimant writes itself into its bin; whichever write is left wins the bin
+        # (a scatter, linear time: np.unique's sort took 2/3 of the insertion at 2^20)
+        claims[targets] = pending
+        won = claims[targets] == pending
+        claims[targets] = -1
+        winners, claimed = pending[won], targets[won]
         evicted = table[claimed]
         evicted = evicted[evicted >= 0]
         table[claimed] = winners
-        moving = np.concatenate([losers, evicted])
+        moving = np.concatenate([pending[~won], evicted])
         which[moving] = (which[moving] + rng.integers(1, HASHES, moving.size)) % HASHES
         pending = moving
     return None

@@ -141,6 +141,21 @@ def test_cuckoo_insert_failure_is_reported_and_build_reseeds():
         cuckoo.build(np.zeros((3, 16), dtype=np.uint8), bins=2, attempts=2)  # 3 items, 2 bins
 
 
+@settings(max_examples=60, deadline=None)
+@given(n=st.integers(0, 200), spare=st.integers(0, 100), seed=st.integers(0, 2**32 - 1))
+def test_cuckoo_insert_places_every_item_in_one_of_its_bins(n, spare, seed):
+    rng = np.random.default_rng(seed)
+    bins = n + 1 + spare
+    indices = rng.integers(0, bins, (n, cuckoo.HASHES))
+    placed = cuckoo.insert(indices, bins, rng, max_rounds=500)
+    if placed is None:  # allowed (the caller re-seeds); a crowded random instance may have no placement
+        return
+    table, which = placed
+    items = table[table >= 0]
+    assert sorted(items.tolist()) == list(range(n))  # each item exactly once
+    assert np.array_equal(indices[items, which[items]], np.flatnonzero(table >= 0))  # in one of its bins
+
+
 def test_value_width_formula():
     assert kkrt.value_bytes(1 << 20, 1 << 20) == 10
     assert kkrt.value_bytes(0, 0) == 5
