@@ -361,7 +361,7 @@ class Client(_Common):
         self._values = np.empty((cuckoo.HASHES * self._n_server, self._width), dtype=np.uint8)
         self._filled = 0
         self._mine: np.ndarray | None = None  # each item's OPRF value (its own bin), once needed
-        self._lookups: list[Future] = []  # per hash function, as soon as its block has arrived
+        self._lookups: list[list[Future]] = []  # per hash function, as soon as its block has arrived
         self._state = _State.VALUES
         self._set_phase("values", self._values.shape[0])
         if self._values.shape[0] == 0:
@@ -389,8 +389,18 @@ class Client(_Common):
             if self._mine is None:
                 self._mine = self._oprf[self._table.bin_of()]
             query_ids = np.nonzero(self._table.which == h)[0]
-            server = self._values[h * n : (h + 1) * n]
-            self._lookups.append(self._executor.submit(_lookup_block, query_ids, self._mine[query_ids], server, h * n))
+            queries, server = self._mine[query_ids], self._values[h * n : (h + 1) * n]
+            parts = self._executor.workers if n >= 2 * _MIN_PIECE else 1
+            if parts == 1:
+                pieces = [(query_ids, queries, server, np.arange(h * n, (h + 1) * n))]
+            else:  # one lookup per worker, values split by their first byte (the last block is
+                # matched after everything has arrived, so it should not run on one core)
+                q_part, s_part = queries[:, 0].astype(np.int64) * parts // 256, server[:, 0].astype(np.int64) * parts // 256
+                pieces = []
+                for p in range(parts):
+                    q_sel, s_rows = q_part == p, np.flatnonzero(s_part == p)
+                    pieces.append((query_ids[q_sel], queries[q_sel], server[s_rows], s_rows + h * n))
+            self._lookups.append([self._executor.submit(_lookup_block, *piece) for piece in pieces])
 
     def _match(self) -> None:
         self._set_phase("match")
@@ -398,7 +408,7 @@ class Client(_Common):
         self._submit_lookups()  # every block has arrived: all are submitted now
         assert self._mine is not None and len(self._lookups) == cuckoo.HASHES
         mine = self._mine
-        blocks = [fut.result() for fut in self._lookups]
+        blocks = [fut.result() for futures in self._lookups for fut in futures]
         matched = np.concatenate([b[0] for b in blocks])
         wire = np.concatenate([b[1] for b in blocks])
         if self._reveal is Reveal.BOTH:
@@ -547,11 +557,12 @@ class Server(_Common):
 
 
 def _lookup_block(
-    query_ids: np.ndarray, queries: np.ndarray, table: np.ndarray, offset: int
+    query_ids: np.ndarray, queries: np.ndarray, table: np.ndarray, table_ids: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Worker entry point: (item ids, wire positions) of the queries found in one block."""
+    """Worker entry point: (item ids, wire positions) of the queries found among ``table``
+    (``table_ids``: each table row's position on the wire)."""
     q_idx, s_idx = _lookup(queries, table)
-    return query_ids[q_idx], s_idx + offset
+    return query_ids[q_idx], table_ids[s_idx]
 
 
 def _lookup(queries: np.ndarray, table: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
