@@ -194,14 +194,15 @@ def finalize(
 
 
 # -- batch functions for worker processes (top-level, picklable) ----------------------------
+def _batch_key(public_numbers: tuple[int, int]) -> tuple[gmpy2.mpz, gmpy2.mpz, int, int]:
+    """(n, e) as mpz, emBits and kLen of a public key given as ``(n, e)``."""
+    n_int, e_int = public_numbers
+    return gmpy2.mpz(n_int), gmpy2.mpz(e_int), n_int.bit_length() - 1, (n_int.bit_length() + 7) // 8
 
 
 def blind_batch(public_numbers: tuple[int, int], messages: Sequence[bytes]) -> tuple[list[bytes], list[int]]:
     """Blind each message with its own fresh r; return (blinded messages, inverses)."""
-    n_int, e_int = public_numbers
-    n, e = gmpy2.mpz(n_int), gmpy2.mpz(e_int)
-    em_bits = n_int.bit_length() - 1
-    k_len = (n_int.bit_length() + 7) // 8
+    n, e, em_bits, k_len = _batch_key(public_numbers)
     powmod = gmpy2.powmod
     blinded: list[bytes] = []
     invs: list[int] = []
@@ -227,10 +228,7 @@ def finalize_batch(
     With an empty salt EMSA-PSS is deterministic, so RSASSA-PSS-VERIFY is exactly the check
     ``s^e mod n == EMSA-PSS-ENCODE(message)``, which is what runs here.
     """
-    n_int, e_int = public_numbers
-    n, e = gmpy2.mpz(n_int), gmpy2.mpz(e_int)
-    em_bits = n_int.bit_length() - 1
-    k_len = (n_int.bit_length() + 7) // 8
+    n, e, em_bits, k_len = _batch_key(public_numbers)
     powmod = gmpy2.powmod
     out: list[bytes] = []
     for message, blind_sig, inv in batch:

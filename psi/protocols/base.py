@@ -27,7 +27,7 @@ from typing import Any, Callable
 from ..errors import ProtocolStateError, PsiqError, UnexpectedMessage
 from ..messages import Message
 
-__all__ = ["Reveal", "Role", "Progress", "PsiOutcome", "Party"]
+__all__ = ["Reveal", "Role", "Progress", "PsiOutcome", "Party", "PsiParty"]
 
 
 class Role(str, enum.Enum):
@@ -167,3 +167,15 @@ class Party(ABC):
     @staticmethod
     def _unexpected(message: Message, state: object) -> UnexpectedMessage:
         return UnexpectedMessage(f"unexpected message {message.kind!r} in state {state}")
+
+
+class PsiParty(Party):
+    """A PSI protocol side: its output is the :class:`PsiOutcome` it stores before finishing."""
+
+    _outcome: PsiOutcome | None = None
+
+    def result(self) -> PsiOutcome:
+        self._require_finished()
+        if self._outcome is None:  # pragma: no cover - every side stores one before _finish()
+            raise ProtocolStateError("no result")
+        return self._outcome

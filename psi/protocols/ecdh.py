@@ -89,7 +89,7 @@ from ..crypto.groups import (
 from ..errors import InputError, MalformedMessage, UsageError
 from ..messages import Message, pack_items, pack_json, unpack_items, unpack_json
 from ..parallel import Executor, split, wait_first
-from .base import Party, PsiOutcome, Reveal
+from .base import PsiOutcome, PsiParty, Reveal
 
 __all__ = [
     "NAME",
@@ -405,7 +405,7 @@ class _ServerState(enum.Enum):
 
 
 # -- client -----------------------------------------------------------------------------------
-class Client(Party):
+class Client(PsiParty):
     """The party that starts the session and (in receiver/both mode) learns the intersection."""
 
     def __init__(self, items: Sequence[bytes], config: Config, *, peer_size: int, executor: Executor) -> None:
@@ -432,16 +432,10 @@ class Client(Party):
         self._set_parts: list[bytes] = []
         self._set_received = 0
         self._filter: filters.SetFilter | None = None
-        self._outcome: PsiOutcome | None = None
 
     @property
     def _m(self) -> int:
         return len(self._distinct)
-
-    def result(self) -> PsiOutcome:
-        self._require_finished()
-        assert self._outcome is not None
-        return self._outcome
 
     # -- sending -----------------------------------------------------------------------------
     # The executor works ahead: up to 2 x window batches are being blinded (in about one piece
@@ -655,7 +649,7 @@ class HeadStart:
         self._scalar, self._futures = None, []
 
 
-class Server(Party):
+class Server(PsiParty):
     """The party holding the set the client queries; answers blinded queries with its key."""
 
     def __init__(
@@ -700,12 +694,6 @@ class Server(Party):
         self._held: list[bytes] = []  # cardinality mode: all evaluations (blobs) before the shuffle
         self._set_sent = 0
         self._filter_kind = ""
-        self._outcome: PsiOutcome | None = None
-
-    def result(self) -> PsiOutcome:
-        self._require_finished()
-        assert self._outcome is not None
-        return self._outcome
 
     def _details(self) -> dict[str, Any]:
         details: dict[str, Any] = {

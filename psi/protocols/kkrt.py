@@ -59,7 +59,7 @@ from ..ot.extension import ExtensionReceiver, ExtensionSender, PseudorandomCode,
 from ..ot.session import HelloState
 from ..parallel import Executor
 from .. import cuckoo
-from .base import Party, PsiOutcome, Reveal, Role
+from .base import PsiOutcome, PsiParty, Reveal, Role
 
 __all__ = ["NAME", "VERSION", "Config", "Client", "Server", "value_bytes"]
 
@@ -234,7 +234,7 @@ def _check_items(items: Sequence[bytes], peer_size: int) -> None:
         raise UsageError("set size out of range for kkrt")
 
 
-class _Common(Party):
+class _Common(PsiParty):
     def __init__(self, items: Sequence[bytes], config: Config, peer_size: int, executor: Executor, role: Role) -> None:
         super().__init__()
         _check_items(items, peer_size)
@@ -245,14 +245,8 @@ class _Common(Party):
         self._executor = executor
         self._hello = HelloState(NAME, VERSION, role, config.hello_params(), {"size": len(items)})
         self._state = _State.HELLO
-        self._outcome: PsiOutcome | None = None
         self._set_phase("hello")
         self._send(self._hello.own_message.kind, self._hello.own_message.body)
-
-    def result(self) -> PsiOutcome:
-        self._require_finished()
-        assert self._outcome is not None
-        return self._outcome
 
     def _accept_hello(self, message: Message) -> None:
         self._hello.accept(message)

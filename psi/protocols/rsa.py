@@ -64,7 +64,7 @@ from ..crypto.rsa_keys import ALLOWED_BITS, CrtParams, RsaKey, RsaPublicKey, sig
 from ..errors import InputError, MalformedMessage, ProtocolStateError, UsageError
 from ..messages import Message, pack_items, pack_u32_list, unpack_items, unpack_u32_list
 from ..parallel import Executor, split, split_even
-from .base import Party, PsiOutcome, Reveal
+from .base import PsiOutcome, PsiParty, Reveal
 
 __all__ = [
     "NAME",
@@ -292,7 +292,7 @@ class _ClientState(enum.Enum):
     DONE = "done"
 
 
-class Client(Party):
+class Client(PsiParty):
     """The party that learns the intersection; sends blinded values, matches the server's hashes."""
 
     def __init__(self, items: Sequence[bytes], config: Config, *, peer_size: int, executor: Executor) -> None:
@@ -312,7 +312,6 @@ class Client(Party):
         self._collisions: dict[bytes, list[int]] = {}
         self._matched: dict[int, int] = {}  # client index -> server wire position
         self._set_received = 0
-        self._outcome: PsiOutcome | None = None
 
     # -- sending ---------------------------------------------------------------------------------
     def _produce(self) -> None:
@@ -427,11 +426,6 @@ class Client(Party):
         self._state = _ClientState.DONE
         self._finish()
 
-    def result(self) -> PsiOutcome:
-        self._require_finished()
-        if self._outcome is None:
-            raise ProtocolStateError("no result")
-        return self._outcome
 
 
 class _ServerState(enum.Enum):
@@ -444,7 +438,7 @@ class _ServerState(enum.Enum):
     DONE = "done"
 
 
-class Server(Party):
+class Server(PsiParty):
     """The signing party: signs the client's blinded values and sends its own hashed set.
 
     Without ``key`` a fresh key of ``config.key_bits`` is drawn for this session. ``signed_set``
@@ -490,7 +484,6 @@ class Server(Party):
         self._order = signed_set.order if signed_set is not None else None
         self._own_hashes = bytearray()
         self._set_sent = 0
-        self._outcome: PsiOutcome | None = None
 
     @property
     def public_key(self) -> RsaPublicKey:
@@ -608,8 +601,3 @@ class Server(Party):
         self._state = _ServerState.DONE
         self._finish()
 
-    def result(self) -> PsiOutcome:
-        self._require_finished()
-        if self._outcome is None:
-            raise ProtocolStateError("no result")
-        return self._outcome
