@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import socket
+import ssl
 import threading
 from pathlib import Path
 
@@ -176,3 +177,12 @@ def test_simultaneous_bulk_traffic_both_ways(pki: Path) -> None:
     assert not pump_client_errors
     assert received == [Message("bulk", p) for p in payloads]
     assert "error" not in box, box
+
+
+def test_a_peer_dying_mid_session_reads_as_a_disconnect():
+    # a killed peer leaves a TLS EOF without close_notify: one clear line, exit code 3
+    from psi.transport.tcp import _tls_error
+
+    err = _tls_error(ssl.SSLEOFError(8, "EOF occurred in violation of protocol (_ssl.c:2427)"))
+    assert isinstance(err, PeerDisconnected) and err.exit_code == 3
+    assert str(err) == "peer closed the connection without ending the TLS session"

@@ -59,6 +59,8 @@ def _tls_error(err: BaseException, *, handshake: bool = False) -> TransportError
         return AuthenticationError(f"TLS: peer certificate rejected ({err.verify_message})")
     if isinstance(err, ssl.SSLZeroReturnError):
         return PeerDisconnected("peer closed the TLS connection")
+    if isinstance(err, ssl.SSLEOFError):  # the peer's process died or its link dropped mid-session
+        return PeerDisconnected("peer closed the connection without ending the TLS session")
     if isinstance(err, ssl.SSLError):
         text = str(getattr(err, "reason", None) or err).lower().replace("_", " ")
         if handshake or "alert" in text or "certificate" in text:
