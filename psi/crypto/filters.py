@@ -38,6 +38,15 @@ Kinds (``n`` = set size, ``T = ceil(fpr_bits + log2(n * n_query))`` bits):
 Decoding is strict: the header's parameters must equal what the receiver computes from the
 agreed ``fpr_bits``, its own set size and the announced count, and every length is checked
 before anything is allocated.
+
+A filter must also be one that an honest server *could* have built for the announced count,
+because a server that knows its key can put any candidate's key in it: raw and gcs filters
+hold exactly ``count`` entries (each matches a fixed ``2^-bits`` share of keys, whatever its
+value), so crafted values only choose *which* ``count`` candidates are covered, as choosing
+the set would. A Bloom filter has no entry count: its bits are checked against
+:func:`bloom_max_popcount` (an all-ones filter matches every key). :attr:`SetFilter.match_rate`
+is the per-lookup false-match probability of the filter actually received, which the ECDH
+client uses to refuse an impossible number of matches (:func:`max_false_matches`).
 """
 
 from __future__ import annotations
@@ -63,6 +72,9 @@ __all__ = [
     "max_encoded_size",
     "choose_filter",
     "encode_gcs_range",
+    "bloom_max_popcount",
+    "max_false_matches",
+    "SECURITY_BITS",
     "SetFilter",
 ]
 
@@ -76,6 +88,8 @@ _LN2_NUM, _LN2_DEN = 693147180559945309, 10**18  # ln 2, in integers so both sid
 _M32 = np.uint64(0xFFFFFFFF)
 _CHUNK = 1 << 16
 _PERSON = b"psiq-filter-key"
+SECURITY_BITS = 40  # an honest peer fails a statistical check with probability at most 2^-40
+_SECURITY_LN = SECURITY_BITS * math.log(2)
 
 
 def fingerprint(elements: Sequence[bytes]) -> bytes:
@@ -143,6 +157,48 @@ def _bloom_params(n: int, n_query: int, fpr_bits: int) -> tuple[int, int]:
     if m >= 2**40:
         raise UsageError("bloom filter would exceed 2^40 bits")
     return k, m
+
+
+def bloom_max_popcount(n: int, k: int, m: int) -> int:
+    """Most bits an honest Bloom filter of ``n`` keys (``k`` indices each, ``m`` bits) sets,
+    except with probability at most ``2^-SECURITY_BITS``.
+
+    Each key's indices are ``a + i b + (i^3 - i)/6 mod m`` with ``a`` uniform, so every bit is
+    hit by one key with probability ``q <= k/m`` (times ``1 + m/2^64`` for the reduction of a
+    64-bit value mod ``m``), independently across keys: the expected popcount is at most
+    ``mu = m (1 - (1 - q)^n)``. Bin occupancy indicators are negatively associated, so
+    Bernstein's inequality applies to their sum with variance at most ``m p (1 - p)``,
+    ``p = mu/m``: ``P(popcount >= mu + t) <= exp(-t^2 / (2 (var + t/3)))``. The measured spread
+    of real filters is well inside this (tests/test_filters.py). At ``m = 8.2 * 10^6`` bits
+    (10^5 keys, 2^-40) the slack is 0.13 % of ``m``.
+    """
+    if n <= 0:
+        return 0
+    q = min(1.0, k / m * (1 + m / 2**64))
+    mu = -m * math.expm1(n * math.log1p(-q)) if q < 1 else float(m)
+    p = mu / m
+    variance = m * p * (1 - p)
+    slack = _SECURITY_LN / 3 + math.sqrt((_SECURITY_LN / 3) ** 2 + 2 * _SECURITY_LN * variance)
+    return min(m, math.ceil(mu + slack))
+
+
+def max_false_matches(expected: float, lookups: int) -> int:
+    """Largest number of false matches an honest filter gives over ``lookups`` independent
+    lookups with ``expected`` false matches in all, except with probability ``<= 2^-SECURITY_BITS``.
+
+    Uses ``P(X >= t) <= C(lookups, t) r^t <= expected^t / t!`` (``X`` binomial): the result is
+    the smallest ``t`` with ``expected^(t+1) / (t+1)! <= 2^-SECURITY_BITS``. At the default
+    2^-40 budget it is 0: one match more than the server's set size is already a cheat.
+    """
+    if lookups <= 0 or expected <= 0:
+        return 0
+    if expected >= lookups:
+        return lookups
+    log_expected = math.log(expected)
+    t = 0
+    while t < lookups and (t + 1) * log_expected - math.lgamma(t + 2) > -_SECURITY_LN:
+        t += 1
+    return t
 
 
 @dataclass(frozen=True)
@@ -336,9 +392,12 @@ def _encode_gcs(hi: np.ndarray, lo: np.ndarray, lay: _GcsLayout) -> bytes:
 class SetFilter:
     """A decoded filter; :meth:`contains` answers membership for a batch of keys."""
 
-    def __init__(self, kind: str, count: int, test) -> None:  # noqa: ANN001 - private factory
+    def __init__(self, kind: str, count: int, test, match_rate: float) -> None:  # noqa: ANN001 - private factory
         self.kind = kind
         self.count = count
+        #: probability that one lookup of a key *not* in the set matches (an upper bound, for
+        #: the filter as received: a Bloom filter's from its popcount)
+        self.match_rate = match_rate
         self._test = test
 
     def contains(self, keys: bytes) -> np.ndarray:
@@ -379,24 +438,32 @@ def decode_filter(data: bytes, *, n_query: int, fpr_bits: int, max_count: int) -
         def test_raw(hi: np.ndarray, lo: np.ndarray) -> np.ndarray:
             return _member(s_hi, s_lo, hi & mask_hi, lo & mask_lo)
 
-        return SetFilter(kind, n, test_raw)
+        return SetFilter(kind, n, test_raw, min(1.0, n * 2.0 ** (-8 * width)))
     if kind == "bloom":
         k, m = _bloom_params(n, n_query, fpr_bits)
         if param != k or len(body) != -(-m // 8):
             raise MalformedMessage("bloom filter parameters or length do not match")
-        bits = np.unpackbits(np.frombuffer(body, dtype=np.uint8))
-        if m % 8 and bits[m:].any():
+        packed = np.frombuffer(body, dtype=np.uint8)
+        if m % 8 and int(packed[-1]) & ((1 << (8 - m % 8)) - 1):
             raise MalformedMessage("bloom filter has padding bits set")
-        bits = bits[:m]
+        popcount = int(np.bitwise_count(packed).sum(dtype=np.int64))
+        limit = bloom_max_popcount(n, k, m)
+        if popcount > limit:
+            raise MalformedMessage(
+                f"bloom filter has {popcount} of {m} bits set; {n} keys set at most {limit}"
+                " (a filter that matches keys the server does not hold)"
+            )
+        shifts = np.uint8(7) - np.arange(8, dtype=np.uint8)
 
         def test_bloom(hi: np.ndarray, lo: np.ndarray) -> np.ndarray:
             out = np.empty(len(hi), dtype=bool)
             for s in range(0, len(hi), _CHUNK):
                 idx = _bloom_indices(hi[s : s + _CHUNK], lo[s : s + _CHUNK], k, m)
-                out[s : s + _CHUNK] = bits[idx].all(axis=1)
+                bits = (packed[idx >> 3] >> shifts[idx & 7]) & np.uint8(1)
+                out[s : s + _CHUNK] = bits.all(axis=1)
             return out
 
-        return SetFilter(kind, n, test_bloom)
+        return SetFilter(kind, n, test_bloom, (popcount / m) ** k)
     return _decode_gcs(body, param, n, _gcs_layout(n, _gcs_range(n, n_query, fpr_bits)))
 
 
@@ -414,7 +481,7 @@ def _decode_gcs(body: memoryview, param: int, n: int, lay: _GcsLayout) -> SetFil
     if n == 0:
         if len(body):
             raise MalformedMessage("gcs filter length does not match its header")
-        return SetFilter("gcs", 0, lambda hi, lo: np.zeros(len(hi), dtype=bool))
+        return SetFilter("gcs", 0, lambda hi, lo: np.zeros(len(hi), dtype=bool), 0.0)
     low_bytes, fixed_bytes = -(-(n * lay.low_bits) // 8), -(-(n * lay.width) // 8)
     max_unary_bytes = -(-(n + (lay.coded_range - 1) // lay.divisor) // 8)
     if not low_bytes + fixed_bytes < len(body) <= low_bytes + fixed_bytes + -(-n // 8) + max_unary_bytes:
@@ -446,4 +513,6 @@ def _decode_gcs(body: memoryview, param: int, n: int, lay: _GcsLayout) -> SetFil
         q_coded, q_low = _gcs_values(hi, lo, lay)
         return _member(coded, low, q_coded, q_low)
 
-    return SetFilter("gcs", n, test_gcs)
+    # a query's coded value hits a given value with probability <= 1/coded_range + 2^-64
+    rate = n * (1 / lay.coded_range + 2.0**-64) * 2.0 ** -lay.low_bits
+    return SetFilter("gcs", n, test_gcs, min(1.0, rate))

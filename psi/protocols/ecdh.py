@@ -508,6 +508,7 @@ class Client(PsiParty):
         hits = np.flatnonzero(self._filter.contains(keys))
         reveal = self._config.reveal
         count = int(hits.size)
+        self._check_match_count(count)
         details = {
             "group": self._config.group,
             "filter": self._filter.kind,
@@ -529,6 +530,20 @@ class Client(PsiParty):
             self._outcome = PsiOutcome([positions[j][0] for j in hits[order].tolist()], count, details)
         self._state = _ClientState.DONE
         self._finish()
+
+    def _check_match_count(self, count: int) -> None:
+        """Refuse more matches than the server's set can give: at most its ``count`` distinct
+        keys plus the false matches the received filter allows (0 at the default 2^-40). Runs
+        before anything is sent back, so in ``both`` mode a filter built to match keys the
+        server does not hold returns nothing."""
+        assert self._filter is not None
+        expected = self._filter.match_rate * self._m
+        allowed = self._filter.count + filters.max_false_matches(expected, self._m)
+        if count > allowed:
+            raise MalformedMessage(
+                f"server's filter matched {count} of {self._m} keys but its {self._filter.count} keys allow"
+                f" at most {allowed} (false-match rate {self._filter.match_rate:.1e} per key): refused"
+            )
 
     # -- receiving ---------------------------------------------------------------------------
     def _handle(self, message: Message) -> None:

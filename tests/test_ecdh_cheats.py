@@ -1,0 +1,197 @@
+"""ECDH PSI against a cheating peer: each test plays the cheat through the sans-IO parties.
+
+* a server that sends a filter matching keys it does not hold (all-ones Bloom, a Bloom filter
+  of a whole dictionary, any filter with more matches than its count allows);
+* invalid points (twist, non-canonical, low order) sent by either side, in every group;
+* a cardinality-mode client that blinds each key with its own scalar (a known limitation:
+  the test documents that the cheat works).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Callable
+
+import numpy as np
+import pytest
+
+from psi.crypto import filters
+from psi.crypto.groups import GROUP_NAMES, get_group, multiply_batch
+from psi.errors import MalformedMessage
+from psi.messages import Message, pack_items, pack_json, unpack_items, unpack_json
+from psi.parallel import Executor
+from psi.protocols import ecdh
+from psi.protocols.base import Party, Reveal
+
+EXECUTOR = Executor(workers=1)
+Tamper = Callable[[Message], "Message | list[Message] | None"]
+
+
+def items(numbers) -> list[bytes]:
+    return [b"customer-%d" % n for n in numbers]
+
+
+def run_tampered(client: Party, server: Party, *, from_server: Tamper | None = None,
+                 from_client: Tamper | None = None) -> list[Message]:
+    """Run both parties in this thread; each tamper function may replace (or drop, with
+    ``None``) a message on its way. Returns every message the client sent."""
+    client_sent: list[Message] = []
+    for _ in range(10_000):
+        progressed = False
+        for message in client.outgoing():
+            client_sent.append(message)
+            for out in _apply(from_client, message):
+                server.receive(out)
+            progressed = True
+        for message in server.outgoing():
+            for out in _apply(from_server, message):
+                client.receive(out)
+            progressed = True
+        if client.finished and server.finished:
+            return client_sent
+        if not progressed:
+            raise AssertionError("deadlock")
+    raise AssertionError("no end")
+
+
+def _apply(tamper: Tamper | None, message: Message) -> list[Message]:
+    if tamper is None:
+        return [message]
+    out = tamper(message)
+    if out is None:
+        return []
+    return out if isinstance(out, list) else [out]
+
+
+def _bloom_cheat(fill: Callable[[int, int, int], bytes]) -> Tamper:
+    """A server tamper that replaces its Bloom filter body with ``fill(k, m, n)`` (same header)."""
+    state: dict = {}
+
+    def tamper(message: Message) -> Message | None:
+        if message.kind == ecdh.SET:
+            state["info"] = unpack_json(message.body)
+            return message
+        if message.kind == ecdh.SET_CHUNK:
+            code, k, n = filters._HEADER.unpack_from(message.body, 0)
+            assert code == 2 and len(message.body) == state["info"]["bytes"]  # one chunk at these sizes
+            m = (len(message.body) - filters._HEADER.size) * 8
+            real_m = filters._bloom_params(n, state["n_query"], 40)[1]
+            body = fill(k, real_m, n)
+            assert len(body) == -(-real_m // 8) and m >= real_m
+            return Message(ecdh.SET_CHUNK, filters._HEADER.pack(2, k, n) + body)
+        return message
+
+    return tamper, state  # type: ignore[return-value]
+
+
+def _all_ones(k: int, m: int, n: int) -> bytes:
+    bits = np.ones(-(-m // 8) * 8, dtype=np.uint8)
+    bits[m:] = 0  # padding stays zero: only the popcount gives the cheat away
+    return np.packbits(bits).tobytes()
+
+
+def _pair(client_items, server_items, reveal=Reveal.BOTH, compression="bloom", group="x25519"):
+    config = ecdh.Config(reveal=reveal, compression=compression, group=group, batch_size=64)
+    client = ecdh.Client(client_items, config, peer_size=len(server_items), executor=EXECUTOR)
+    server = ecdh.Server(server_items, config, peer_size=len(client_items), executor=EXECUTOR)
+    return client, server
+
+
+# -- point 4: the filter cheat ----------------------------------------------------------------
+@pytest.mark.parametrize("reveal", [Reveal.BOTH, Reveal.RECEIVER, Reveal.CARDINALITY])
+def test_all_ones_bloom_filter_is_refused_and_nothing_is_returned(reveal):
+    client, server = _pair(items(range(200)), items(range(190, 230)), reveal=reveal)
+    tamper, state = _bloom_cheat(_all_ones)
+    state["n_query"] = 200
+    sent: list[Message] = []
+    with pytest.raises(MalformedMessage, match="bloom filter has .* bits set") as info:
+        sent = run_tampered(client, server, from_server=tamper)
+    assert info.value.exit_code == 4
+    assert not any(m.kind == ecdh.MATCHES for m in sent)  # the client returned no fingerprint
+    assert client.failed
+
+
+def test_bloom_filter_of_a_dictionary_announced_as_a_small_set_is_refused():
+    # the server knows its key b, so it can put H(x)^b of any candidate x in the filter: here
+    # 40 real keys plus a 2,000-candidate dictionary that holds the client's keys, announced as 40
+    server_items, dictionary = items(range(1000, 1040)), items(range(2000))
+    client, server = _pair(items(range(0, 300, 3)), server_items)
+
+    def fill(k: int, m: int, n: int) -> bytes:
+        keys = filters.fingerprint(multiply_batch("x25519", server._scalar, get_group("x25519").hash_to_group(
+            ecdh._dst("x25519"), server_items + dictionary)))
+        hi, lo = filters._split_keys(keys)
+        bits = np.zeros(-(-m // 8) * 8, dtype=np.uint8)
+        bits[filters._bloom_indices(hi, lo, k, m).ravel()] = 1
+        return np.packbits(bits).tobytes()
+
+    tamper, state = _bloom_cheat(fill)
+    state["n_query"] = 100
+    with pytest.raises(MalformedMessage, match="bloom filter has"):
+        run_tampered(client, server, from_server=tamper)
+
+
+def test_a_few_extra_candidates_fit_the_popcount_but_not_the_match_count(monkeypatch):
+    # A filter that passes decoding yet matches more of the client's keys than the server's
+    # count allows (here: a decoder that lets everything through, as a subtler filter would
+    # for the keys it was built for): the client stops before sending anything back.
+    real = filters.decode_filter
+
+    def permissive(data, **kw):
+        honest = real(data, **kw)
+        return filters.SetFilter(honest.kind, honest.count, lambda hi, lo: np.ones(len(hi), bool), honest.match_rate)
+
+    monkeypatch.setattr(filters, "decode_filter", permissive)
+    for compression in filters.FILTER_KINDS:
+        client, server = _pair(items(range(50)), items(range(45, 55)), compression=compression)
+        sent: list[Message] = []
+        with pytest.raises(MalformedMessage, match="matched 50 of 50 keys but its 10 keys allow at most 10"):
+            sent = run_tampered(client, server)
+        assert not any(m.kind == ecdh.MATCHES for m in sent)
+
+
+def test_honest_bloom_filters_stay_inside_the_bound():
+    # the honest popcount's spread, measured over real filters, against the bound's slack
+    rng = np.random.default_rng(7)
+    n, n_query = 300, 1000
+    k, m = filters._bloom_params(n, n_query, 40)
+    counts = []
+    for _ in range(300):
+        keys = rng.bytes(16 * n)
+        hi, lo = filters._split_keys(keys)
+        bits = np.zeros(m, dtype=np.uint8)
+        bits[filters._bloom_indices(hi, lo, k, m).ravel()] = 1
+        counts.append(int(bits.sum()))
+    bound = filters.bloom_max_popcount(n, k, m)
+    mean, std = float(np.mean(counts)), float(np.std(counts))
+    expected = m * (1 - (1 - k / m) ** n)
+    assert mean < expected + 4 * std / math.sqrt(len(counts))  # the model's mean is an upper bound
+    assert std < 1.3 * math.sqrt(m * 0.5 * 0.5)  # spread no wider than independent bits
+    assert max(counts) < bound and bound - expected > 10 * std  # 2^-40 needs ~7 sigma
+    assert (bound - expected) / m < 0.03
+    # and the slack is a small share of the filter at realistic sizes (10^5 keys, 2^-40: 0.13 %)
+    k5, m5 = filters._bloom_params(10**5, 10**5, 40)
+    assert (filters.bloom_max_popcount(10**5, k5, m5) - m5 / 2) / m5 < 0.0015
+
+
+def test_false_match_slack():
+    assert filters.max_false_matches(2.0**-40, 10**6) == 0  # default budget: one extra match is a cheat
+    assert filters.max_false_matches(2.0**-16, 10**6) == 2  # 2^-48 / 2 <= 2^-40 at t + 1 = 3
+    assert filters.max_false_matches(0.0, 10) == 0 and filters.max_false_matches(20.0, 10) == 10
+    t = filters.max_false_matches(1.0, 10**6)
+    assert -math.lgamma(t + 2) <= -40 * math.log(2) < -math.lgamma(t + 1)
+
+
+@pytest.mark.parametrize("kind", filters.FILTER_KINDS)
+def test_filter_with_more_entries_than_announced_is_refused(kind):
+    # SET announces 10 keys (the hello said 10) but the filter holds 11 / the SET says 11
+    client, server = _pair(items(range(20)), items(range(10)), compression=kind)
+    client.outgoing()
+    data = filters.encode_filter(kind, np.random.default_rng(1).bytes(16 * 11), n_query=20, fpr_bits=40)
+    with pytest.raises(MalformedMessage):  # raw, gcs: too long for 10; bloom: header count 11
+        client.receive(Message(ecdh.SET, pack_json({"filter": kind, "count": 10, "bytes": len(data)})))
+        client.receive(Message(ecdh.SET_CHUNK, data))
+    client, server = _pair(items(range(20)), items(range(10)), compression=kind)
+    client.outgoing()
+    with pytest.raises(MalformedMessage, match="server set size is out of range"):
+        client.receive(Message(ecdh.SET, pack_json({"filter": kind, "count": 11, "bytes": len(data)})))
