@@ -9,7 +9,9 @@
 
 from __future__ import annotations
 
+import json
 import math
+from pathlib import Path
 from typing import Callable
 
 import numpy as np
@@ -195,3 +197,77 @@ def test_filter_with_more_entries_than_announced_is_refused(kind):
     client.outgoing()
     with pytest.raises(MalformedMessage, match="server set size is out of range"):
         client.receive(Message(ecdh.SET, pack_json({"filter": kind, "count": 11, "bytes": len(data)})))
+
+
+# -- invalid points from either side, every group ---------------------------------------------
+VECTORS = Path(__file__).parent / "vectors"
+_P25519 = 2**255 - 19
+_P256_P = 2**256 - 2**224 + 2**192 + 2**96 - 1
+
+
+def _p256_on_curve(x: int) -> bool:
+    b = 0x5AC635D8AA3A93E7B3EBBD55769886BC651D06B0CC53B0F63BCE3C3E27D2604B
+    rhs = (x**3 - 3 * x + b) % _P256_P
+    return rhs == 0 or pow(rhs, (_P256_P - 1) // 2, _P256_P) == 1
+
+
+def _bad_points() -> list[tuple[str, str, bytes]]:
+    """(group, what, encoding): twist points, non-canonical encodings of valid points, low
+    order / identity, for every group psiq offers (Wycheproof and RFC 9496 where they have them)."""
+    out: list[tuple[str, str, bytes]] = []
+    wx = json.loads((VECTORS / "wycheproof_x25519.json").read_text())
+    for case in wx["tests"]:
+        if "Twist" in case["flags"] or "NonCanonicalPublic" in case["flags"] or "LowOrderPublic" in case["flags"]:
+            out.append(("x25519", f"wycheproof-{case['tcId']}-{'-'.join(case['flags'])}", bytes.fromhex(case["public"])))
+    base = (9).to_bytes(32, "little")
+    out.append(("x25519", "non-canonical u+p of the base point", (9 + _P25519).to_bytes(32, "little")))
+    out.append(("x25519", "base point with the top bit set", base[:31] + bytes([base[31] | 0x80])))
+    out.append(("x25519", "zero", bytes(32)))
+    rv = json.loads((VECTORS / "rfc9496_ristretto255.json").read_text())
+    for what, encodings in rv["invalid_encodings"].items():
+        out.extend(("ristretto255", f"rfc9496 {what} {i}", bytes.fromhex(e)) for i, e in enumerate(encodings))
+    out.append(("ristretto255", "identity", bytes(32)))
+    twist_x = next(x for x in range(1, 100) if not _p256_on_curve(x))
+    valid_x = next(x for x in range(1, 100) if _p256_on_curve(x))
+    out.append(("p256", f"x={twist_x} (a point of the quadratic twist)", twist_x.to_bytes(32, "big")))
+    out.append(("p256", f"non-canonical x+p of the valid x={valid_x}", (valid_x + _P256_P).to_bytes(32, "big")))
+    out.append(("p256", "x=2^256-1", b"\xff" * 32))
+    wp = json.loads((VECTORS / "wycheproof_p256_ecdh.json").read_text())
+    for case in wp["tests"]:
+        if case["result"] == "invalid":  # invalid-curve points; the wire carries x only
+            x = int(case["public"][2:66], 16)
+            if not _p256_on_curve(x):
+                out.append(("p256", f"wycheproof-{case['tcId']} invalid-curve x", x.to_bytes(32, "big")))
+    assert {g for g, _, _ in out} == set(GROUP_NAMES)
+    return out
+
+
+BAD_POINTS = _bad_points()
+
+
+def _replace_element(kind: str, bad: bytes, width: int = 32, at: int = 2) -> Tamper:
+    def tamper(message: Message) -> Message:
+        if message.kind != kind:
+            return message
+        blob = bytearray(unpack_items(message.body, width))
+        blob[at * width : (at + 1) * width] = bad
+        return Message(kind, pack_items(bytes(blob), width))
+
+    return tamper
+
+
+@pytest.mark.parametrize("group, what, bad", BAD_POINTS, ids=[f"{g}:{w}" for g, w, _ in BAD_POINTS])
+@pytest.mark.parametrize("side", ["server-receives-blinded", "client-receives-evaluated"])
+def test_invalid_points_from_either_side_are_refused(side, group, what, bad):
+    reveal = Reveal.CARDINALITY if group == "ristretto255" else Reveal.BOTH  # cover the shuffled path too
+    client, server = _pair(items(range(5)), items(range(3, 9)), reveal=reveal, compression="auto", group=group)
+    if side == "server-receives-blinded":
+        run = lambda: run_tampered(client, server, from_client=_replace_element(ecdh.BLINDED, bad))  # noqa: E731
+        victim = server
+    else:
+        run = lambda: run_tampered(client, server, from_server=_replace_element(ecdh.EVALUATED, bad))  # noqa: E731
+        victim = client
+    with pytest.raises(MalformedMessage) as info:
+        run()
+    assert info.value.exit_code == 4
+    assert victim.failed
