@@ -57,8 +57,9 @@ def _session_options(fn: Callable[..., Any]) -> Callable[..., Any]:
                      help="RSA modulus size."),
         click.option("--workers", type=click.IntRange(1, 512), default=None,
                      help="Worker processes for the batch work (default: all cores)."),
-        click.option("--max-peer-size", type=click.IntRange(0), default=None,
-                     help="Refuse a peer that announces more keys than this."),
+        click.option("--max-peer-size", type=click.IntRange(0), default=api.DEFAULT_MAX_PEER_SIZE,
+                     show_default=True,
+                     help="Refuse a peer that announces more keys than this (a session needs about 0.6 KB of memory per key)."),
         click.option("--timeout", type=click.FloatRange(1), default=600.0, show_default=True,
                      help="Seconds to wait for any one message from the peer."),
     ]

@@ -35,7 +35,7 @@ from .parallel import Executor
 from .protocols.base import Progress, PsiOutcome, Reveal, Role
 from .protocols.handshake import Hello
 from .records import DEDUP_POLICIES, KeyTable, read_keys, write_rows
-from .session import PROTOCOLS, exchange_hello, peer_set_size, protocol_module
+from .session import DEFAULT_MAX_PEER_SIZE, PROTOCOLS, exchange_hello, peer_set_size, protocol_module
 from .transport.base import Channel
 from .transport.memory import memory_pair
 from .transport.tcp import Listener, TlsConfig, connect as tcp_connect
@@ -80,7 +80,7 @@ class PsiOptions:
     key_bits: int = 2048
     # deployment
     workers: int | None = None
-    max_peer_size: int | None = None
+    max_peer_size: int | None = DEFAULT_MAX_PEER_SIZE  # None: no cap
     server_key: Path | None = None
     cache_dir: Path | None = None
     prepared: Path | None = None
