@@ -34,7 +34,8 @@ def _session_options(fn: Callable[..., Any]) -> Callable[..., Any]:
         click.option("--reveal", type=click.Choice(["receiver", "both", "cardinality"]), default="receiver",
                      show_default=True,
                      help="receiver: the client learns the intersection; both: both learn it, rows aligned; "
-                          "cardinality: the client learns only the count (ecdh)."),
+                          "cardinality: the client learns only the count (ecdh; semi-honest only: a client that "
+                          "deviates learns which keys matched, as with receiver - see docs/SECURITY.md)."),
         click.option("--dedup", type=click.Choice(["error", "first", "keep-all"]), default="error", show_default=True,
                      help="Duplicate keys: stop with an error, keep the first row, or keep all (SQL join expansion)."),
         click.option("--normalize", "normalize", default="trim", show_default=True,
@@ -69,6 +70,10 @@ def _session_options(fn: Callable[..., Any]) -> Callable[..., Any]:
 
 
 def _options(kw: dict[str, Any]) -> api.PsiOptions:
+    if kw["reveal"] == "cardinality":
+        from psi.protocols.ecdh import CARDINALITY_NOTE
+
+        warn(CARDINALITY_NOTE)
     return api.PsiOptions(
         protocol=kw["protocol"],
         reveal=kw["reveal"],

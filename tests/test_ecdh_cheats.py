@@ -271,3 +271,48 @@ def test_invalid_points_from_either_side_are_refused(side, group, what, bad):
         run()
     assert info.value.exit_code == 4
     assert victim.failed
+
+
+# -- point 5: cardinality mode is semi-honest only (a known limitation, documented) -----------
+def test_known_limitation_cardinality_mode_cheating_client_learns_which_keys_matched():
+    """Documents that the cheat WORKS (docs/SECURITY.md): a client that blinds each key with its
+    own scalar undoes the server's shuffle with m^2 trial unblindings. The server cannot tell."""
+    g = get_group("x25519")
+    client_items, server_items = items(range(20)), items(range(14, 40))
+    config = ecdh.Config(reveal=Reveal.CARDINALITY, batch_size=64)
+    server = ecdh.Server(server_items, config, peer_size=len(client_items), executor=EXECUTOR)
+    server.outgoing()
+    server.receive(Message(ecdh.QUERY, pack_json({"count": len(client_items)})))
+    scalars = [g.generate_scalar() for _ in client_items]
+    hashed = g.hash_to_group(ecdh._dst("x25519"), client_items)
+    server.receive(Message(ecdh.BLINDED, pack_items([g.multiply(s, [h])[0] for s, h in zip(scalars, hashed)], 32)))
+    sent: list[Message] = []
+    while not server.finished:
+        sent += server.outgoing()
+    chunks = b"".join(m.body for m in sent if m.kind == ecdh.SET_CHUNK)
+    received = filters.decode_filter(chunks, n_query=len(client_items), fpr_bits=40, max_count=len(server_items))
+    evaluated = b"".join(unpack_items(m.body, 32) for m in sent if m.kind == ecdh.EVALUATED)
+    inverses = [g.invert_scalar(s) for s in scalars]
+    learned = set()
+    for j in range(0, len(evaluated), 32):
+        for i, inverse in enumerate(inverses):
+            if received.contains(filters.fingerprint(g.multiply(inverse, [evaluated[j : j + 32]])))[0]:
+                learned.add(i)
+    assert learned == {i for i, x in enumerate(client_items) if x in set(server_items)} == set(range(14, 20))
+    assert server.result().details["notes"] == [ecdh.CARDINALITY_NOTE]  # the server's summary says so
+
+
+def test_cardinality_choice_is_flagged_where_it_is_made(tmp_path):
+    from click.testing import CliRunner
+
+    from cli.main import cli
+
+    help_text = CliRunner().invoke(cli, ["psi", "connect", "--help"]).output
+    assert "semi-honest only" in " ".join(help_text.split())
+    for command in ("connect", "serve"):
+        result = CliRunner().invoke(cli, ["psi", command, "--input", str(tmp_path / "a.csv"), "--on", "id",
+                                          "--insecure", "--reveal", "cardinality"])
+        assert result.exit_code == 2  # neither --peer/--listen nor --via-dir: stops before any session
+        assert result.stderr.count(ecdh.CARDINALITY_NOTE) == 1
+        other = CliRunner().invoke(cli, ["psi", command, "--input", "a.csv", "--on", "id", "--insecure"])
+        assert other.exit_code == 2 and ecdh.CARDINALITY_NOTE not in other.stderr

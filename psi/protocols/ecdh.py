@@ -31,10 +31,17 @@ What each party learns:
   distinct matched key on both sides).
 * ``cardinality`` — the server shuffles ``H(x)^ab`` across the whole set before returning it,
   so the client learns only the count of its distinct items in the intersection; the server
-  learns nothing (no count either).
+  learns nothing (no count either). **Semi-honest client only** (:data:`CARDINALITY_NOTE`): a
+  client that blinds each item with its own scalar ``a_i`` unblinds every returned element
+  with every ``a_i^-1`` (``m^2`` trials) and learns which items matched, as in ``receiver``
+  mode; nothing in the messages lets the server detect it (tests/test_ecdh_cheats.py).
 
 Sizes leak on both sides (distinct counts). Duplicates are removed before anything is sent, so
 multiplicities do not leak; in ``receiver`` mode every position of a matched item is reported.
+
+Against a cheating server the client checks every filter against what the announced count can
+produce (:mod:`psi.crypto.filters`) and refuses more matches than that count plus the false
+matches the filter allows, before it sends anything back (:meth:`Client._check_match_count`).
 
 Security: semi-honest parties; privacy rests on DDH / one-more-DH in the random-oracle model
 (``H`` is a hash-to-group with the domain tag ``psiq-ecdh-v2-<group>``). Fresh secret keys per
@@ -102,6 +109,7 @@ __all__ = [
     "HeadStart",
     "prepare_server_set",
     "input_digest",
+    "CARDINALITY_NOTE",
 ]
 
 NAME = "ecdh"
@@ -115,6 +123,10 @@ SET = "ecdh.set"
 SET_CHUNK = "ecdh.set-chunk"
 MATCHES = "ecdh.matches"
 CHUNK_BYTES = 8 * 1024 * 1024
+CARDINALITY_NOTE = (
+    "--reveal cardinality hides the matches only from a client that follows the protocol: a client that"
+    " deviates learns which keys matched, as with --reveal receiver (see docs/SECURITY.md)"
+)
 COMPRESSIONS = ("auto",) + filters.FILTER_KINDS
 
 
@@ -517,6 +529,7 @@ class Client(PsiParty):
             "distinct_items": self._m,
         }
         if reveal is Reveal.CARDINALITY:
+            details["notes"] = [CARDINALITY_NOTE]
             self._outcome = PsiOutcome(None, count, details)
         elif reveal is Reveal.RECEIVER:
             positions = self._positions
@@ -740,7 +753,10 @@ class Server(PsiParty):
                 if self._config.reveal is Reveal.BOTH:
                     self._state = _ServerState.AWAIT_MATCHES
                 else:
-                    self._outcome = PsiOutcome(None, None, self._details())
+                    details = self._details()
+                    if self._config.reveal is Reveal.CARDINALITY:
+                        details["notes"] = [CARDINALITY_NOTE]
+                    self._outcome = PsiOutcome(None, None, details)
                     self._state = _ServerState.DONE
                     self._finish()
                 return
