@@ -213,7 +213,7 @@ def test_an_unsupported_version_is_refused(protocol):
 
 
 @pytest.mark.parametrize("changes", [
-    {"role": "admin"}, {"protocol": None}, {"version": "3"}, {"params": []}, {"info": "x"},
+    {"role": "admin"}, {"role": None}, {"protocol": None}, {"version": "3"}, {"version": True}, {"params": []}, {"info": "x"},
     {"info": {}}, {"info": {"set_size": -1}}, {"info": {"set_size": True}}, {"info": {"set_size": "10"}},
     {"info": {"set_size": 1.5}},
 ])

@@ -58,7 +58,7 @@ class Hello:
             info = obj.get("info", {})
         except (KeyError, ValueError):
             raise MalformedMessage("hello message lacks a field or has a bad role") from None
-        if not isinstance(protocol, str) or not isinstance(version, int):
+        if not isinstance(protocol, str) or not isinstance(version, int) or isinstance(version, bool):
             raise MalformedMessage("hello message has a field of the wrong type")
         if not isinstance(params, dict) or not isinstance(info, dict):
             raise MalformedMessage("hello params/info must be objects")
