@@ -316,3 +316,15 @@ def test_cardinality_choice_is_flagged_where_it_is_made(tmp_path):
         assert result.stderr.count(ecdh.CARDINALITY_NOTE) == 1
         other = CliRunner().invoke(cli, ["psi", command, "--input", "a.csv", "--on", "id", "--insecure"])
         assert other.exit_code == 2 and ecdh.CARDINALITY_NOTE not in other.stderr
+
+
+def test_raw_filter_must_be_sorted_as_encoded():
+    keys = np.random.default_rng(3).bytes(16 * 30)
+    data = filters.encode_filter("raw", keys, n_query=10, fpr_bits=40)
+    filters.decode_filter(data, n_query=10, fpr_bits=40, max_count=30)
+    width = data[1]
+    body = data[filters._HEADER.size :]
+    rows = [body[i : i + width] for i in range(0, len(body), width)]
+    swapped = data[: filters._HEADER.size] + b"".join([rows[1], rows[0]] + rows[2:])
+    with pytest.raises(MalformedMessage, match="not sorted"):
+        filters.decode_filter(swapped, n_query=10, fpr_bits=40, max_count=30)

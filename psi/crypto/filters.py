@@ -433,6 +433,8 @@ def decode_filter(data: bytes, *, n_query: int, fpr_bits: int, max_count: int) -
         full = np.zeros((n, KEY_SIZE), dtype=np.uint8)
         full[:, :width] = rows
         s_hi, s_lo = _split_keys(full.tobytes())
+        if n > 1 and not ((s_hi[1:] > s_hi[:-1]) | ((s_hi[1:] == s_hi[:-1]) & (s_lo[1:] >= s_lo[:-1]))).all():
+            raise MalformedMessage("raw filter entries are not sorted")  # as every honest encoder sends them
         mask_hi, mask_lo = _truncation_masks(width)
 
         def test_raw(hi: np.ndarray, lo: np.ndarray) -> np.ndarray:
