@@ -70,7 +70,7 @@ def _session_options(fn: Callable[..., Any]) -> Callable[..., Any]:
 
 
 def _options(kw: dict[str, Any]) -> api.PsiOptions:
-    if kw["reveal"] == "cardinality":
+    if kw["reveal"] == "cardinality" and kw["protocol"] == "ecdh":  # the others refuse the mode
         from psi.protocols.ecdh import CARDINALITY_NOTE
 
         warn(CARDINALITY_NOTE)

@@ -169,7 +169,7 @@ def bloom_max_popcount(n: int, k: int, m: int) -> int:
     ``mu = m (1 - (1 - q)^n)``. Bin occupancy indicators are negatively associated, so
     Bernstein's inequality applies to their sum with variance at most ``m p (1 - p)``,
     ``p = mu/m``: ``P(popcount >= mu + t) <= exp(-t^2 / (2 (var + t/3)))``. The measured spread
-    of real filters is well inside this (tests/test_filters.py). At ``m = 8.2 * 10^6`` bits
+    of real filters is well inside this (tests/test_ecdh_cheats.py). At ``m = 8.2 * 10^6`` bits
     (10^5 keys, 2^-40) the slack is 0.13 % of ``m``.
     """
     if n <= 0:
