@@ -19,7 +19,7 @@ import pytest
 
 from psi.crypto import filters
 from psi.crypto.groups import GROUP_NAMES, get_group, multiply_batch
-from psi.errors import MalformedMessage
+from psi.errors import MalformedMessage, PsiqError
 from psi.messages import Message, pack_items, pack_json, unpack_items, unpack_json
 from psi.parallel import Executor
 from psi.protocols import ecdh
@@ -328,3 +328,43 @@ def test_raw_filter_must_be_sorted_as_encoded():
     swapped = data[: filters._HEADER.size] + b"".join([rows[1], rows[0]] + rows[2:])
     with pytest.raises(MalformedMessage, match="not sorted"):
         filters.decode_filter(swapped, n_query=10, fpr_bits=40, max_count=30)
+
+
+def test_all_ones_cheat_end_to_end_writes_nothing_and_tells_the_server(tmp_path, monkeypatch):
+    import threading
+
+    from psi import api
+    from psi.records import read_keys
+    from psi.transport.memory import memory_pair
+
+    for name, rows in (("client.csv", range(0, 60)), ("server.csv", range(50, 90))):
+        (tmp_path / name).write_text("id,v\n" + "".join(f"{i},row{i}\n" for i in rows))
+    real = filters.encode_filter
+
+    def all_ones(kind, keys, *, n_query, fpr_bits):  # the cheating server's encoder
+        data = real(kind, keys, n_query=n_query, fpr_bits=fpr_bits)
+        _code, k, n = filters._HEADER.unpack_from(data, 0)
+        return data[: filters._HEADER.size] + _all_ones(k, filters._bloom_params(n, n_query, fpr_bits)[1], n)
+
+    monkeypatch.setattr(filters, "encode_filter", all_ones)
+    options = api.PsiOptions(protocol="ecdh", reveal="both", compression="bloom", workers=1, timeout=20.0)
+    ch_client, ch_server = memory_pair()
+    out: dict = {}
+
+    def serve() -> None:
+        try:
+            api.run_session("server", ch_server, read_keys(tmp_path / "server.csv", ["id"]), options=options,
+                            output=tmp_path / "server_out.csv", executor=EXECUTOR)
+        except Exception as err:  # noqa: BLE001
+            out["server"] = err
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    with pytest.raises(MalformedMessage, match="bloom filter has") as info:
+        api.run_session("client", ch_client, read_keys(tmp_path / "client.csv", ["id"]), options=options,
+                        output=tmp_path / "client_out.csv", executor=EXECUTOR)
+    ch_client.close()  # as the TCP transport does when the command exits
+    thread.join(20)
+    assert info.value.exit_code == 4 and "\n" not in str(info.value)
+    assert isinstance(out["server"], PsiqError)  # the cheating server's session ends too
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["client.csv", "server.csv"]  # nothing written
