@@ -138,7 +138,7 @@ def run_party(
                 break
             if out:
                 continue
-            message = channel.recv(timeout)
+            message = channel.recv(timeout, limit=party.receive_limit)
             stats.messages_received += 1
             raise_if_error(message)
             party.receive(message)
@@ -187,7 +187,7 @@ def run_pair(client: Party, server: Party, *, max_steps: int = 10_000_000) -> tu
                 st.messages_sent += 1
                 progressed = True
             while channel.pending():
-                message = channel.recv(0)
+                message = channel.recv(0, limit=party.receive_limit)
                 st.messages_received += 1
                 raise_if_error(message)
                 party.receive(message)

@@ -18,7 +18,16 @@ import time
 from typing import Callable
 
 from ..errors import AuthenticationError, PeerDisconnected, TransportError, UsageError
-from ..messages import DEFAULT_MAX_BODY, HEADER, Message, decode_header, encode_frame
+from ..messages import (
+    DEFAULT_MAX_BODY,
+    HEADER,
+    BodyLimit,
+    Message,
+    check_body_limit,
+    decode_header,
+    decode_kind,
+    encode_frame,
+)
 from .base import Channel
 from .tls import TlsConfig, check_peer_name, client_context, server_context
 
@@ -70,6 +79,8 @@ def _tls_error(err: BaseException, *, handshake: bool = False) -> TransportError
 
 
 _CHUNK = 256 * 1024
+_FIRST_PIECE = 64 * 1024   # body buffers start this small...
+_MAX_PIECE = 8 * 1024 * 1024  # ...and double up to this, as bytes arrive
 
 
 class TcpChannel(Channel):
@@ -161,18 +172,16 @@ class TcpChannel(Channel):
         self._raise_write_error()
 
     # -- receiving ---------------------------------------------------------------------------
-    def _read_exact(self, n: int, timeout: float | None) -> bytes:
-        buf = bytearray(n)
-        view = memoryview(buf)
-        got = 0
-        deadline = None if timeout is None else time.monotonic() + timeout
+    def _read_into(self, view: memoryview, deadline: float | None, started: bool) -> None:
+        """Fill ``view`` from the socket (or raise); ``started``: part of a message already came."""
+        got, n = 0, len(view)
         while got < n:
             want = "r"
             with self._io_lock:
                 try:
                     k = self._sock.recv_into(view[got:], n - got)
                     if k == 0:
-                        raise PeerDisconnected("peer closed the connection" + (" mid-message" if got else ""))
+                        raise PeerDisconnected("peer closed the connection" + (" mid-message" if got or started else ""))
                     got += k
                     continue
                 except ssl.SSLWantWriteError:
@@ -187,20 +196,37 @@ class TcpChannel(Channel):
             if left is not None and left <= 0:
                 raise TransportError("timed out waiting for the peer")
             self._wait(want, left)
+
+    def _read_exact(self, n: int, timeout: float | None) -> bytes:
+        """Read exactly ``n`` bytes (used for the header and kind, at most 84 bytes)."""
+        buf = bytearray(n)
+        self._read_into(memoryview(buf), None if timeout is None else time.monotonic() + timeout, False)
         return bytes(buf)
 
-    def recv(self, timeout: float | None = None) -> Message:
-        header = self._read_exact(HEADER.size, timeout)
-        kind_len, _session, body_len = decode_header(header, self.max_body)
-        rest = self._read_exact(kind_len + body_len, timeout)
-        self.bytes_received += HEADER.size + len(rest)
-        try:
-            kind = rest[:kind_len].decode("ascii")
-        except UnicodeDecodeError:
-            from ..errors import MalformedMessage
+    def _read_body(self, n: int, deadline: float | None) -> bytes:
+        """Read an ``n``-byte body in pieces that start at :data:`_FIRST_PIECE` and double, so
+        the memory held never exceeds about twice the bytes that have really arrived."""
+        pieces: list[bytearray] = []
+        got, size = 0, _FIRST_PIECE
+        while got < n:
+            piece = bytearray(min(size, n - got))
+            self._read_into(memoryview(piece), deadline, True)
+            pieces.append(piece)
+            got += len(piece)
+            size = min(size * 2, _MAX_PIECE)
+        return b"".join(pieces)
 
-            raise MalformedMessage("message kind is not ASCII") from None
-        return Message(kind, rest[kind_len:])
+    def recv(self, timeout: float | None = None, *, limit: BodyLimit | None = None) -> Message:
+        header = self._read_exact(HEADER.size, timeout)
+        deadline = None if timeout is None else time.monotonic() + timeout  # the rest: as before, one timeout
+        kind_len, _session, body_len = decode_header(header, self.max_body)
+        kind_bytes = bytearray(kind_len)
+        self._read_into(memoryview(kind_bytes), deadline, True)
+        kind = decode_kind(kind_bytes)
+        check_body_limit(kind, body_len, limit)
+        body = self._read_body(body_len, deadline)
+        self.bytes_received += HEADER.size + kind_len + body_len
+        return Message(kind, body)
 
     def close(self) -> None:
         if self._closed:
