@@ -398,17 +398,20 @@ def exchange_via_folder(
     *,
     on: Sequence[str],
     directory: str | os.PathLike[str],
+    tls: TlsConfig,
     output: str | os.PathLike[str] | None = None,
     options: PsiOptions | None = None,
     on_progress: ProgressCallback | None = None,
 ) -> PsiSummary:
-    """Run one party through a shared exchange folder instead of a connection (no TLS: the
-    folder's access control protects the traffic). Use a fresh folder per session."""
+    """Run one party through a shared exchange folder instead of a connection. Every message is
+    encrypted and signed with the parties' certificates (``tls``: own certificate, key, CA and
+    whom to expect, as for a connection; see :mod:`psi.transport.files`). Use a fresh folder
+    per session."""
     from .transport.files import FolderChannel
 
     options = options or PsiOptions()
     table = _read(input, on, options)
-    with FolderChannel(directory, Role(role).value) as channel:
+    with FolderChannel(directory, Role(role).value, tls, handshake_timeout=options.timeout) as channel:
         return run_session(Role(role), channel, table, options=options, output=output, on_progress=on_progress)
 
 

@@ -48,6 +48,10 @@ __all__ = [
     "check_body_limit",
     "MAX_JSON_DEPTH",
     "CONTROL_BODY_MAX",
+    "CONTROL_KINDS",
+    "control_limit",
+    "decode_kind",
+    "json_depth",
 ]
 
 MAGIC = b"PSQ1"
@@ -60,6 +64,16 @@ NO_SESSION = bytes(8)
 MAX_JSON_DEPTH = 16
 #: Cap on a control message (``hello``, ``error``) and on any first message of a session.
 CONTROL_BODY_MAX = 64 * 1024
+
+#: Kinds that are always small JSON control messages.
+CONTROL_KINDS = frozenset({"hello", "error"})
+
+
+def control_limit(kind: str) -> int:
+    """The :data:`BodyLimit` while waiting for a control message (the session's hello): every
+    kind at most :data:`CONTROL_BODY_MAX` bytes."""
+    return CONTROL_BODY_MAX
+
 
 #: Given a message kind, the largest body the receiving party accepts for it right now
 #: (``None``: only the channel's hard cap applies).

@@ -13,6 +13,7 @@ from typing import Any
 
 from .driver import raise_if_error, send_error
 from .errors import IncompatiblePeer, PolicyError, PsiqError, UsageError
+from .messages import control_limit
 from .protocols.base import Role
 from .protocols.handshake import Hello, check_peer_hello
 from .transport.base import Channel
@@ -43,7 +44,7 @@ def exchange_hello(
     """
     try:
         channel.send(own.to_message())
-        message = channel.recv(timeout)
+        message = channel.recv(timeout, limit=control_limit)  # a hello: refuse a large body unread
         raise_if_error(message)
         peer = Hello.from_message(message)
         check_peer_hello(own, peer)

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from ..errors import ProtocolStateError, PsiqError, UnexpectedMessage
-from ..messages import CONTROL_BODY_MAX, Message
+from ..messages import CONTROL_BODY_MAX, CONTROL_KINDS, Message
 
 __all__ = ["Reveal", "Role", "Progress", "PsiOutcome", "Party", "PsiParty"]
 
@@ -85,7 +85,6 @@ class Party(ABC):
         self._done_units = 0
         self._total_units = 0
         self.phase_listener: "Callable[[str], None] | None" = None
-        self._received = 0
 
     # -- driver-facing API -------------------------------------------------------------------
     def outgoing(self) -> list[Message]:
@@ -105,7 +104,6 @@ class Party(ABC):
         if self._finished:
             self._failed = UnexpectedMessage(f"message {message.kind!r} after the protocol finished")
             raise self._failed
-        self._received += 1
         try:
             self._handle(message)
         except BaseException as err:
@@ -117,11 +115,11 @@ class Party(ABC):
         channel's hard cap). The driver hands this to ``Channel.recv``, which refuses a larger
         announcement from the frame header alone, before reading the body.
 
-        The default allows control messages (``hello``, ``error``) and the first message of a
-        session (always the peer's hello) at most :data:`~psi.messages.CONTROL_BODY_MAX` bytes.
-        Protocols override it to cap their bulk messages at what the negotiated sizes allow.
+        The default allows control messages (``hello``, ``error``) at most
+        :data:`~psi.messages.CONTROL_BODY_MAX` bytes. Protocols override it to cap their bulk
+        messages at what the negotiated sizes allow.
         """
-        if kind in ("hello", "error") or self._received == 0:
+        if kind in CONTROL_KINDS:
             return CONTROL_BODY_MAX
         return None
 

@@ -17,7 +17,14 @@ import threading
 import time
 from typing import Callable
 
-from ..errors import AuthenticationError, PeerDisconnected, TransportError, UsageError
+from ..errors import (
+    AuthenticationError,
+    IncompatiblePeer,
+    MalformedMessage,
+    PeerDisconnected,
+    TransportError,
+    UsageError,
+)
 from ..messages import (
     DEFAULT_MAX_BODY,
     HEADER,
@@ -27,9 +34,11 @@ from ..messages import (
     decode_header,
     decode_kind,
     encode_frame,
+    pack_json,
+    unpack_json,
 )
 from .base import Channel
-from .tls import TlsConfig, check_peer_name, client_context, server_context
+from .tls import TlsConfig, check_peer_certificate, client_context, server_context
 
 __all__ = ["TlsConfig", "TcpChannel", "Listener", "PendingConnection", "connect", "parse_address", "is_loopback"]
 
@@ -250,19 +259,66 @@ def _check_insecure(host: str) -> None:
         raise UsageError("plain TCP (--insecure) is allowed only on loopback; configure TLS for other addresses")
 
 
+_IDENTITY_KIND = "psiq.identity"
+_IDENTITY_MAX = 1024
+
+
+def _exchange_verdicts(sock: ssl.SSLSocket, own_error: AuthenticationError | None, reason: str) -> None:
+    """Tell the peer whether we accept its certificate and read its verdict on ours.
+
+    Runs right after the TLS handshake on both sides, so that a party refused by name learns it
+    at once and ends with an identity error too (exit 6), instead of a later 'peer closed'.
+    """
+    verdict = {"accepted": own_error is None}
+    if own_error is not None:
+        verdict["reason"] = reason
+    sock.sendall(encode_frame(Message(_IDENTITY_KIND, pack_json(verdict))))
+    header = _recv_exact(sock, HEADER.size)
+    kind_len, _session, body_len = decode_header(header, _IDENTITY_MAX)
+    kind = decode_kind(_recv_exact(sock, kind_len))
+    if kind != _IDENTITY_KIND:
+        raise MalformedMessage(f"expected the peer's identity verdict, got {kind!r}")
+    peer_verdict = unpack_json(_recv_exact(sock, body_len), max_size=_IDENTITY_MAX)
+    if own_error is not None:
+        raise own_error
+    if peer_verdict.get("accepted") is not True:
+        reason = str(peer_verdict.get("reason", "no reason given"))[:200]
+        raise AuthenticationError(f"peer refused our certificate: {reason}")
+
+
+def _recv_exact(sock: ssl.SSLSocket, n: int) -> bytes:
+    buf = bytearray()
+    while len(buf) < n:
+        chunk = sock.recv(n - len(buf))
+        if not chunk:
+            raise PeerDisconnected("peer closed the connection during the identity check")
+        buf += chunk
+    return bytes(buf)
+
+
 def _secure(raw: socket.socket, ctx: ssl.SSLContext | None, tls: TlsConfig | None, *, server_side: bool) -> TcpChannel:
-    """The channel over ``raw``: plain without a context, else after the TLS handshake and the
-    peer-name check (``raw`` is closed if either fails)."""
+    """The channel over ``raw``: plain without a context, else after the TLS handshake, the
+    peer-certificate check against ``tls``'s identity policy and the exchange of verdicts
+    (``raw`` is closed if any of these fails)."""
     if ctx is None:
         return TcpChannel(raw)
+    sock: ssl.SSLSocket | None = None
     try:
         sock = ctx.wrap_socket(raw, server_side=server_side)
-        name = check_peer_name(sock, tls.peer_name if tls else None)
+        own_error: AuthenticationError | None = None
+        name: str | None = None
+        try:
+            name = check_peer_certificate(sock.getpeercert(binary_form=True), tls)
+        except AuthenticationError as err:
+            own_error = err
+        # The refused party learns that it was refused, not whom we expected instead.
+        reason = "it expects another party" if tls is not None and tls.peer_name else "it cannot use this certificate"
+        _exchange_verdicts(sock, own_error, reason)
     except (ssl.SSLError, OSError) as err:
-        raw.close()
+        (sock or raw).close()
         raise _tls_error(err, handshake=True) from None
-    except AuthenticationError:
-        raw.close()
+    except (AuthenticationError, MalformedMessage, PeerDisconnected, IncompatiblePeer):
+        (sock or raw).close()
         raise
     return TcpChannel(sock, peer_name=name)
 
@@ -289,7 +345,7 @@ def connect(
     for attempt in range(retries + 1):
         try:
             raw = socket.create_connection((host, port), timeout=timeout)
-        except (ConnectionRefusedError, socket.timeout, OSError) as err:
+        except OSError as err:  # refused, unreachable, timed out
             last = err
             if attempt < retries:
                 sleep(delay)
