@@ -127,3 +127,21 @@ def test_json_depth_ignores_brackets_inside_strings() -> None:
     with pytest.raises(MalformedMessage, match="nested"):
         unpack_json(b'{"a":' + b"[" * 17 + b"]" * 17 + b"}")
     assert unpack_json(b'{"a":' + b"[" * 15 + b"]" * 15 + b"}")
+
+
+def test_a_deeply_nested_hello_to_the_pir_service_leaves_an_audit_record(tmp_path) -> None:
+    import json as _json
+
+    from pir import api
+    from pir.service import PirService, QuotaBook
+    from psi.transport.memory import memory_pair
+
+    api.setup([("110101199000000001", "x")], tmp_path / "db", workers=1)
+    audit = tmp_path / "audit.jsonl"
+    service = PirService(tmp_path / "db", quota=QuotaBook(None, audit))
+    client_end, server_end = memory_pair()
+    client_end.send(Message("hello", b'{"a":' + b"[" * 20_000 + b"]" * 20_000 + b"}"))
+    event = service.handle(server_end, timeout=0)
+    assert event["outcome"] == "error" and "nested" in event["error"]
+    records = [_json.loads(line) for line in audit.read_text().splitlines()]
+    assert any(r.get("event") == "session" and "nested" in r.get("error", "") for r in records)
