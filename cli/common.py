@@ -79,6 +79,9 @@ def tls_options(fn: F) -> F:
             tls = None
         else:
             missing = [n for n, v in (("--tls-cert", tls_cert), ("--tls-key", tls_key), ("--tls-ca", tls_ca)) if v is None]
+            if missing and kwargs.get("via_dir") is not None:
+                raise UsageError(f"--via-dir signs and encrypts every file: it needs {', '.join(missing)} "
+                                 "(create trial files with 'psiq certs init')")
             if missing:
                 raise UsageError(
                     f"TLS needs {', '.join(missing)} (create trial files with 'psiq certs init'), or pass --insecure on loopback"

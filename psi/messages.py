@@ -50,6 +50,7 @@ __all__ = [
     "CONTROL_BODY_MAX",
     "CONTROL_KINDS",
     "control_limit",
+    "items_body_size",
     "decode_kind",
     "json_depth",
 ]
@@ -162,6 +163,12 @@ def decode_frame(frame: bytes, max_body: int = DEFAULT_MAX_BODY, limit: "BodyLim
 
 
 _COUNT = struct.Struct(">I")
+
+
+def items_body_size(count: int, width: int) -> int:
+    """Body length of a :func:`pack_items` message of ``count`` items of ``width`` bytes (for a
+    party's :meth:`~psi.protocols.base.Party.receive_limit`)."""
+    return 6 + count * width
 
 
 def pack_items(items: Sequence[bytes] | bytes, width: int) -> bytes:

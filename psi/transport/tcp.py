@@ -1,5 +1,14 @@
 """TCP channels, with TLS 1.3 and mutual authentication unless explicitly insecure on loopback.
 
+Identity: right after the TLS handshake each side checks the peer's certificate against its
+identity policy (:func:`.tls.check_peer_certificate`) and sends its verdict in one small frame,
+then reads the peer's; a refused party therefore ends with an identity error (exit 6) on both
+sides, before any protocol message moves.
+
+Memory: a frame's body is read only after its kind and announced length passed the channel's
+hard cap and the receiving party's per-kind limit, and then in growing pieces, so a peer that
+announces a large body and sends little costs little.
+
 Frames are written by a background writer thread, so a party keeps reading while its large
 sends drain: neither side can block the other forever on full socket buffers. The writer queue
 is capped in bytes (back-pressure) so memory stays bounded. Every failure surfaces as a
