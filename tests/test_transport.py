@@ -393,3 +393,42 @@ def test_a_pinned_name_matches_the_cn_or_a_dns_san_and_nothing_shared(pki: Path,
     assert check_peer_certificate(der, policy("PSI.bank-b.example")) == "Bank B Ltd"
     with pytest.raises(AuthenticationError, match="is for 'Bank B Ltd', expected 'bank-b.example'"):
         check_peer_certificate(der, policy("bank-b.example"))
+
+
+@pytest.mark.parametrize("protocol", ["ecdh", "rsa", "kkrt"])
+def test_a_peer_cannot_send_more_than_its_announced_set_size_allows(protocol: str, tmp_path: Path) -> None:
+    """A server announcing 10 keys then sending a 12 MiB message is refused from the header."""
+    from psi import api
+    from psi.records import read_keys
+    from psi.session import session_body_cap
+
+    a, b = tmp_path / "a.csv", tmp_path / "b.csv"
+    a.write_text("id\n" + "".join(f"{i}\n" for i in range(10)))
+    b.write_text("id\n" + "".join(f"{i}\n" for i in range(5, 15)))
+    options = api.PsiOptions(protocol=protocol, workers=1, timeout=20)
+    client_end, server_end = memory_pair()
+    honest_send = server_end.send
+    sent = {"n": 0}
+
+    def cheating_send(message: Message) -> None:
+        sent["n"] += 1
+        if sent["n"] == 2:  # the first message after the hello, blown up
+            message = Message(message.kind, bytes(12 * 1024 * 1024))
+        honest_send(message)
+
+    server_end.send = cheating_send  # type: ignore[method-assign]
+    box: dict = {}
+
+    def server() -> None:
+        try:
+            api.run_session("server", server_end, read_keys(b, ["id"]), options=options)
+        except Exception as err:  # noqa: BLE001 - the client's verdict matters here
+            box["error"] = err
+
+    t = threading.Thread(target=server, daemon=True)
+    t.start()
+    with pytest.raises(MalformedMessage, match=r"peer announced a '[a-z0-9.]+' message of 12582912 bytes") as info:
+        api.run_session("client", client_end, read_keys(a, ["id"]), options=options)
+    assert info.value.exit_code == 4 and session_body_cap(10, 10) < 12 * 1024 * 1024
+    client_end.close()
+    t.join(30)

@@ -77,6 +77,9 @@ class PsiOutcome:
 class Party(ABC):
     """Base class of all protocol state machines (see the module docstring)."""
 
+    #: Largest body of any non-control message this party accepts (None: only the hard cap).
+    session_body_cap: int | None = None
+
     def __init__(self) -> None:
         self._outbox: list[Message] = []
         self._failed: BaseException | None = None
@@ -116,12 +119,14 @@ class Party(ABC):
         announcement from the frame header alone, before reading the body.
 
         The default allows control messages (``hello``, ``error``) at most
-        :data:`~psi.messages.CONTROL_BODY_MAX` bytes. Protocols override it to cap their bulk
-        messages at what the negotiated sizes allow.
+        :data:`~psi.messages.CONTROL_BODY_MAX` bytes, and any other kind at most
+        :attr:`session_body_cap` (set by the session from both announced set sizes, see
+        :func:`psi.session.session_body_cap`). Protocols override it to cap their bulk
+        messages tighter, at what the negotiated sizes allow for each kind.
         """
         if kind in CONTROL_KINDS:
             return CONTROL_BODY_MAX
-        return None
+        return self.session_body_cap
 
     @property
     def finished(self) -> bool:
