@@ -176,3 +176,37 @@ def test_via_dir_to_the_wrong_bank_exits_6_on_both_sides(tmp_path: Path, pki: Pa
          "--timeout", "30", *_tls_only(pki, "bank-a"), "--peer-name", "bank-b"])
     assert client.returncode == 6 and "expected 'bank-b'" in client.stderr, client.stderr
     assert s_code == 6 and "refused this exchange" in s_err, s_err
+
+
+def test_an_over_cap_announcement_ends_the_command_with_exit_4_naming_the_kind(tmp_path: Path) -> None:
+    """A 'server' whose first frame announces a 200 MiB hello: one line, exit 4, nothing written."""
+    import socket
+    import threading
+
+    from psi.messages import HEADER, MAGIC, WIRE_VERSION
+
+    a, _b = _tiny_inputs(tmp_path)
+    srv = socket.socket()
+    srv.bind(("127.0.0.1", 0))
+    srv.listen(1)
+    done = threading.Event()
+
+    def hostile() -> None:
+        conn, _ = srv.accept()
+        conn.sendall(HEADER.pack(MAGIC, WIRE_VERSION, 5, 0, bytes(8), 200 * 1024 * 1024) + b"hello" + b"{" * 1000)
+        done.wait(30)
+        conn.close()
+
+    t = threading.Thread(target=hostile, daemon=True)
+    t.start()
+    out = tmp_path / "out.csv"
+    result = subprocess.run(psiq_cmd() + ["psi", "connect", "--input", str(a), "--on", "id", "--peer",
+                                          f"127.0.0.1:{srv.getsockname()[1]}", "--insecure", "--workers", "1",
+                                          "--output", str(out), "--timeout", "20"],
+                            capture_output=True, text=True, env=subprocess_env(), timeout=60)
+    done.set()
+    t.join(5)
+    srv.close()
+    errors = [line for line in result.stderr.splitlines() if line.startswith("psiq: error:")]
+    assert result.returncode == 4 and len(errors) == 1, result.stderr
+    assert "'hello' message of 209715200 bytes" in errors[0] and not out.exists()
