@@ -231,3 +231,31 @@ def test_a_folder_needs_certificates_and_an_identity_policy(tmp_path: Path, pki:
     base = tls_for(pki, "bank-a")
     with pytest.raises(UsageError, match="--any-peer"):
         FolderChannel(tmp_path / "x", "client", TlsConfig(base.cert, base.key, base.ca))
+
+
+def test_a_whole_replayed_client_session_is_refused(tmp_path: Path, pki: Path) -> None:
+    """An old client hello and its first file, copied into a fresh folder: the server's fresh
+    nonce changes the session id, so the old file's signature no longer verifies."""
+    old = tmp_path / "old"
+    c = FolderChannel(old, "client", tls_for(pki, "bank-a"), poll=0.005, handshake_timeout=5)
+    s = FolderChannel(old, "server", tls_for(pki, "bank-b"), poll=0.005, handshake_timeout=5)
+    saved: dict[str, bytes] = {}
+    real_write = c._write
+
+    def keep(name: str, data: bytes) -> None:
+        saved[name] = data
+        real_write(name, data)
+
+    c._write = keep  # type: ignore[method-assign]
+    t = threading.Thread(target=s._handshake, daemon=True)
+    t.start()
+    c.send(Message("data", b"transfer 100"))
+    t.join(10)
+    assert s.recv(5) == Message("data", b"transfer 100")
+    fresh = tmp_path / "new"
+    (fresh / "client-out").mkdir(parents=True)
+    (fresh / "client-out" / "hello").write_bytes(saved["hello"])
+    (fresh / "client-out" / "0000000000.frame").write_bytes(saved["0000000000.frame"])
+    server = FolderChannel(fresh, "server", tls_for(pki, "bank-b"), poll=0.005, handshake_timeout=5)
+    with pytest.raises(AuthenticationError, match="for this session"):
+        server.recv(5)
