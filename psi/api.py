@@ -35,7 +35,7 @@ from .parallel import Executor
 from .protocols.base import Progress, PsiOutcome, Reveal, Role
 from .protocols.handshake import Hello
 from .records import DEDUP_POLICIES, KeyTable, read_keys, write_rows
-from .session import PROTOCOLS, exchange_hello, peer_set_size, protocol_module, session_body_cap
+from .session import PROTOCOLS, exchange_hello, peer_set_size, protocol_module
 from .transport.base import Channel
 from .transport.memory import memory_pair
 from .transport.tcp import Listener, TlsConfig, connect as tcp_connect
@@ -229,7 +229,9 @@ def run_session(
         if head_start is not None and role == Role.SERVER and not extras:
             extras["head_start"] = head_start
         party = party_cls(table.keys, config, peer_size=peer_size, executor=executor, **extras)
-        party.session_body_cap = session_body_cap(table.unique_keys, peer_size)  # frames beyond: refused unread
+        from .session import session_body_cap  # frames beyond it are refused unread
+
+        party.session_body_cap = session_body_cap(table.unique_keys, peer_size)
         stats = run_party(party, channel, on_progress=on_progress, timeout=options.timeout)
         outcome: PsiOutcome = party.result()
         summary = PsiSummary(

@@ -13,12 +13,12 @@ from typing import Any
 
 from .driver import raise_if_error, send_error
 from .errors import IncompatiblePeer, PolicyError, PsiqError, UsageError
-from .messages import control_limit
 from .protocols.base import Role
 from .protocols.handshake import Hello, check_peer_hello
+from .messages import control_limit
 from .transport.base import Channel
 
-__all__ = ["PROTOCOLS", "protocol_module", "exchange_hello", "session_body_cap"]
+__all__ = ["PROTOCOLS", "protocol_module", "exchange_hello"]
 
 PROTOCOLS = ("rsa", "ecdh", "kkrt")
 
