@@ -20,12 +20,16 @@ def certs_group() -> None:
 
 @certs_group.command("init")
 @click.argument("directory", type=click.Path(file_okay=False, path_type=Path))
-@click.option("--party", "parties", multiple=True, required=True, help="Party name (repeatable); becomes the certificate CN.")
+@click.option("--party", "parties", multiple=True, required=True,
+              help="Party name (repeatable); becomes the certificate CN and its only DNS SAN (what --peer-name matches).")
 @click.option("--days", default=365, show_default=True, help="Validity in days.")
 @click.option("--json", "as_json", is_flag=True, help="Print the written paths as JSON.")
 @handles_errors
 def init(directory: Path, parties: tuple[str, ...], days: int, as_json: bool) -> None:
-    """Create DIRECTORY/ca.pem (reused if present) and NAME.pem/NAME.key for each --party."""
+    """Create DIRECTORY/ca.pem (reused if present) and NAME.pem/NAME.key for each --party.
+
+    The peers of a party then name it with --peer-name NAME.
+    """
     written = create_test_pki(directory, list(parties), days=days)
     if as_json:
         emit_json({k: str(v) for k, v in written.items()})

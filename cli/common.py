@@ -47,39 +47,47 @@ def emit_json(obj: Any) -> None:
 
 
 def tls_options(fn: F) -> F:
-    """Add --tls-cert/--tls-key/--tls-ca/--peer-name/--insecure; the command receives ``tls``.
+    """Add --tls-cert/--tls-key/--tls-ca/--peer-name/--any-peer/--insecure; the command receives ``tls``.
 
     ``tls`` is a :class:`TlsConfig`, or None for ``--insecure`` (plain TCP, loopback only).
-    The address option of the command (``peer`` or ``listen``) is checked for loopback.
+    The address option of the command (``peer`` or ``listen``) is checked for loopback. With
+    TLS or ``--via-dir`` exactly one of ``--peer-name``/``--any-peer`` is required: that check
+    (exit 2) runs before the command listens, connects or touches the folder.
     """
 
     @click.option("--tls-cert", type=click.Path(dir_okay=False, path_type=Path), help="This party's certificate (PEM).")
     @click.option("--tls-key", type=click.Path(dir_okay=False, path_type=Path), help="This party's private key (PEM).")
     @click.option("--tls-ca", type=click.Path(dir_okay=False, path_type=Path), help="CA certificate the peer must chain to.")
-    @click.option("--peer-name", default=None, help="Expected subject CN of the peer's certificate.")
+    @click.option("--peer-name", default=None,
+                  help="Whom you talk to: the peer certificate must carry NAME as subject CN or DNS SAN.")
+    @click.option("--any-peer", is_flag=True, help="Accept any holder of a certificate from --tls-ca (instead of --peer-name).")
     @click.option("--insecure", is_flag=True, help="Plain TCP without TLS (loopback only; for trials).")
     @functools.wraps(fn)
     def wrapper(*args: Any, tls_cert: Path | None, tls_key: Path | None, tls_ca: Path | None,
-                peer_name: str | None, insecure: bool, **kwargs: Any) -> Any:
+                peer_name: str | None, any_peer: bool, insecure: bool, **kwargs: Any) -> Any:
         address = kwargs.get("peer") or kwargs.get("listen")
-        if kwargs.get("via_dir") is not None:
-            if any((tls_cert, tls_key, tls_ca, insecure)):
-                raise UsageError("--via-dir exchanges files, not a connection: TLS options do not apply")
-            return fn(*args, tls=None, **kwargs)
+        if kwargs.get("via_dir") is not None and insecure:
+            raise UsageError("--via-dir messages are always signed and encrypted: it needs the TLS files, not --insecure")
         if insecure:
             if any((tls_cert, tls_key, tls_ca)):
                 raise UsageError("--insecure cannot be combined with --tls-cert/--tls-key/--tls-ca")
+            if peer_name is not None or any_peer:
+                raise UsageError("--insecure has no certificates: --peer-name/--any-peer do not apply")
             if address is not None and not is_loopback(parse_address(address)[0]):
                 raise UsageError("--insecure (plain TCP) is allowed only on loopback addresses")
             warn("--insecure: traffic is not encrypted and the peer is not authenticated")
             tls = None
         else:
             missing = [n for n, v in (("--tls-cert", tls_cert), ("--tls-key", tls_key), ("--tls-ca", tls_ca)) if v is None]
+            if missing and kwargs.get("via_dir") is not None:
+                raise UsageError(f"--via-dir signs and encrypts every file: it needs {', '.join(missing)} "
+                                 "(create trial files with 'psiq certs init')")
             if missing:
                 raise UsageError(
                     f"TLS needs {', '.join(missing)} (create trial files with 'psiq certs init'), or pass --insecure on loopback"
                 )
-            tls = TlsConfig(tls_cert, tls_key, tls_ca, peer_name)  # type: ignore[arg-type]
+            tls = TlsConfig(tls_cert, tls_key, tls_ca, peer_name, any_peer)  # type: ignore[arg-type]
+            tls.check_identity_policy()
             tls.check_files()
         return fn(*args, tls=tls, **kwargs)
 

@@ -122,7 +122,8 @@ def _report(summary: api.PsiSummary, as_json: bool, quiet: bool) -> None:
 @_session_options
 @click.option("--listen", default=None, help="HOST:PORT to listen on.")
 @click.option("--via-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
-              help="Exchange messages through this shared folder instead of a connection (no TLS; fresh folder per session).")
+              help="Exchange messages through this shared folder instead of a connection (signed and encrypted with the "
+                   "TLS certificates; fresh folder per session).")
 @click.option("--forever", is_flag=True, help="Keep serving sessions (default: exit after one).")
 @click.option("--server-key", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Persisted server key (created if missing): RSA, for the signed-set cache; ECDH, with --prepared. "
@@ -138,7 +139,7 @@ def serve(tls: Any, as_json: bool, quiet: bool, forever: bool, listen: str | Non
     """Answer PSI sessions for the records in --input (on --listen, or through --via-dir)."""
     options = _options(kw)
     bar = make_progress(quiet, "serve")
-    if _folder_session("server", via_dir, listen, "--listen", kw, options, bar, as_json, quiet):
+    if _folder_session("server", via_dir, listen, "--listen", kw, options, bar, as_json, quiet, tls):
         return
 
     def listening(address: tuple[str, int]) -> None:
@@ -165,14 +166,15 @@ def serve(tls: Any, as_json: bool, quiet: bool, forever: bool, listen: str | Non
 @_session_options
 @click.option("--peer", default=None, help="HOST:PORT of the serving party.")
 @click.option("--via-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
-              help="Exchange messages through this shared folder instead of a connection (no TLS; fresh folder per session).")
+              help="Exchange messages through this shared folder instead of a connection (signed and encrypted with the "
+                   "TLS certificates; fresh folder per session).")
 @tls_options
 @output_options
 def connect(tls: Any, as_json: bool, quiet: bool, peer: str | None, via_dir: Path | None, **kw: Any) -> None:
     """Run a PSI session against a serving party (at --peer, or through --via-dir)."""
     options = _options(kw)
     bar = make_progress(quiet, "connect")
-    if _folder_session("client", via_dir, peer, "--peer", kw, options, bar, as_json, quiet):
+    if _folder_session("client", via_dir, peer, "--peer", kw, options, bar, as_json, quiet, tls):
         return
     try:
         summary = api.connect(kw["input_path"], on=_columns(kw["on"]), peer=peer, tls=tls, output=kw["output"],
@@ -183,7 +185,7 @@ def connect(tls: Any, as_json: bool, quiet: bool, peer: str | None, via_dir: Pat
 
 
 def _folder_session(role: str, via_dir: Path | None, address: str | None, flag: str, kw: dict[str, Any],
-                    options: api.PsiOptions, bar: Any, as_json: bool, quiet: bool) -> bool:
+                    options: api.PsiOptions, bar: Any, as_json: bool, quiet: bool, tls: Any = None) -> bool:
     """Run the session through a folder when --via-dir is given; True if it ran."""
     if (via_dir is None) == (address is None):
         raise UsageError(f"give exactly one of {flag} and --via-dir")
@@ -191,7 +193,7 @@ def _folder_session(role: str, via_dir: Path | None, address: str | None, flag: 
         return False
     try:
         summary = api.exchange_via_folder(role, kw["input_path"], on=_columns(kw["on"]), directory=via_dir,
-                                          output=kw["output"], options=options, on_progress=bar)
+                                          tls=tls, output=kw["output"], options=options, on_progress=bar)
     finally:
         bar.close()
     _report(summary, as_json, quiet)

@@ -229,6 +229,9 @@ def run_session(
         if head_start is not None and role == Role.SERVER and not extras:
             extras["head_start"] = head_start
         party = party_cls(table.keys, config, peer_size=peer_size, executor=executor, **extras)
+        from .session import session_body_cap  # frames beyond it are refused unread
+
+        party.session_body_cap = session_body_cap(table.unique_keys, peer_size)
         stats = run_party(party, channel, on_progress=on_progress, timeout=options.timeout)
         outcome: PsiOutcome = party.result()
         summary = PsiSummary(
@@ -398,17 +401,20 @@ def exchange_via_folder(
     *,
     on: Sequence[str],
     directory: str | os.PathLike[str],
+    tls: TlsConfig,
     output: str | os.PathLike[str] | None = None,
     options: PsiOptions | None = None,
     on_progress: ProgressCallback | None = None,
 ) -> PsiSummary:
-    """Run one party through a shared exchange folder instead of a connection (no TLS: the
-    folder's access control protects the traffic). Use a fresh folder per session."""
+    """Run one party through a shared exchange folder instead of a connection. Every message is
+    encrypted and signed with the parties' certificates (``tls``: own certificate, key, CA and
+    whom to expect, as for a connection; see :mod:`psi.transport.files`). Use a fresh folder
+    per session."""
     from .transport.files import FolderChannel
 
     options = options or PsiOptions()
     table = _read(input, on, options)
-    with FolderChannel(directory, Role(role).value) as channel:
+    with FolderChannel(directory, Role(role).value, tls, handshake_timeout=options.timeout) as channel:
         return run_session(Role(role), channel, table, options=options, output=output, on_progress=on_progress)
 
 

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from .errors import (
+    AuthenticationError,
     IncompatiblePeer,
     LocalError,
     MalformedMessage,
@@ -71,7 +72,7 @@ class _PhaseClock:
         self.phase, self.t = phase, now
 
 
-_ERROR_CLASSES: dict[int, type[PsiqError]] = {5: IncompatiblePeer, 7: PolicyError}
+_ERROR_CLASSES: dict[int, type[PsiqError]] = {5: IncompatiblePeer, 6: AuthenticationError, 7: PolicyError}
 
 
 def send_error(channel: Channel, err: BaseException) -> None:
@@ -82,7 +83,7 @@ def send_error(channel: Channel, err: BaseException) -> None:
     nothing private leaks through an error message.
     """
     code = err.exit_code if isinstance(err, PsiqError) else 1
-    if isinstance(err, (RemoteError, PolicyError)):
+    if isinstance(err, (RemoteError, PolicyError, AuthenticationError)):
         text = str(err)
     elif isinstance(err, LocalError):
         text = "the peer stopped on a local error"
@@ -138,7 +139,7 @@ def run_party(
                 break
             if out:
                 continue
-            message = channel.recv(timeout)
+            message = channel.recv(timeout, limit=party.receive_limit)
             stats.messages_received += 1
             raise_if_error(message)
             party.receive(message)
@@ -187,7 +188,7 @@ def run_pair(client: Party, server: Party, *, max_steps: int = 10_000_000) -> tu
                 st.messages_sent += 1
                 progressed = True
             while channel.pending():
-                message = channel.recv(0)
+                message = channel.recv(0, limit=party.receive_limit)
                 st.messages_received += 1
                 raise_if_error(message)
                 party.receive(message)

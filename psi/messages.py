@@ -7,9 +7,15 @@ A frame on the wire is::
 
 All integers big-endian. ``kind`` names the message (``"hello"``, ``"rsa.blinded"``...);
 a protocol module owns the encoding of its own bodies and must validate them with the helpers
-below (fixed-width item arrays with count checks, JSON control messages with a size cap).
-Frames over ``max_body`` are refused before any allocation, so a peer cannot make us buffer
-an arbitrary amount.
+below (fixed-width item arrays with count checks, JSON control messages with a size and a
+nesting-depth cap).
+
+Memory a peer can make us allocate: a frame whose header announces more than ``max_body`` (the
+hard backstop) or more than the receiving party allows for that message kind in its current
+state (a :data:`BodyLimit` the driver passes to ``Channel.recv``) is refused from its header and
+kind alone, before any of its body is read. Below the caps, transports read bodies in bounded
+chunks, growing the buffer only as bytes actually arrive, so a header that announces a large
+body and then stalls costs no more memory than the bytes really sent.
 """
 
 from __future__ import annotations
@@ -17,7 +23,9 @@ from __future__ import annotations
 import json
 import struct
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any, Callable, Optional, Sequence
+
+import numpy as np
 
 from .errors import MalformedMessage, UnsupportedVersion
 
@@ -36,6 +44,15 @@ __all__ = [
     "unpack_json",
     "pack_u32_list",
     "unpack_u32_list",
+    "BodyLimit",
+    "check_body_limit",
+    "MAX_JSON_DEPTH",
+    "CONTROL_BODY_MAX",
+    "CONTROL_KINDS",
+    "control_limit",
+    "items_body_size",
+    "decode_kind",
+    "json_depth",
 ]
 
 MAGIC = b"PSQ1"
@@ -44,6 +61,35 @@ HEADER = struct.Struct(">4sBBH8sI")
 DEFAULT_MAX_BODY = 256 * 1024 * 1024
 MAX_KIND = 64
 NO_SESSION = bytes(8)
+#: Deepest JSON nesting a control message may have (psiq's own messages use at most 3).
+MAX_JSON_DEPTH = 16
+#: Cap on a control message (``hello``, ``error``) and on any first message of a session.
+CONTROL_BODY_MAX = 64 * 1024
+
+#: Kinds that are always small JSON control messages.
+CONTROL_KINDS = frozenset({"hello", "error"})
+
+
+def control_limit(kind: str) -> int:
+    """The :data:`BodyLimit` while waiting for a control message (the session's hello): every
+    kind at most :data:`CONTROL_BODY_MAX` bytes."""
+    return CONTROL_BODY_MAX
+
+
+#: Given a message kind, the largest body the receiving party accepts for it right now
+#: (``None``: only the channel's hard cap applies).
+BodyLimit = Callable[[str], Optional[int]]
+
+
+def check_body_limit(kind: str, body_len: int, limit: "BodyLimit | None") -> None:
+    """Raise :class:`MalformedMessage` naming ``kind`` if ``body_len`` exceeds ``limit(kind)``."""
+    if limit is None:
+        return
+    cap = limit(kind)
+    if cap is not None and body_len > cap:
+        raise MalformedMessage(
+            f"peer announced a {kind!r} message of {body_len} bytes, more than the {cap} this step of the protocol allows"
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,20 +136,39 @@ def decode_header(header: bytes, max_body: int = DEFAULT_MAX_BODY) -> tuple[int,
     return kind_len, session_id, body_len
 
 
-def decode_frame(frame: bytes, max_body: int = DEFAULT_MAX_BODY) -> tuple[Message, bytes]:
-    """Parse one complete frame (exactly); return the message and its session id."""
-    kind_len, session_id, body_len = decode_header(frame[: HEADER.size], max_body)
-    if len(frame) != HEADER.size + kind_len + body_len:
-        raise MalformedMessage("frame length does not match its header")
-    kind_bytes = frame[HEADER.size : HEADER.size + kind_len]
+def decode_kind(kind_bytes: bytes) -> str:
+    """The message kind as text; :class:`MalformedMessage` unless printable ASCII."""
     try:
-        kind = kind_bytes.decode("ascii")
+        kind = bytes(kind_bytes).decode("ascii")
     except UnicodeDecodeError:
         raise MalformedMessage("message kind is not ASCII") from None
+    if not kind.isprintable():
+        raise MalformedMessage("message kind holds control characters")
+    return kind
+
+
+def decode_frame(frame: bytes, max_body: int = DEFAULT_MAX_BODY, limit: "BodyLimit | None" = None) -> tuple[Message, bytes]:
+    """Parse one complete frame (exactly); return the message and its session id.
+
+    ``limit`` is the receiving party's per-kind cap (see :data:`BodyLimit`).
+    """
+    kind_len, session_id, body_len = decode_header(frame[: HEADER.size], max_body)
+    if len(frame) < HEADER.size + kind_len:
+        raise MalformedMessage("frame length does not match its header")
+    kind = decode_kind(frame[HEADER.size : HEADER.size + kind_len])
+    check_body_limit(kind, body_len, limit)
+    if len(frame) != HEADER.size + kind_len + body_len:
+        raise MalformedMessage("frame length does not match its header")
     return Message(kind, bytes(frame[HEADER.size + kind_len :])), session_id
 
 
 _COUNT = struct.Struct(">I")
+
+
+def items_body_size(count: int, width: int) -> int:
+    """Body length of a :func:`pack_items` message of ``count`` items of ``width`` bytes (for a
+    party's :meth:`~psi.protocols.base.Party.receive_limit`)."""
+    return 6 + count * width
 
 
 def pack_items(items: Sequence[bytes] | bytes, width: int) -> bytes:
@@ -176,13 +241,55 @@ def pack_json(obj: Any) -> bytes:
     return json.dumps(obj, sort_keys=True, separators=(",", ":")).encode("utf-8")
 
 
-def unpack_json(body: bytes, *, max_size: int = 1 << 20) -> dict[str, Any]:
-    """Parse a JSON control message; it must be an object of at most ``max_size`` bytes."""
+_OPEN = np.zeros(256, dtype=np.int8)
+_OPEN[[ord("["), ord("{")]] = 1
+_OPEN[[ord("]"), ord("}")]] = -1
+_BACKSLASH, _QUOTE = ord("\\"), ord('"')
+
+
+def json_depth(body: bytes) -> int:
+    """Deepest bracket nesting of a JSON text, not counting brackets inside strings.
+
+    Linear in ``len(body)`` and vectorised (no recursion), so it can run on untrusted input
+    before the recursive decoder does.
+    """
+    data = np.frombuffer(body, dtype=np.uint8)
+    if data.size == 0:
+        return 0
+    quotes = data == _QUOTE
+    if quotes.any():
+        # A quote is escaped when an odd run of backslashes precedes it.
+        slash = data == _BACKSLASH
+        run = np.zeros(data.size, dtype=np.int64)
+        idx = np.flatnonzero(slash)
+        if idx.size:
+            # length of the backslash run ending just before each position
+            starts = np.ones(idx.size, dtype=bool)
+            starts[1:] = idx[1:] != idx[:-1] + 1
+            group_start = np.maximum.accumulate(np.where(starts, idx, 0))
+            run[idx] = idx - group_start + 1
+        before = np.zeros(data.size, dtype=np.int64)
+        before[1:] = run[:-1]
+        real = quotes & (before % 2 == 0)
+        inside = (np.cumsum(real) - real) % 2 == 1  # after an odd number of real quotes
+    else:
+        inside = np.zeros(data.size, dtype=bool)
+    steps = np.where(inside, 0, _OPEN[data]).astype(np.int64)
+    return int(np.cumsum(steps).max(initial=0))
+
+
+def unpack_json(body: bytes, *, max_size: int = 1 << 20, max_depth: int = MAX_JSON_DEPTH) -> dict[str, Any]:
+    """Parse a JSON control message: an object of at most ``max_size`` bytes nested at most
+    ``max_depth`` deep (checked before decoding, so a deeply nested message is a
+    :class:`MalformedMessage`, never a ``RecursionError``)."""
     if len(body) > max_size:
         raise MalformedMessage("control message too large")
+    body = bytes(body)
+    if json_depth(body) > max_depth:
+        raise MalformedMessage(f"control message is nested more than {max_depth} deep")
     try:
         obj = json.loads(body.decode("utf-8"))
-    except (UnicodeDecodeError, ValueError):
+    except (UnicodeDecodeError, ValueError, RecursionError):
         raise MalformedMessage("control message is not valid JSON") from None
     if not isinstance(obj, dict):
         raise MalformedMessage("control message is not a JSON object")

@@ -15,6 +15,7 @@ from .driver import raise_if_error, send_error
 from .errors import MalformedMessage, PolicyError, PsiqError, UsageError
 from .protocols.base import Role
 from .protocols.handshake import Hello, check_peer_hello
+from .messages import control_limit
 from .transport.base import Channel
 
 __all__ = ["PROTOCOLS", "DEFAULT_MAX_PEER_SIZE", "protocol_module", "exchange_hello"]
@@ -49,7 +50,7 @@ def exchange_hello(
     """
     try:
         channel.send(own.to_message())
-        message = channel.recv(timeout)
+        message = channel.recv(timeout, limit=control_limit)  # a hello: refuse a large body unread
         raise_if_error(message)
         peer = Hello.from_message(message)
         check_peer_hello(own, peer)
@@ -65,6 +66,18 @@ def exchange_hello(
         send_error(channel, err)
         raise
     return peer
+
+
+#: Bytes per key (either side's) that any one PSI message may carry, plus a constant: above the
+#: largest per-key message of every PSI protocol (RSA-4096 blinded values: 512 bytes a key).
+BODY_BYTES_PER_KEY = 1024
+BODY_BYTES_CONSTANT = 4 * 1024 * 1024
+
+
+def session_body_cap(own_size: int, peer_size: int) -> int:
+    """The cap on any one PSI message body once both set sizes are announced: a peer that
+    announced 100 keys cannot send a 200 MiB frame (the hard cap stays as a backstop)."""
+    return BODY_BYTES_CONSTANT + BODY_BYTES_PER_KEY * (max(own_size, 0) + max(peer_size, 0))
 
 
 def peer_set_size(peer: Hello) -> int:

@@ -23,14 +23,23 @@ def pki(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return d
 
 
-def tls_for(pki: Path, name: str, peer: str | None = None) -> TlsConfig:
-    base = pki / "other" if name == "mallory" else pki
-    return TlsConfig(base / f"{name}.pem", base / f"{name}.key", base / "ca.pem", peer)
+#: Whom each trial party expects by default: the other bank (mallory, from another CA, aims at bank-b).
+COUNTERPART = {"bank-a": "bank-b", "bank-b": "bank-a", "mallory": "bank-b"}
 
 
-def tls_args(pki: Path, name: str) -> list[str]:
+def tls_for(pki: Path, name: str, peer: str | None = None, *, any_peer: bool = False) -> TlsConfig:
+    """``name``'s TLS files, expecting ``peer`` (default: the counterpart bank), or anyone from the
+    CA with ``any_peer``."""
     base = pki / "other" if name == "mallory" else pki
-    return ["--tls-cert", str(base / f"{name}.pem"), "--tls-key", str(base / f"{name}.key"), "--tls-ca", str(base / "ca.pem")]
+    expected = None if any_peer else (peer or COUNTERPART.get(name))
+    return TlsConfig(base / f"{name}.pem", base / f"{name}.key", base / "ca.pem", expected, any_peer=any_peer)
+
+
+def tls_args(pki: Path, name: str, *, peer: str | None = None) -> list[str]:
+    """CLI TLS options for ``name``, with ``--peer-name`` of ``peer`` (default: the counterpart bank)."""
+    base = pki / "other" if name == "mallory" else pki
+    return ["--tls-cert", str(base / f"{name}.pem"), "--tls-key", str(base / f"{name}.key"), "--tls-ca", str(base / "ca.pem"),
+            "--peer-name", peer or COUNTERPART[name]]
 
 
 def free_port() -> int:

@@ -94,3 +94,119 @@ def test_exit_waits_for_a_thread_still_writing(tmp_path: Path) -> None:
     done = _run_exit("0", tmp_path, before)
     assert done.returncode == 0, done.stderr
     assert (tmp_path / "late.txt").read_text() == "done"
+
+
+# -- whom each command talks to (issue 10, point 7) ---------------------------------------------
+
+def _tiny_inputs(tmp_path: Path) -> tuple[Path, Path]:
+    a, b = tmp_path / "a.csv", tmp_path / "b.csv"
+    a.write_text("id\n" + "".join(f"{i}\n" for i in range(0, 20)))
+    b.write_text("id\n" + "".join(f"{i}\n" for i in range(10, 30)))
+    return a, b
+
+
+def _tls_only(pki: Path, name: str) -> list[str]:
+    return ["--tls-cert", str(pki / f"{name}.pem"), "--tls-key", str(pki / f"{name}.key"), "--tls-ca", str(pki / "ca.pem")]
+
+
+def test_every_networked_command_needs_a_peer_name_or_any_peer(tmp_path: Path, pki: Path) -> None:
+    a, _b = _tiny_inputs(tmp_path)
+    records = tmp_path / "records.txt"
+    records.write_text("x\ny\n")
+    port = free_port()
+    commands = [
+        ["psi", "serve", "--input", str(a), "--on", "id", "--listen", f"127.0.0.1:{port}"],
+        ["psi", "connect", "--input", str(a), "--on", "id", "--peer", f"127.0.0.1:{port}"],
+        ["psi", "serve", "--input", str(a), "--on", "id", "--via-dir", str(tmp_path / "x")],
+        ["ot", "send", "--records", str(records), "--listen", f"127.0.0.1:{port}"],
+        ["ot", "receive", "--index", "0", "--peer", f"127.0.0.1:{port}"],
+        ["pir", "serve", "--db", str(tmp_path), "--listen", f"127.0.0.1:{port}"],
+        ["pir", "query", "--peer", f"127.0.0.1:{port}", "--id", "1"],
+    ]
+    for command in commands:
+        result = CliRunner().invoke(cli, [*command, *_tls_only(pki, "bank-a")])
+        assert result.exit_code == 2, (command, result.output)
+        lines = [line for line in result.output.splitlines() if line.strip()]
+        assert len(lines) == 1 and "--peer-name NAME" in lines[0] and "--any-peer" in lines[0], result.output
+    assert not (tmp_path / "x").exists()  # refused before touching the folder
+    both = CliRunner().invoke(cli, [*commands[1], *_tls_only(pki, "bank-a"), "--peer-name", "bank-b", "--any-peer"])
+    assert both.exit_code == 2 and "not both" in both.output
+
+
+def _pair_of_processes(server_args: list[str], client_args: list[str]) -> tuple[subprocess.CompletedProcess, tuple]:
+    server = subprocess.Popen(psiq_cmd() + server_args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                              env=subprocess_env())
+    client = subprocess.run(psiq_cmd() + client_args, capture_output=True, text=True, env=subprocess_env(), timeout=120)
+    out, err = server.communicate(timeout=60)
+    return client, (server.returncode, out, err)
+
+
+def test_a_client_pinning_bank_b_refuses_bank_a_and_both_sides_exit_6(tmp_path: Path, pki: Path) -> None:
+    a, b = _tiny_inputs(tmp_path)
+    port = free_port()
+    client, (s_code, _out, s_err) = _pair_of_processes(
+        ["psi", "serve", "--input", str(b), "--on", "id", "--listen", f"127.0.0.1:{port}", "--workers", "1", "--quiet",
+         *_tls_only(pki, "bank-a"), "--any-peer"],
+        ["psi", "connect", "--input", str(a), "--on", "id", "--peer", f"127.0.0.1:{port}", "--workers", "1", "--quiet",
+         *_tls_only(pki, "bank-a"), "--peer-name", "bank-b"])
+    assert client.returncode == 6 and "expected 'bank-b'" in client.stderr, client.stderr
+    assert s_code == 6 and "refused our certificate" in s_err, s_err
+
+
+def test_any_peer_runs_a_session(tmp_path: Path, pki: Path) -> None:
+    a, b = _tiny_inputs(tmp_path)
+    port = free_port()
+    client, (s_code, _out, s_err) = _pair_of_processes(
+        ["psi", "serve", "--input", str(b), "--on", "id", "--listen", f"127.0.0.1:{port}", "--workers", "1", "--quiet",
+         *_tls_only(pki, "bank-b"), "--any-peer"],
+        ["psi", "connect", "--input", str(a), "--on", "id", "--peer", f"127.0.0.1:{port}", "--workers", "1", "--quiet",
+         "--json", *_tls_only(pki, "bank-a"), "--any-peer"])
+    assert client.returncode == 0 and s_code == 0, (client.stderr, s_err)
+    summary = json.loads(client.stdout)
+    assert summary["intersection_size"] == 10 and summary["peer_name"] == "bank-b"
+
+
+def test_via_dir_to_the_wrong_bank_exits_6_on_both_sides(tmp_path: Path, pki: Path) -> None:
+    a, b = _tiny_inputs(tmp_path)
+    folder = tmp_path / "exchange"
+    client, (s_code, _out, s_err) = _pair_of_processes(
+        ["psi", "serve", "--input", str(b), "--on", "id", "--via-dir", str(folder), "--workers", "1", "--quiet",
+         "--timeout", "30", *_tls_only(pki, "bank-a"), "--any-peer"],
+        ["psi", "connect", "--input", str(a), "--on", "id", "--via-dir", str(folder), "--workers", "1", "--quiet",
+         "--timeout", "30", *_tls_only(pki, "bank-a"), "--peer-name", "bank-b"])
+    assert client.returncode == 6 and "expected 'bank-b'" in client.stderr, client.stderr
+    assert s_code == 6 and "refused this exchange" in s_err, s_err
+
+
+def test_an_over_cap_announcement_ends_the_command_with_exit_4_naming_the_kind(tmp_path: Path) -> None:
+    """A 'server' whose first frame announces a 200 MiB hello: one line, exit 4, nothing written."""
+    import socket
+    import threading
+
+    from psi.messages import HEADER, MAGIC, WIRE_VERSION
+
+    a, _b = _tiny_inputs(tmp_path)
+    srv = socket.socket()
+    srv.bind(("127.0.0.1", 0))
+    srv.listen(1)
+    done = threading.Event()
+
+    def hostile() -> None:
+        conn, _ = srv.accept()
+        conn.sendall(HEADER.pack(MAGIC, WIRE_VERSION, 5, 0, bytes(8), 200 * 1024 * 1024) + b"hello" + b"{" * 1000)
+        done.wait(30)
+        conn.close()
+
+    t = threading.Thread(target=hostile, daemon=True)
+    t.start()
+    out = tmp_path / "out.csv"
+    result = subprocess.run(psiq_cmd() + ["psi", "connect", "--input", str(a), "--on", "id", "--peer",
+                                          f"127.0.0.1:{srv.getsockname()[1]}", "--insecure", "--workers", "1",
+                                          "--output", str(out), "--timeout", "20"],
+                            capture_output=True, text=True, env=subprocess_env(), timeout=60)
+    done.set()
+    t.join(5)
+    srv.close()
+    errors = [line for line in result.stderr.splitlines() if line.startswith("psiq: error:")]
+    assert result.returncode == 4 and len(errors) == 1, result.stderr
+    assert "'hello' message of 209715200 bytes" in errors[0] and not out.exists()

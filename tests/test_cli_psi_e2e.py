@@ -158,18 +158,20 @@ def test_missing_column_and_insecure_remote(tmp_path: Path, tables: Path) -> Non
     assert result.returncode == 2 and "loopback" in _one_line_error(result.stderr)
 
 
-def test_exchange_through_a_shared_folder(tables: Path, tmp_path: Path) -> None:
+def test_exchange_through_a_shared_folder(tables: Path, tmp_path: Path, pki: Path) -> None:
     exchange = tmp_path / "exchange"
     out_a, out_b = tmp_path / "a.csv", tmp_path / "b.csv"
     common = ["--protocol", "ecdh", "--on", "email", "--reveal", "both", "--quiet", "--via-dir", str(exchange)]
-    server = _start_server(["psi", "serve", "--input", str(tables / "bank_b.csv"), "--output", str(out_b), *common])
-    client = _run(["psi", "connect", "--input", str(tables / "bank_a.csv"), "--output", str(out_a), "--json", *common])
+    server = _start_server(["psi", "serve", "--input", str(tables / "bank_b.csv"), "--output", str(out_b), *common,
+                            *tls_args(pki, "bank-b")])
+    client = _run(["psi", "connect", "--input", str(tables / "bank_a.csv"), "--output", str(out_a), "--json", *common,
+                   *tls_args(pki, "bank-a")])
     server.communicate(timeout=60)
     assert client.returncode == 0 and server.returncode == 0, client.stderr
     expected = set(_ids(tables / "bank_a.csv", "email")) & set(_ids(tables / "bank_b.csv", "email"))
     assert _ids(out_a, "email") == _ids(out_b, "email") and set(_ids(out_a, "email")) == expected
     assert not list((exchange / "client-out").glob("*.frame")) and not list((exchange / "server-out").glob("*.frame"))
-    again = _run(["psi", "connect", "--input", str(tables / "bank_a.csv"), *common])
+    again = _run(["psi", "connect", "--input", str(tables / "bank_a.csv"), *common, *tls_args(pki, "bank-a")])
     assert again.returncode == 2 and "fresh folder" in _one_line_error(again.stderr)
 
 

@@ -99,3 +99,49 @@ def test_local_errors_are_not_described_to_the_peer() -> None:
     send_error(a, ParameterMismatch("settings differ (dedup)"))
     with pytest.raises(IncompatiblePeer, match="dedup"):
         raise_if_error(b.recv(0))
+
+
+def test_a_deeply_nested_hello_is_a_protocol_error_not_a_recursion_error() -> None:
+    """Issue 10 point 9: json.loads recursed until RecursionError (exit 1, no audit record)."""
+    from psi.protocols.base import Role
+    from psi.protocols.handshake import Hello
+    from psi.session import exchange_hello
+    from psi.transport.memory import memory_pair
+
+    deep = b'{"protocol":"ecdh","version":1,"role":"server","params":' + b"[" * 30_000 + b"]" * 30_000 + b"}"
+    assert len(deep) < 64 * 1024  # under the hello cap: valid JSON that only the depth check stops
+    ours, theirs = memory_pair()
+    theirs.send(Message("hello", deep))
+    with pytest.raises(MalformedMessage, match="nested more than 16 deep") as info:
+        exchange_hello(ours, Hello("ecdh", 1, Role.CLIENT))
+    assert info.value.exit_code == 4
+    # the peer is told why (one line), as for any protocol violation
+    assert theirs.recv(0).kind == "hello" and "nested" in theirs.recv(0).body.decode()
+
+
+def test_json_depth_ignores_brackets_inside_strings() -> None:
+    from psi.messages import json_depth
+
+    assert json_depth(b'{"a":"[[[[{{{{","b":"\\\\","c":[{"d":"\\"]]]"}]}') == 3
+    assert unpack_json(pack_json({"k": "[" * 100, "v": [[[1]]]}))["v"] == [[[1]]]
+    with pytest.raises(MalformedMessage, match="nested"):
+        unpack_json(b'{"a":' + b"[" * 17 + b"]" * 17 + b"}")
+    assert unpack_json(b'{"a":' + b"[" * 15 + b"]" * 15 + b"}")
+
+
+def test_a_deeply_nested_hello_to_the_pir_service_leaves_an_audit_record(tmp_path) -> None:
+    import json as _json
+
+    from pir import api
+    from pir.service import PirService, QuotaBook
+    from psi.transport.memory import memory_pair
+
+    api.setup([("110101199000000001", "x")], tmp_path / "db", workers=1)
+    audit = tmp_path / "audit.jsonl"
+    service = PirService(tmp_path / "db", quota=QuotaBook(None, audit))
+    client_end, server_end = memory_pair()
+    client_end.send(Message("hello", b'{"a":' + b"[" * 20_000 + b"]" * 20_000 + b"}"))
+    event = service.handle(server_end, timeout=0)
+    assert event["outcome"] == "error" and "nested" in event["error"]
+    records = [_json.loads(line) for line in audit.read_text().splitlines()]
+    assert any(r.get("event") == "session" and "nested" in r.get("error", "") for r in records)

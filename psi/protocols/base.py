@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from ..errors import ProtocolStateError, PsiqError, UnexpectedMessage
-from ..messages import Message
+from ..messages import CONTROL_BODY_MAX, CONTROL_KINDS, Message
 
 __all__ = ["Reveal", "Role", "Progress", "PsiOutcome", "Party", "PsiParty"]
 
@@ -77,6 +77,9 @@ class PsiOutcome:
 class Party(ABC):
     """Base class of all protocol state machines (see the module docstring)."""
 
+    #: Largest body of any non-control message this party accepts (None: only the hard cap).
+    session_body_cap: int | None = None
+
     def __init__(self) -> None:
         self._outbox: list[Message] = []
         self._failed: BaseException | None = None
@@ -109,6 +112,21 @@ class Party(ABC):
         except BaseException as err:
             self._failed = err
             raise
+
+    def receive_limit(self, kind: str) -> int | None:
+        """The largest body this party accepts for a ``kind`` message now (``None``: only the
+        channel's hard cap). The driver hands this to ``Channel.recv``, which refuses a larger
+        announcement from the frame header alone, before reading the body.
+
+        The default allows control messages (``hello``, ``error``) at most
+        :data:`~psi.messages.CONTROL_BODY_MAX` bytes, and any other kind at most
+        :attr:`session_body_cap` (set by the session from both announced set sizes, see
+        :func:`psi.session.session_body_cap`). Protocols override it to cap their bulk
+        messages tighter, at what the negotiated sizes allow for each kind.
+        """
+        if kind in CONTROL_KINDS:
+            return CONTROL_BODY_MAX
+        return self.session_body_cap
 
     @property
     def finished(self) -> bool:

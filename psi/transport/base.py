@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 
-from ..messages import Message
+from ..messages import BodyLimit, Message
 
 __all__ = ["Channel"]
 
@@ -26,8 +26,14 @@ class Channel(ABC):
         """Queue ``message`` for the peer; raises :class:`~psi.errors.TransportError`."""
 
     @abstractmethod
-    def recv(self, timeout: float | None = None) -> Message:
-        """Block for the next message; raises :class:`~psi.errors.PeerDisconnected` on EOF."""
+    def recv(self, timeout: float | None = None, *, limit: BodyLimit | None = None) -> Message:
+        """Block for the next message; raises :class:`~psi.errors.PeerDisconnected` on EOF.
+
+        ``limit(kind)`` is the receiving party's cap for the message's kind: a frame announcing
+        more (or more than the channel's hard ``max_body``) is refused with
+        :class:`~psi.errors.MalformedMessage` naming the kind, before its body is read. Bodies
+        are read in bounded chunks, so memory grows only with bytes that actually arrive.
+        """
 
     def flush(self) -> None:
         """Block until everything sent so far has left this process."""

@@ -10,7 +10,7 @@ from __future__ import annotations
 import queue
 
 from ..errors import PeerDisconnected, TransportError
-from ..messages import DEFAULT_MAX_BODY, Message, decode_frame, encode_frame
+from ..messages import DEFAULT_MAX_BODY, BodyLimit, Message, decode_frame, encode_frame
 from .base import Channel
 
 __all__ = ["MemoryChannel", "memory_pair"]
@@ -36,7 +36,7 @@ class MemoryChannel(Channel):
         self.bytes_sent += len(frame)
         self._peer._inbox.put(frame)
 
-    def recv(self, timeout: float | None = None) -> Message:
+    def recv(self, timeout: float | None = None, *, limit: BodyLimit | None = None) -> Message:
         try:
             frame = self._inbox.get(timeout=timeout) if timeout != 0 else self._inbox.get_nowait()
         except queue.Empty:
@@ -44,7 +44,7 @@ class MemoryChannel(Channel):
         if frame is None:
             raise PeerDisconnected("peer closed the connection")
         self.bytes_received += len(frame)
-        message, _session = decode_frame(frame, self.max_body)
+        message, _session = decode_frame(frame, self.max_body, limit)
         return message
 
     def pending(self) -> int:

@@ -1,5 +1,14 @@
 """TCP channels, with TLS 1.3 and mutual authentication unless explicitly insecure on loopback.
 
+Identity: right after the TLS handshake each side checks the peer's certificate against its
+identity policy (:func:`.tls.check_peer_certificate`) and sends its verdict in one small frame,
+then reads the peer's; a refused party therefore ends with an identity error (exit 6) on both
+sides, before any protocol message moves.
+
+Memory: a frame's body is read only after its kind and announced length passed the channel's
+hard cap and the receiving party's per-kind limit, and then in growing pieces, so a peer that
+announces a large body and sends little costs little.
+
 Frames are written by a background writer thread, so a party keeps reading while its large
 sends drain: neither side can block the other forever on full socket buffers. The writer queue
 is capped in bytes (back-pressure) so memory stays bounded. Every failure surfaces as a
@@ -17,10 +26,28 @@ import threading
 import time
 from typing import Callable
 
-from ..errors import AuthenticationError, PeerDisconnected, TransportError, UsageError
-from ..messages import DEFAULT_MAX_BODY, HEADER, Message, decode_header, encode_frame
+from ..errors import (
+    AuthenticationError,
+    IncompatiblePeer,
+    MalformedMessage,
+    PeerDisconnected,
+    TransportError,
+    UsageError,
+)
+from ..messages import (
+    DEFAULT_MAX_BODY,
+    HEADER,
+    BodyLimit,
+    Message,
+    check_body_limit,
+    decode_header,
+    decode_kind,
+    encode_frame,
+    pack_json,
+    unpack_json,
+)
 from .base import Channel
-from .tls import TlsConfig, check_peer_name, client_context, server_context
+from .tls import TlsConfig, check_peer_certificate, client_context, server_context
 
 __all__ = ["TlsConfig", "TcpChannel", "Listener", "PendingConnection", "connect", "parse_address", "is_loopback"]
 
@@ -70,6 +97,8 @@ def _tls_error(err: BaseException, *, handshake: bool = False) -> TransportError
 
 
 _CHUNK = 256 * 1024
+_FIRST_PIECE = 64 * 1024   # body buffers start this small...
+_MAX_PIECE = 8 * 1024 * 1024  # ...and double up to this, as bytes arrive
 
 
 class TcpChannel(Channel):
@@ -161,18 +190,16 @@ class TcpChannel(Channel):
         self._raise_write_error()
 
     # -- receiving ---------------------------------------------------------------------------
-    def _read_exact(self, n: int, timeout: float | None) -> bytes:
-        buf = bytearray(n)
-        view = memoryview(buf)
-        got = 0
-        deadline = None if timeout is None else time.monotonic() + timeout
+    def _read_into(self, view: memoryview, deadline: float | None, started: bool) -> None:
+        """Fill ``view`` from the socket (or raise); ``started``: part of a message already came."""
+        got, n = 0, len(view)
         while got < n:
             want = "r"
             with self._io_lock:
                 try:
                     k = self._sock.recv_into(view[got:], n - got)
                     if k == 0:
-                        raise PeerDisconnected("peer closed the connection" + (" mid-message" if got else ""))
+                        raise PeerDisconnected("peer closed the connection" + (" mid-message" if got or started else ""))
                     got += k
                     continue
                 except ssl.SSLWantWriteError:
@@ -187,20 +214,37 @@ class TcpChannel(Channel):
             if left is not None and left <= 0:
                 raise TransportError("timed out waiting for the peer")
             self._wait(want, left)
+
+    def _read_exact(self, n: int, timeout: float | None) -> bytes:
+        """Read exactly ``n`` bytes (used for the header and kind, at most 84 bytes)."""
+        buf = bytearray(n)
+        self._read_into(memoryview(buf), None if timeout is None else time.monotonic() + timeout, False)
         return bytes(buf)
 
-    def recv(self, timeout: float | None = None) -> Message:
-        header = self._read_exact(HEADER.size, timeout)
-        kind_len, _session, body_len = decode_header(header, self.max_body)
-        rest = self._read_exact(kind_len + body_len, timeout)
-        self.bytes_received += HEADER.size + len(rest)
-        try:
-            kind = rest[:kind_len].decode("ascii")
-        except UnicodeDecodeError:
-            from ..errors import MalformedMessage
+    def _read_body(self, n: int, deadline: float | None) -> bytes:
+        """Read an ``n``-byte body in pieces that start at :data:`_FIRST_PIECE` and double, so
+        the memory held never exceeds about twice the bytes that have really arrived."""
+        pieces: list[bytearray] = []
+        got, size = 0, _FIRST_PIECE
+        while got < n:
+            piece = bytearray(min(size, n - got))
+            self._read_into(memoryview(piece), deadline, True)
+            pieces.append(piece)
+            got += len(piece)
+            size = min(size * 2, _MAX_PIECE)
+        return b"".join(pieces)
 
-            raise MalformedMessage("message kind is not ASCII") from None
-        return Message(kind, rest[kind_len:])
+    def recv(self, timeout: float | None = None, *, limit: BodyLimit | None = None) -> Message:
+        header = self._read_exact(HEADER.size, timeout)
+        deadline = None if timeout is None else time.monotonic() + timeout  # the rest: as before, one timeout
+        kind_len, _session, body_len = decode_header(header, self.max_body)
+        kind_bytes = bytearray(kind_len)
+        self._read_into(memoryview(kind_bytes), deadline, True)
+        kind = decode_kind(kind_bytes)
+        check_body_limit(kind, body_len, limit)
+        body = self._read_body(body_len, deadline)
+        self.bytes_received += HEADER.size + kind_len + body_len
+        return Message(kind, body)
 
     def close(self) -> None:
         if self._closed:
@@ -224,19 +268,66 @@ def _check_insecure(host: str) -> None:
         raise UsageError("plain TCP (--insecure) is allowed only on loopback; configure TLS for other addresses")
 
 
+_IDENTITY_KIND = "psiq.identity"
+_IDENTITY_MAX = 1024
+
+
+def _exchange_verdicts(sock: ssl.SSLSocket, own_error: AuthenticationError | None, reason: str) -> None:
+    """Tell the peer whether we accept its certificate and read its verdict on ours.
+
+    Runs right after the TLS handshake on both sides, so that a party refused by name learns it
+    at once and ends with an identity error too (exit 6), instead of a later 'peer closed'.
+    """
+    verdict = {"accepted": own_error is None}
+    if own_error is not None:
+        verdict["reason"] = reason
+    sock.sendall(encode_frame(Message(_IDENTITY_KIND, pack_json(verdict))))
+    header = _recv_exact(sock, HEADER.size)
+    kind_len, _session, body_len = decode_header(header, _IDENTITY_MAX)
+    kind = decode_kind(_recv_exact(sock, kind_len))
+    if kind != _IDENTITY_KIND:
+        raise MalformedMessage(f"expected the peer's identity verdict, got {kind!r}")
+    peer_verdict = unpack_json(_recv_exact(sock, body_len), max_size=_IDENTITY_MAX)
+    if own_error is not None:
+        raise own_error
+    if peer_verdict.get("accepted") is not True:
+        reason = str(peer_verdict.get("reason", "no reason given"))[:200]
+        raise AuthenticationError(f"peer refused our certificate: {reason}")
+
+
+def _recv_exact(sock: ssl.SSLSocket, n: int) -> bytes:
+    buf = bytearray()
+    while len(buf) < n:
+        chunk = sock.recv(n - len(buf))
+        if not chunk:
+            raise PeerDisconnected("peer closed the connection during the identity check")
+        buf += chunk
+    return bytes(buf)
+
+
 def _secure(raw: socket.socket, ctx: ssl.SSLContext | None, tls: TlsConfig | None, *, server_side: bool) -> TcpChannel:
-    """The channel over ``raw``: plain without a context, else after the TLS handshake and the
-    peer-name check (``raw`` is closed if either fails)."""
+    """The channel over ``raw``: plain without a context, else after the TLS handshake, the
+    peer-certificate check against ``tls``'s identity policy and the exchange of verdicts
+    (``raw`` is closed if any of these fails)."""
     if ctx is None:
         return TcpChannel(raw)
+    sock: ssl.SSLSocket | None = None
     try:
         sock = ctx.wrap_socket(raw, server_side=server_side)
-        name = check_peer_name(sock, tls.peer_name if tls else None)
+        own_error: AuthenticationError | None = None
+        name: str | None = None
+        try:
+            name = check_peer_certificate(sock.getpeercert(binary_form=True), tls)
+        except AuthenticationError as err:
+            own_error = err
+        # The refused party learns that it was refused, not whom we expected instead.
+        reason = "it expects another party" if tls is not None and tls.peer_name else "it cannot use this certificate"
+        _exchange_verdicts(sock, own_error, reason)
     except (ssl.SSLError, OSError) as err:
-        raw.close()
+        (sock or raw).close()
         raise _tls_error(err, handshake=True) from None
-    except AuthenticationError:
-        raw.close()
+    except (AuthenticationError, MalformedMessage, PeerDisconnected, IncompatiblePeer):
+        (sock or raw).close()
         raise
     return TcpChannel(sock, peer_name=name)
 
@@ -263,7 +354,7 @@ def connect(
     for attempt in range(retries + 1):
         try:
             raw = socket.create_connection((host, port), timeout=timeout)
-        except (ConnectionRefusedError, socket.timeout, OSError) as err:
+        except OSError as err:  # refused, unreachable, timed out
             last = err
             if attempt < retries:
                 sleep(delay)
