@@ -27,14 +27,14 @@ def blacklist(tmp_path_factory: pytest.TempPathFactory) -> Path:
                                             "--label", "reason", "--out", str(d / "db"), "--workers", "1", "--json"])
     assert result.exit_code == 0, result.output
     assert json.loads(result.stdout)["entries"] == 500
-    assert (d / "db" / "oprf.key").stat().st_mode & 0o777 == 0o600
+    assert (d / "db" / "current" / "oprf.key").stat().st_mode & 0o777 == 0o600
     return d
 
 
 def test_setup_errors(tmp_path: Path, blacklist: Path) -> None:
     result = CliRunner().invoke(pir_group, ["setup", "--input", str(blacklist / "blacklist.csv"), "--on", "nope",
                                             "--out", str(tmp_path / "x")])
-    assert result.exit_code == 2 and "no column 'nope'" in result.output
+    assert result.exit_code == 2 and "no key column 'nope'" in result.output
 
 
 def test_two_processes_over_tls(blacklist: Path, pki: Path, tmp_path: Path) -> None:

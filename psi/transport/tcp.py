@@ -320,7 +320,9 @@ class Listener:
         except OSError as err:
             raise TransportError(f"accept failed: {err}") from None
         raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        return PendingConnection(raw, self._ctx, self._tls, self._handshake_timeout)
+        pending = PendingConnection(raw, self._ctx, self._tls, self._handshake_timeout)
+        pending.peer_address = _addr
+        return pending
 
     def close(self) -> None:
         self._sock.close()
@@ -337,6 +339,14 @@ class PendingConnection:
 
     def __init__(self, raw: socket.socket, ctx: ssl.SSLContext | None, tls: TlsConfig | None, timeout: float) -> None:
         self._raw, self._ctx, self._tls, self._timeout = raw, ctx, tls, timeout
+        self.peer_address: tuple | None = None  # (host, port, ...) as accept() returned it
+
+    def abort(self) -> None:
+        """Cut the connection from another thread (a handshake blocked in it fails at once)."""
+        try:
+            self._raw.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
 
     def secure(self) -> TcpChannel:
         """Run the TLS handshake (if configured) and check the peer; return the channel."""
