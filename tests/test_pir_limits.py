@@ -1,0 +1,166 @@
+"""Caps on everything a PIR peer announces, and audit records for hostile sessions.
+
+Client side: a server announcing a table whose hint or public matrix exceeds ``ClientLimits`` is
+refused at its hello, before the hint is asked for or anything is allocated for it; a hint of
+another shape than announced is refused before its arrays are read. Server side: the announced
+lookup count, the OPRF batch and the frame size are bounded; a malformed or hostile session
+ends with exit code 4 (or 7) and one audit line.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import tracemalloc
+from pathlib import Path
+
+import pytest
+
+from pir import api
+from pir.database import build_table
+from pir.protocol import HINT, HINT_REQUEST, OPRF, QUERY, ClientLimits, PirClient, PirServerSession
+from pir.quota import QuotaBook
+from pir.service import PirService
+from psi.errors import MalformedMessage, PolicyError
+from psi.messages import Message
+from psi.normalize import Normalization
+from psi.parallel import Executor
+from psi.protocols.base import Role
+from psi.protocols.handshake import Hello
+from psi.transport.memory import memory_pair
+
+
+@pytest.fixture(scope="module")
+def table():
+    with Executor(1) as ex:
+        built, _ = build_table([(f"id{i}".encode(), b"label") for i in range(2000)], executor=ex)
+    return built
+
+
+def _server_hello(table, **changes) -> Message:
+    hello = Hello.from_message(_first_server_message(table))
+    info = {**hello.info, **changes}
+    for key, value in changes.items():
+        if value is None:
+            info.pop(key)
+    return Hello(hello.protocol, hello.version, Role.SERVER, hello.params, info).to_message()
+
+
+def _first_server_message(table) -> Message:
+    server = PirServerSession(table)
+    for m in PirClient([b"x"]).outgoing():
+        server.receive(m)
+    return server.outgoing()[0]
+
+
+def test_table_too_large_for_the_client_is_refused_before_the_hint(table) -> None:
+    columns = table.params.columns
+    assert columns * 4096 > 4 * 1024 * 1024  # the public matrix A would be several MiB
+    client = PirClient([b"id1"], limits=ClientLimits(max_columns=1024))
+    client.outgoing()
+    tracemalloc.start()
+    try:
+        with pytest.raises(MalformedMessage, match="columns, more than this client accepts"):
+            client.receive(_first_server_message(table))
+        _current, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 1024 * 1024 and client.hint is None
+    client = PirClient([b"id1"], limits=ClientLimits(max_hint_bytes=64 * 1024))
+    client.outgoing()
+    with pytest.raises(MalformedMessage, match="hint, more than this client accepts"):
+        client.receive(_first_server_message(table))
+
+
+@pytest.mark.parametrize("field,value", [("rows", None), ("rows", 0), ("rows", 1 << 17), ("rows", True),
+                                         ("columns", (1 << 21) + 1), ("columns", "12"), ("max_batch", 0)])
+def test_bad_announced_dimensions(table, field, value) -> None:
+    client = PirClient([b"id1"])
+    client.outgoing()
+    with pytest.raises(MalformedMessage):
+        client.receive(_server_hello(table, **{field: value}))
+    assert client.failed
+
+
+def test_hint_of_another_shape_than_announced_is_refused(table) -> None:
+    with Executor(1) as ex:
+        small, _ = build_table([(b"a", b"1")], executor=ex)
+    client = PirClient([b"id1"])
+    client.outgoing()
+    # announce the small table's shape and version, then send the big table's hint
+    client.receive(_server_hello(table, rows=small.params.rows, columns=small.params.columns))
+    assert [m.kind for m in client.outgoing()] == [HINT_REQUEST]
+    with pytest.raises(MalformedMessage, match="shape differs"):
+        client.receive(Message(HINT, table.hint_blob()))
+    assert client.hint is None
+
+
+@pytest.mark.parametrize("lookups", [None, -1, "5", True, 1.5])
+def test_server_refuses_a_bad_lookup_count(table, lookups) -> None:
+    reserved: list[int] = []
+    server = PirServerSession(table, reserve=reserved.append)
+    hello = Hello.from_message(PirClient([b"a"]).outgoing()[0])
+    info = {} if lookups is None else {"lookups": lookups}
+    with pytest.raises(MalformedMessage):
+        server.receive(Hello(hello.protocol, hello.version, Role.CLIENT, hello.params, info).to_message())
+    assert reserved == [] and server.failed and not server._outbox  # nothing sent back
+
+
+def test_server_refuses_more_lookups_than_its_session_cap(table) -> None:
+    reserved: list[int] = []
+    server = PirServerSession(table, reserve=reserved.append, max_lookups=3)
+    with pytest.raises(PolicyError, match="at most 3 per session"):
+        server.receive(PirClient([b"a"] * 4).outgoing()[0])
+    assert reserved == []
+
+
+def _hostile(db: Path, log: Path, messages: list[Message]) -> tuple[dict, list[Message]]:
+    service = PirService(db, quota=QuotaBook(100, log))
+    client_end, server_end = memory_pair()
+    server_end.peer_name = "mallory-bank"
+    for m in messages:
+        client_end.send(m)
+    event = service.handle(server_end, timeout=2)
+    received = []
+    while client_end.pending():
+        try:
+            received.append(client_end.recv(0))
+        except Exception:  # noqa: BLE001 - the close marker
+            break
+    return event, received
+
+
+@pytest.fixture(scope="module")
+def db(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    d = tmp_path_factory.mktemp("pirh") / "db"
+    api.setup([(f"id{i}", "label") for i in range(100)], d, workers=1)
+    return d
+
+
+def _valid_hello() -> Message:
+    return PirClient([b"a"], settings={"normalization": Normalization().to_params()}).outgoing()[0]
+
+
+@pytest.mark.parametrize("case", ["deep-json", "not-json", "garbage-oprf", "oversized-frame", "wrong-first"])
+def test_hostile_session_ends_with_an_audit_record(db: Path, tmp_path: Path, case: str) -> None:
+    from pir.store import load_table
+
+    version = bytes.fromhex(load_table(db).version)
+    messages = {
+        "deep-json": [Message("hello", b"[" * 30_000 + b"]" * 30_000)],  # under the 64 KiB hello cap
+        "not-json": [Message("hello", b"\xff\xfe")],
+        "garbage-oprf": [_valid_hello(), Message(OPRF, version + b"\x00\x00\x00\x01\x00\x20" + b"\x01" * 32)],
+        "oversized-frame": [_valid_hello(), Message(QUERY, bytes(8 * 1024 * 1024))],
+        "wrong-first": [Message(QUERY, b"")],
+    }[case]
+    log = tmp_path / "audit.jsonl"
+    event, received = _hostile(db, log, messages)
+    audit = [json.loads(line) for line in log.read_text().splitlines()]
+    sessions = [e for e in audit if e["event"] == "session"]
+    assert len(sessions) == 1 and sessions[0]["outcome"] == "error" and sessions[0]["client"] == "mallory-bank"
+    # a JSON nesting bomb is RecursionError inside json until psi.messages caps the depth
+    # (another change): either way the session is audited, not a crashed thread
+    if case != "deep-json":
+        assert sessions[0]["exit_code"] == 4, sessions[0]
+    assert sessions[0]["evaluations"] == 0
+    assert {k: v for k, v in sessions[0].items() if k != "time"} == event
