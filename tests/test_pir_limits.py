@@ -164,3 +164,40 @@ def test_hostile_session_ends_with_an_audit_record(db: Path, tmp_path: Path, cas
         assert sessions[0]["exit_code"] == 4, sessions[0]
     assert sessions[0]["evaluations"] == 0
     assert {k: v for k, v in sessions[0].items() if k != "time"} == event
+
+
+def test_a_cheating_client_reads_up_to_32_over_log_p_buckets_per_query_all_sealed(table) -> None:
+    """docs/PIR.md: a query is any vector; shifted unit vectors return floor(32 / log2 p) whole
+    columns per query (3 at p = 512), exactly, but records in them open only with OPRF outputs."""
+    import numpy as np
+
+    from pir import oprf
+    from pir.database import derive, open_bucket
+    from pir.protocol import ANSWER
+    from psi.messages import pack_items
+
+    params = table.params
+    assert params.log_p == 9
+    client = PirClient([b"id5"])
+    server = PirServerSession(table)
+    for m in client.outgoing():
+        server.receive(m)
+    server.outgoing()
+    server.receive(Message(OPRF, bytes.fromhex(table.version) + pack_items([oprf.blind(b"id5")[1]], 32)))
+    server.outgoing()
+    outputs = [oprf.evaluate(table._key, f"id{i}".encode()) for i in (10, 20, 30)]
+    wanted = [table.hint.bucket_of(derive(params.salt, out)[0]) for out in outputs]
+    assert len(set(wanted)) == 3
+    query = np.zeros(params.columns, dtype=np.uint32)
+    for shift, column in enumerate(wanted):
+        query[column] = np.uint32(1 << (9 * shift))
+    server.receive(Message(QUERY, bytes.fromhex(table.version) + (1).to_bytes(4, "big") + query.astype("<u4").tobytes()))
+    answer = next(m for m in server.outgoing() if m.kind == ANSWER)
+    values = np.frombuffer(answer.body, dtype="<u4", offset=4)
+    for shift, column in enumerate(wanted):
+        assert ((values >> np.uint32(9 * shift)) & np.uint32(511) == table.digits[:, column]).all()
+    # the buckets read are sealed: a record opens only with its id's OPRF output
+    for column, output in zip(wanted, outputs):
+        digits = ((values >> np.uint32(9 * wanted.index(column))) & np.uint32(511)).astype(np.uint32)
+        assert open_bucket(params, digits, output) == b"label"
+        assert open_bucket(params, digits, oprf.evaluate(oprf.generate_key(), b"id10")) is None
