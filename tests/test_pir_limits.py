@@ -10,6 +10,8 @@ ends with exit code 4 (or 7) and one audit line.
 from __future__ import annotations
 
 import json
+
+import numpy as np
 import threading
 import tracemalloc
 from pathlib import Path
@@ -201,3 +203,44 @@ def test_a_cheating_client_reads_up_to_32_over_log_p_buckets_per_query_all_seale
         digits = ((values >> np.uint32(9 * wanted.index(column))) & np.uint32(511)).astype(np.uint32)
         assert open_bucket(params, digits, output) == b"label"
         assert open_bucket(params, digits, oprf.evaluate(oprf.generate_key(), b"id10")) is None
+
+
+def _solve_mod32(a: list[list[int]], b: list[list[int]]) -> list[list[int]]:
+    """X with X . a = b (mod 2^32) for a square ``a`` with an odd determinant (Gauss-Jordan)."""
+    size, mod = len(a), 1 << 32
+    at = [[a[j][i] for j in range(size)] + [b[r][i] for r in range(len(b))] for i in range(size)]  # a^T | b^T
+    for col in range(size):
+        pivot = next(r for r in range(col, size) if at[r][col] % 2)
+        at[col], at[pivot] = at[pivot], at[col]
+        inv = pow(at[col][col], -1, mod)
+        at[col] = [v * inv % mod for v in at[col]]
+        for r in range(size):
+            if r != col and at[r][col]:
+                f = at[r][col]
+                at[r] = [(v - f * w) % mod for v, w in zip(at[r], at[col])]
+    return [[at[i][size + r] for i in range(size)] for r in range(len(b))]
+
+
+def test_the_hint_of_a_narrow_table_determines_the_whole_sealed_matrix() -> None:
+    """docs/PIR.md: with at most n = 1024 columns, H = Dc.A gives every sealed record outright,
+    so the list's confidentiality rests on the OPRF sealing, never on PIR."""
+    from pir import lwe
+
+    with Executor(1) as ex:
+        small, _ = build_table([(b"a", b"1"), (b"b", b"2"), (b"c", b"3")], executor=ex)
+    params = small.params
+    import itertools
+
+    a = lwe.expand_a(params.seed, params.columns)
+    assert params.columns == 3
+    for chosen in itertools.combinations(range(a.shape[1]), 3):  # any 3 of A's 1024 columns with odd det
+        square = [[int(a[i, j]) for j in chosen] for i in range(params.columns)]
+        hint = [[int(small.hint.hint[r, j]) for j in chosen] for r in range(params.rows)]
+        try:
+            centred = _solve_mod32(square, hint)
+            break
+        except StopIteration:
+            continue
+    half = params.lwe.p // 2
+    recovered = np.array([[(v + half) % (1 << 32) for v in row] for row in centred])
+    assert (recovered == small.digits).all()
