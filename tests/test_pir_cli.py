@@ -65,8 +65,10 @@ def test_two_processes_over_tls(blacklist: Path, pki: Path, tmp_path: Path) -> N
         assert [(r["listed"], r["label"]) for r in rows] == [("true", "制裁名单"), ("false", "")]
         refused = run(["--id", "110101199003070001"])  # fifth lookup today for bank-b
         assert refused.returncode == 7 and "quota" in refused.stderr
+        assert "4 used today, 0 remaining, 1 asked" in refused.stderr, refused.stderr
     finally:
         server.terminate()
-        server.communicate(timeout=10)
+        _out, server_err = server.communicate(timeout=10)
+    assert "client bank-b has used 4 of its 4 lookups today" in server_err  # the quota warning
     log = [json.loads(line) for line in (blacklist / "db" / "audit.jsonl").read_text().splitlines()]
     assert {e["client"] for e in log} == {"bank-b"} and "110101199003070003" not in json.dumps(log)
