@@ -36,7 +36,8 @@ from psi.records import DEDUP_POLICIES, KeyTable, _Collector, read_keys
 from psi.transport.base import Channel
 
 from .database import DEFAULT_MAX_HINT_BYTES, DEFAULT_MAX_QUERY_BYTES, Hint, SetupReport, build_table
-from .protocol import ClientLimits, PirClient
+from .lwe import LWE_DIMENSION
+from .protocol import MAX_BATCH, ClientLimits, PirClient
 from .store import holds_table, save_table
 
 __all__ = ["Lookup", "HintCache", "setup", "setup_file", "lookup", "lookup_over", "default_cache_dir", "LABEL_JOIN"]
@@ -243,8 +244,13 @@ def lookup_over(
     """Run one lookup session over an open channel (ids are checked before anything is sent)."""
     normalization = normalization or Normalization()
     cache = cache or HintCache()
+    limits = limits or ClientLimits()
     client = PirClient(_normalise(ids, normalization), hints=cache.known(),
                        settings={"normalization": normalization.to_params()}, limits=limits)
+    if hasattr(channel, "max_body"):  # no frame larger than the biggest hint or answer batch we accept
+        largest_answer = 4 + 4 * MAX_BATCH * (limits.max_hint_bytes // (4 * LWE_DIMENSION))
+        bound = max(limits.max_hint_bytes, largest_answer) + 64 * 1024
+        channel.max_body = min(channel.max_body, bound)  # type: ignore[attr-defined]
     stats = run_party(client, channel, on_progress=on_progress, timeout=timeout)
     if client.fetched_hint is not None:
         cache.store(client.fetched_hint)

@@ -244,3 +244,16 @@ def test_the_hint_of_a_narrow_table_determines_the_whole_sealed_matrix() -> None
     half = params.lwe.p // 2
     recovered = np.array([[(v + half) % (1 << 32) for v in row] for row in centred])
     assert (recovered == small.digits).all()
+
+
+def test_client_refuses_a_frame_larger_than_anything_it_accepts(tmp_path: Path) -> None:
+    with Executor(1) as ex:
+        small, _ = build_table([(b"a", b"1")], executor=ex, settings={"normalization": Normalization().to_params()})
+    client_end, server_end = memory_pair()
+    server = PirServerSession(small, settings=small.settings)
+    server.receive(PirClient([b"a"], settings=small.settings).outgoing()[0])
+    server_end.send(server.outgoing()[0])  # an honest hello for a small table ...
+    server_end.send(Message(HINT, bytes(2 * 1024 * 1024)))  # ... then a 2 MiB "hint"
+    with pytest.raises(MalformedMessage, match="exceeds the cap"):
+        api.lookup_over(client_end, ["a"], cache=api.HintCache(tmp_path / "c"), timeout=5,
+                        limits=ClientLimits(max_hint_bytes=1024 * 1024))

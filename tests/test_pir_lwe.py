@@ -93,7 +93,7 @@ def test_query_carries_a_fresh_gaussian_error_term(k: int) -> None:
     for i, j in enumerate(wanted):
         body = lwe.matmul_mod32(a, state.secrets[:, i : i + 1])[:, 0]
         error = (queries[i] - body).astype(np.uint32)
-        error[j] -= np.uint32(params.delta)
+        error[j] = np.uint32((int(error[j]) - params.delta) % 2**32)
         signed = error.view(np.int32).astype(np.int64)
         assert np.abs(signed).max() < 100  # small: it is noise, not a uniform value
         assert np.count_nonzero(signed) > 0.9 * params.columns  # P[e = 0] is about 0.06 at sigma 6.4
