@@ -136,6 +136,8 @@ def _quota_limit(text: str) -> int | None:
 @click.option("--forever", is_flag=True, help="Serve clients concurrently until interrupted (default: one session).")
 @click.option("--max-sessions", type=click.IntRange(1, 1024), default=16, show_default=True,
               help="Authenticated sessions served at once.")
+@click.option("--max-per-client", type=click.IntRange(1, 1024), default=4, show_default=True,
+              help="Sessions one client certificate may hold at once.")
 @click.option("--max-per-source", type=click.IntRange(1, 1024), default=8, show_default=True,
               help="Connections still in their TLS handshake allowed from one address.")
 @click.option("--handshake-timeout", type=click.FloatRange(0.1, 300), default=5.0, show_default=True,
@@ -143,7 +145,7 @@ def _quota_limit(text: str) -> int | None:
 @tls_options
 @output_options
 def serve_command(db_dir: Path, listen: str, quota_text: str, session_cap: int, quota_warn: float,
-                  audit_log: Path | None, forever: bool, max_sessions: int, max_per_source: int,
+                  audit_log: Path | None, forever: bool, max_sessions: int, max_per_client: int, max_per_source: int,
                   handshake_timeout: float, tls: object, as_json: bool, quiet: bool) -> None:
     """Answer lookups from the table in DB; counts evaluations per client certificate."""
     from psi.transport.tcp import Listener
@@ -156,7 +158,7 @@ def serve_command(db_dir: Path, listen: str, quota_text: str, session_cap: int, 
     quota = QuotaBook(_quota_limit(quota_text), audit_log or db_dir / "audit.jsonl", warn_at=quota_warn,
                       on_warning=quota_warning)
     service = PirService(db_dir, quota=quota, max_lookups=session_cap)
-    limits = ServiceLimits(max_sessions=max_sessions, max_per_source=max_per_source,
+    limits = ServiceLimits(max_sessions=max_sessions, max_per_client=max_per_client, max_per_source=max_per_source,
                            handshake_timeout=handshake_timeout)
     table = service.table()
     with Listener(listen, tls, handshake_timeout=handshake_timeout) as listener:  # type: ignore[arg-type]

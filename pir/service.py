@@ -48,13 +48,15 @@ class ServiceLimits:
     """How many connections the service holds, and for how long.
 
     ``max_sessions``: authenticated sessions at once (an authenticated client waits up to
-    ``slot_wait`` seconds for a slot, then is told the service is busy, code 7).
+    ``slot_wait`` seconds for a slot, then is told the service is busy, code 7);
+    ``max_per_client``: of those, how many one client certificate may hold (code 7 beyond).
     ``max_handshakes`` / ``max_per_source``: unauthenticated connections at once, in all / from
     one source address. ``handshake_timeout``: seconds for a whole TLS handshake.
     ``session_timeout``: seconds a session waits for the client's next message.
     """
 
     max_sessions: int = 16
+    max_per_client: int = 4
     max_handshakes: int = 64
     max_per_source: int = 8
     handshake_timeout: float = 5.0
@@ -62,7 +64,7 @@ class ServiceLimits:
     slot_wait: float = 30.0
 
     def __post_init__(self) -> None:
-        if min(self.max_sessions, self.max_handshakes, self.max_per_source) < 1:
+        if min(self.max_sessions, self.max_per_client, self.max_handshakes, self.max_per_source) < 1:
             raise ValueError("service limits must be at least 1")
         if min(self.handshake_timeout, self.session_timeout, self.slot_wait) <= 0:
             raise ValueError("service timeouts must be positive")
@@ -240,6 +242,13 @@ class PirService:
         gate = _HandshakeGate(limits.max_handshakes, limits.max_per_source)
         served = threading.Event()
         claimed = threading.Lock()  # one-shot: the first authenticated connection takes it
+        running: dict[str, int] = {}  # sessions per client certificate
+        running_lock = threading.Lock()
+
+        def refuse(channel: Channel, source: str, err: PolicyError) -> None:
+            send_error(channel, err)
+            channel.close()
+            emit({"event": "refused", "source": source, "client": channel.peer_name or ANONYMOUS, "error": str(err)})
 
         def emit(event: dict[str, Any], audit: bool = True) -> None:
             if audit:
@@ -258,17 +267,30 @@ class PirService:
             if not forever and not claimed.acquire(blocking=False):
                 channel.close()  # a one-shot server runs one session only
                 return
-            if not slots.acquire(timeout=limits.slot_wait):
-                err = PolicyError(f"the service is busy ({limits.max_sessions} sessions running); retry later")
-                send_error(channel, err)
-                channel.close()
-                emit({"event": "refused", "source": source, "client": channel.peer_name or ANONYMOUS, "error": str(err)})
+            client = channel.peer_name or ANONYMOUS
+            with running_lock:
+                mine = running.get(client, 0)
+                if mine < limits.max_per_client:
+                    running[client] = mine + 1
+            if mine >= limits.max_per_client:
+                refuse(channel, source, PolicyError(
+                    f"client {client!r} already has {mine} sessions running (at most {limits.max_per_client})"))
                 return
             try:
-                emit(self.handle(channel, timeout=limits.session_timeout), audit=False)  # handle() audits
+                if not slots.acquire(timeout=limits.slot_wait):
+                    refuse(channel, source, PolicyError(
+                        f"the service is busy ({limits.max_sessions} sessions running); retry later"))
+                    return
+                try:
+                    emit(self.handle(channel, timeout=limits.session_timeout), audit=False)  # handle() audits
+                finally:
+                    slots.release()
+                    served.set()
             finally:
-                slots.release()
-                served.set()
+                with running_lock:
+                    running[client] -= 1
+                    if not running[client]:
+                        del running[client]
 
         while not stop.is_set() and not (not forever and served.is_set()):
             try:

@@ -153,3 +153,23 @@ def test_one_shot_server_keeps_listening_through_refused_connections(db: Path, p
         server.close()
     assert [e["event"] for e in server.events].count("session") == 1
     assert [e["event"] for e in server.events].count("refused") >= 1
+
+
+def test_one_client_cannot_hold_every_session_slot(db: Path, pki: Path, tmp_path: Path) -> None:
+    from psi.errors import PolicyError
+    from psi.transport.tcp import connect
+
+    server = _Server(db, pki, tmp_path / "audit.jsonl", ServiceLimits(max_sessions=4, max_per_client=2))
+    address = f"127.0.0.1:{server.port}"
+    held = [connect(address, tls_for(pki, "bank-b", "bank-a")) for _ in range(2)]  # authenticated, then idle
+    try:
+        time.sleep(0.3)
+        with pytest.raises(PolicyError, match="already has 2 sessions running"):
+            _lookup(pki, server.port, tmp_path / "cache")
+        other = api.lookup(["110101199000000007"], peer=address, tls=tls_for(pki, "bank-a", "bank-a"),
+                           cache_dir=tmp_path / "other", timeout=20)  # another certificate is served
+        assert other[0].label == "reason 7"
+    finally:
+        for channel in held:
+            channel.close()
+        server.close()
