@@ -15,12 +15,12 @@ Message flow (client C, server S; one OPRF round and one PIR round per batch of 
     ... more batches ...
     C -> S  pir.done
 
-What each party learns. Server: the number of ids looked up (it counts them per client) and
-nothing about which ids or which buckets (OPRF blinding; LWE-encrypted queries). Client: for each
-of its ids, listed or not and the label; the table size, shape and hint (a linear image of the
-sealed records, useless without OPRF outputs); for each query at least one bucket of sealed records (a
-client that deviates from the query format can learn more than one bucket per query, as with
-any LWE-based PIR), of which it can open only those of ids it evaluated.
+What each party learns. Server: how many ids a client looks up per session (it counts them per
+client) and nothing about which ids or which buckets (OPRF blinding; LWE-encrypted queries).
+Client: for each of its ids, listed or not and the label; the table size, shape and hint (a
+linear image of the whole sealed matrix, which for at most 1024 columns determines it); for
+each query one bucket of sealed records, or up to 32 / log2(p) buckets if it deviates from the
+query format. Every record opens only with the OPRF output of its id.
 
 Security model: semi-honest server for privacy of the ids (a malicious server could answer with
 garbage, which makes the client report "not listed"); the client may be malicious, and every

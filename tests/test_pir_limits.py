@@ -10,11 +10,10 @@ ends with exit code 4 (or 7) and one audit line.
 from __future__ import annotations
 
 import json
-
-import numpy as np
 import tracemalloc
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from pir import api
@@ -170,8 +169,6 @@ def test_hostile_session_ends_with_an_audit_record(db: Path, tmp_path: Path, cas
 def test_a_cheating_client_reads_up_to_32_over_log_p_buckets_per_query_all_sealed(table) -> None:
     """docs/PIR.md: a query is any vector; shifted unit vectors return floor(32 / log2 p) whole
     columns per query (3 at p = 512), exactly, but records in them open only with OPRF outputs."""
-    import numpy as np
-
     from pir import oprf
     from pir.database import derive, open_bucket
     from pir.protocol import ANSWER
