@@ -57,12 +57,12 @@ def test_two_processes_over_tls(blacklist: Path, pki: Path, tmp_path: Path) -> N
         missing = run(["--id", "110101199003079999", "--json"])
         assert missing.returncode == 0 and json.loads(missing.stdout)["listed"] is False
         ids = tmp_path / "ids.csv"
-        ids.write_text("id_number,name\n110101199003070002,a\n999,b\n")
+        ids.write_text("id_number,name\n110101199003070002,a\n999,b\n  ,c\n")
         out = tmp_path / "out.csv"
-        batch = run(["--input", str(ids), "--on", "id_number", "--output", str(out)])
+        batch = run(["--input", str(ids), "--on", "id_number", "--output", str(out), "--skip-empty-keys"])
         assert batch.returncode == 0, batch.stderr
         rows = list(csv.DictReader(out.open()))
-        assert [(r["listed"], r["label"]) for r in rows] == [("true", "制裁名单"), ("false", "")]
+        assert [(r["listed"], r["label"]) for r in rows] == [("true", "制裁名单"), ("false", ""), ("", "")]
         refused = run(["--id", "110101199003070001"])  # fifth lookup today for bank-b
         assert refused.returncode == 7 and "quota" in refused.stderr
         assert "4 used today, 0 remaining, 1 asked" in refused.stderr, refused.stderr
