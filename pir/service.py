@@ -3,8 +3,8 @@
 Connections go through two stages:
 
 1. **Handshake** (unauthenticated): each accepted TCP connection gets its own thread for the
-   TLS handshake, which must finish within ``handshake_timeout`` seconds in total (a watchdog
-   cuts it, however slowly the peer trickles bytes). At most ``max_per_source`` such
+   TLS handshake, which must finish within ``handshake_timeout`` seconds in total, however
+   slowly the peer trickles bytes. At most ``max_per_source`` such
    connections per source address and ``max_handshakes`` in all; beyond that a new connection
    is closed at once and audited. Handshakes never hold a session slot, so idle or slow TCP
    connections cannot lock authenticated clients out.
@@ -101,30 +101,13 @@ class _HandshakeGate:
 
 
 def _handshake(pending: Any, timeout: float) -> Channel:
-    """``pending.secure()`` with a deadline for the whole handshake (a watchdog aborts it)."""
-    lock = threading.Lock()
-    state = {"done": False, "expired": False}
-
-    def expire() -> None:
-        with lock:
-            if not state["done"]:
-                state["expired"] = True
-                pending.abort()
-
-    timer = threading.Timer(timeout, expire)
-    timer.daemon = True
-    timer.start()
+    """``pending.secure()`` with one deadline for the whole TLS handshake."""
     try:
-        channel = pending.secure()
-    except PsiqError:
-        if state["expired"]:
+        return pending.secure(timeout=timeout)
+    except PsiqError as err:
+        if "timed out" in str(err):
             raise TransportError(f"TLS handshake not completed within {timeout:g} s") from None
         raise
-    finally:
-        with lock:
-            state["done"] = True
-        timer.cancel()
-    return channel
 
 
 def _source(pending: Any) -> str:

@@ -33,7 +33,8 @@ def db(tmp_path_factory: pytest.TempPathFactory) -> Path:
 class _Server:
     def __init__(self, db: Path, pki: Path, log: Path, limits: ServiceLimits, forever: bool = True) -> None:
         self.service = PirService(db, quota=QuotaBook(1000, log))
-        self.listener = Listener("127.0.0.1:0", tls_for(pki, "bank-a"), handshake_timeout=limits.handshake_timeout)
+        # the listener's own handshake timeout is longer: the service's limit is what must apply
+        self.listener = Listener("127.0.0.1:0", tls_for(pki, "bank-a"), handshake_timeout=30.0)
         self.port = self.listener.address[1]
         self.stop = threading.Event()
         self.events: list[dict] = []
@@ -129,7 +130,7 @@ def test_a_slow_handshake_is_cut_at_the_deadline(db: Path, pki: Path, tmp_path: 
                 break
             if time.monotonic() - start > 5:
                 break
-        assert cut is not None and cut < 2.0, cut
+        assert cut is not None and cut < 4.0, cut  # deadline 0.5 s; slack for a loaded machine
     finally:
         sock.close()
         server.close()

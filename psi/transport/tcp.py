@@ -341,17 +341,14 @@ class PendingConnection:
         self._raw, self._ctx, self._tls, self._timeout = raw, ctx, tls, timeout
         self.peer_address: tuple | None = None  # (host, port, ...) as accept() returned it
 
-    def abort(self) -> None:
-        """Cut the connection from another thread (a handshake blocked in it fails at once)."""
-        try:
-            self._raw.shutdown(socket.SHUT_RDWR)
-        except OSError:
-            pass
+    def secure(self, timeout: float | None = None) -> TcpChannel:
+        """Run the TLS handshake (if configured) and check the peer; return the channel.
 
-    def secure(self) -> TcpChannel:
-        """Run the TLS handshake (if configured) and check the peer; return the channel."""
+        ``timeout`` (default: the listener's) bounds the whole handshake, however slowly the
+        peer sends (CPython's ``do_handshake`` keeps one deadline across its reads).
+        """
         if self._ctx is not None:
-            self._raw.settimeout(self._timeout)
+            self._raw.settimeout(self._timeout if timeout is None else timeout)
         return _secure(self._raw, self._ctx, self._tls, server_side=True)
 
     def close(self) -> None:
