@@ -12,7 +12,10 @@ from typing import Iterator
 import click
 
 from psi.errors import InputError, UsageError
-from psi.normalize import Normalization
+from psi.normalize import KeyNormalizationError, Normalization
+
+from pir.protocol import DEFAULT_MAX_LOOKUPS
+from pir.quota import DEFAULT_DAILY_QUOTA, DEFAULT_WARN_AT
 
 from .common import warn, emit_json, handles_errors, info, output_options, tls_options
 
@@ -66,76 +69,115 @@ def pir_group() -> None:
 
 @pir_group.command("setup")
 @handles_errors
-@click.option("--input", "input_path", required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--input", "input_path", required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="CSV/TSV/Parquet file of listed ids (one row per id).")
 @click.option("--on", "on", required=True, help="Column holding the listed ids.")
 @click.option("--label", "label", default=None, help="Column holding the label returned to askers.")
 @click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False, path_type=Path), help="Table directory.")
+@click.option("--replace", is_flag=True,
+              help="Replace the table already in --out (it stays live until the new version is complete).")
+@click.option("--dedup", type=click.Choice(["error", "first", "keep-all"]), default="error", show_default=True,
+              help="A repeated id: stop naming both lines, keep the first row's label, or keep every distinct label.")
+@click.option("--skip-empty-keys", "skip_empty", is_flag=True,
+              help="Skip rows whose id is empty (or does not match --key-regex) instead of stopping.")
 @click.option("--label-width", type=click.IntRange(0, 4096), default=None, help="Bytes per label (default: the longest).")
 @click.option("--workers", type=click.IntRange(1, 256), default=None, help="Processes for the OPRF (default: all cores).")
 @_normalize_option
 @_regex_option
 @output_options
-def setup_command(input_path: Path, on: str, label: str | None, out_dir: Path, label_width: int | None,
-                  workers: int | None, normalize: str, key_regex: str | None, as_json: bool, quiet: bool) -> None:
-    """Build a new table version from a CSV (fresh keys: old hints and labels stop working)."""
+def setup_command(input_path: Path, on: str, label: str | None, out_dir: Path, replace: bool, dedup: str,
+                  skip_empty: bool, label_width: int | None, workers: int | None, normalize: str,
+                  key_regex: str | None, as_json: bool, quiet: bool) -> None:
+    """Build a new table version from a file (fresh keys: old hints and labels stop working)."""
     from pir import api
 
-    header, rows = _csv_rows(input_path)
-    id_col = _column(header, on, input_path)
-    label_col = _column(header, label, input_path) if label else None
-
-    def entries() -> Iterator[tuple[str, str]]:
-        for row in rows:
-            if id_col >= len(row):
-                raise InputError(f"{input_path}: a row has fewer columns than the header")
-            yield row[id_col], (row[label_col] if label_col is not None and label_col < len(row) else "")
-
-    report = api.setup(entries(), out_dir, label_width=label_width, workers=workers,
-                       normalization=Normalization.parse(normalize, key_regex))
+    report = api.setup_file(input_path, on, out_dir, label=label, label_width=label_width, workers=workers,
+                            normalization=Normalization.parse(normalize, key_regex), dedup=dedup,
+                            skip_empty=skip_empty, replace=replace)
     summary = report.as_dict()
     if as_json:
         emit_json(summary)
     else:
-        info(f"table {report.version[:16]}: {report.entries} entries ({report.duplicates} duplicates dropped), "
-             f"{summary['rows']}x{summary['columns']} matrix, hint {summary['hint_bytes']} bytes, "
+        notes = []
+        if report.duplicates:
+            notes.append(f"{report.duplicates} duplicate rows {'merged' if dedup == 'keep-all' else 'dropped'}")
+        if report.skipped:
+            notes.append(f"{report.skipped} rows with an empty id skipped")
+        info(f"table {report.version[:16]}: {report.entries} entries"
+             + (f" ({', '.join(notes)})" if notes else "")
+             + f", {summary['rows']}x{summary['columns']} matrix, hint {summary['hint_bytes']} bytes, "
              f"setup {summary['seconds']['total']} s -> {out_dir}", quiet)
+
+
+def _quota_limit(text: str) -> int | None:
+    if text.strip().lower() in ("unlimited", "none"):
+        return None
+    try:
+        value = int(text)
+    except ValueError:
+        raise UsageError(f"--quota must be a number or 'unlimited', not {text!r}") from None
+    if value < 0:
+        raise UsageError("--quota must be non-negative")
+    return value
 
 
 @pir_group.command("serve")
 @handles_errors
 @click.option("--db", "db_dir", required=True, type=click.Path(exists=True, file_okay=False, path_type=Path))
 @click.option("--listen", default="127.0.0.1:7767", show_default=True)
-@click.option("--quota", type=click.IntRange(0), default=None, help="Lookups per client per UTC day.")
+@click.option("--quota", "quota_text", default=str(DEFAULT_DAILY_QUOTA), show_default=True,
+              help="Lookups (OPRF evaluations) per client certificate per UTC day, or 'unlimited'.")
+@click.option("--session-cap", type=click.IntRange(0), default=DEFAULT_MAX_LOOKUPS, show_default=True,
+              help="Most lookups one session may ask for.")
+@click.option("--quota-warn", type=click.FloatRange(0, 1, min_open=True), default=DEFAULT_WARN_AT, show_default=True,
+              help="Warn (stderr and audit log) when a client reaches this fraction of its daily quota.")
 @click.option("--audit-log", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="JSON-lines audit of counts per client (default: DB/audit.jsonl).")
-@click.option("--forever", is_flag=True, help="Serve clients concurrently until interrupted (default: one client).")
+@click.option("--forever", is_flag=True, help="Serve clients concurrently until interrupted (default: one session).")
+@click.option("--max-sessions", type=click.IntRange(1, 1024), default=16, show_default=True,
+              help="Authenticated sessions served at once.")
+@click.option("--max-per-client", type=click.IntRange(1, 1024), default=4, show_default=True,
+              help="Sessions one client certificate may hold at once.")
+@click.option("--max-per-source", type=click.IntRange(1, 1024), default=8, show_default=True,
+              help="Connections still in their TLS handshake allowed from one address.")
+@click.option("--handshake-timeout", type=click.FloatRange(0.1, 300), default=5.0, show_default=True,
+              help="Seconds a connection may take to complete its TLS handshake.")
 @tls_options
 @output_options
-def serve_command(db_dir: Path, listen: str, quota: int | None, audit_log: Path | None, forever: bool,
-                  tls: object, as_json: bool, quiet: bool) -> None:
+def serve_command(db_dir: Path, listen: str, quota_text: str, session_cap: int, quota_warn: float,
+                  audit_log: Path | None, forever: bool, max_sessions: int, max_per_client: int, max_per_source: int,
+                  handshake_timeout: float, tls: object, as_json: bool, quiet: bool) -> None:
     """Answer lookups from the table in DB; counts evaluations per client certificate."""
     from psi.transport.tcp import Listener
 
-    from pir.service import PirService, QuotaBook
+    from pir.service import PirService, QuotaBook, ServiceLimits
 
-    service = PirService(db_dir, quota=QuotaBook(quota, audit_log or db_dir / "audit.jsonl"))
+    def quota_warning(event: dict) -> None:
+        warn(f"client {event['client']} has used {event['day_total']} of its {event['limit']} lookups today")
+
+    quota = QuotaBook(_quota_limit(quota_text), audit_log or db_dir / "audit.jsonl", warn_at=quota_warn,
+                      on_warning=quota_warning)
+    service = PirService(db_dir, quota=quota, max_lookups=session_cap)
+    limits = ServiceLimits(max_sessions=max_sessions, max_per_client=max_per_client, max_per_source=max_per_source,
+                           handshake_timeout=handshake_timeout)
     table = service.table()
-    with Listener(listen, tls) as listener:  # type: ignore[arg-type]
+    with Listener(listen, tls, handshake_timeout=handshake_timeout) as listener:  # type: ignore[arg-type]
         host, port = listener.address
-        info(f"serving table {table.version[:16]} ({table.params.entries} entries) on {host}:{port}", quiet)
+        info(f"serving table {table.version[:16]} ({table.params.entries} entries) on {host}:{port}; "
+             f"quota {quota.limit if quota.limit is not None else 'unlimited'} per client per day", quiet)
         print(f"listening {host}:{port}", file=sys.stderr, flush=True)
 
         def report(event: dict) -> None:
             if as_json:
                 emit_json(event)
             elif event.get("event") == "refused":
-                warn(f"connection refused: {event['error']}")
+                warn(f"connection from {event.get('source', '?')} refused: {event['error']}")
             else:
                 info(f"client {event['client']}: {event['outcome']}, {event['evaluations']} lookups"
                      + (f" ({event['error']})" if event.get("error") else ""), quiet)
 
         try:
-            service.serve(listener, forever=forever, on_event=report)
+            service.serve(listener, forever=forever, limits=limits, on_event=report)
         except KeyboardInterrupt:
             info("stopped", quiet)
 
@@ -159,12 +201,14 @@ def _print_result(result: object, as_json: bool) -> None:
               help="CSV with the input rows plus 'listed' and 'label' columns.")
 @click.option("--cache-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Where hints are cached per table version (default ~/.cache/psiq/pir).")
+@click.option("--skip-empty-keys", "skip_empty", is_flag=True,
+              help="Leave rows with an empty id unasked (listed column empty) instead of stopping.")
 @_normalize_option
 @_regex_option
 @tls_options
 @output_options
 def query_command(peer: str, ident: str | None, input_path: Path | None, on: str | None, output_path: Path | None,
-                  cache_dir: Path | None, normalize: str, key_regex: str | None, tls: object,
+                  cache_dir: Path | None, skip_empty: bool, normalize: str, key_regex: str | None, tls: object,
                   as_json: bool, quiet: bool) -> None:
     """Look ids up; exit status 0 whether listed or not."""
     from pir import api
@@ -182,9 +226,24 @@ def query_command(peer: str, ident: str | None, input_path: Path | None, on: str
     header, rows_iter = _csv_rows(input_path)
     id_col = _column(header, on, input_path)
     rows = list(rows_iter)
-    ids = [row[id_col] if id_col < len(row) else "" for row in rows]
-    results = api.lookup(ids, peer=peer, tls=tls, cache_dir=cache_dir, normalization=normalization) if ids else []
-    listed = sum(r.listed for r in results)
+    asked: list[int] = []  # rows whose id is looked up; the others are empty and never sent
+    for number, row in enumerate(rows, start=1):
+        value = row[id_col] if id_col < len(row) else ""
+        try:
+            empty = not normalization.apply(value)
+        except KeyNormalizationError:
+            empty = True
+        if not empty:
+            asked.append(number - 1)
+        elif not skip_empty:
+            raise InputError(f"{input_path} data row {number}: empty id (or no match for --key-regex); "
+                             "use --skip-empty-keys to leave such rows unasked")
+    ids = [rows[i][id_col] for i in asked]
+    found = api.lookup(ids, peer=peer, tls=tls, cache_dir=cache_dir, normalization=normalization) if ids else []
+    results: list = [None] * len(rows)
+    for i, result in zip(asked, found):
+        results[i] = result
+    listed = sum(r.listed for r in found)
     if output_path is not None:
         directory = output_path.resolve().parent
         fd, tmp = tempfile.mkstemp(dir=directory, prefix=".psiq-", suffix=".csv")
@@ -192,13 +251,16 @@ def query_command(peer: str, ident: str | None, input_path: Path | None, on: str
             writer = csv.writer(fh)
             writer.writerow([*header, "listed", "label"])
             for row, result in zip(rows, results):
-                writer.writerow([*row, "true" if result.listed else "false", result.label or ""])
+                state = "" if result is None else "true" if result.listed else "false"
+                writer.writerow([*row, state, (result.label or "") if result is not None else ""])
         os.replace(tmp, output_path)
     if as_json:
-        emit_json({"queried": len(results), "listed": listed,
-                   "results": [r.as_dict() for r in results] if output_path is None else None,
+        emit_json({"queried": len(found), "listed": listed, "skipped": len(rows) - len(found),
+                   "results": [r.as_dict() for r in found] if output_path is None else None,
                    "output": str(output_path) if output_path else None})
     elif output_path is None:
-        for result in results:
+        for result in found:
             _print_result(result, False)
-    info(f"{len(results)} ids looked up, {listed} listed", quiet)
+    skipped = len(rows) - len(found)
+    info(f"{len(found)} ids looked up, {listed} listed" + (f", {skipped} rows with an empty id not asked" if skipped else ""),
+         quiet)

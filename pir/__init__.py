@@ -4,4 +4,4 @@
 asks about ids without the service learning which. See docs/PIR.md for parameters and figures.
 """
 
-__all__ = ["api", "database", "lwe", "oprf", "protocol", "service"]
+__all__ = ["api", "database", "lwe", "oprf", "protocol", "quota", "service", "store"]

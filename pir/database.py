@@ -272,8 +272,14 @@ class Hint:
         )
 
     @classmethod
-    def from_bytes(cls, blob: bytes, expected_version: str | None = None) -> "Hint":
-        """Parse and check a hint; with ``expected_version`` it must hash to that version."""
+    def from_bytes(
+        cls, blob: bytes, expected_version: str | None = None, *, expected_shape: tuple[int, int] | None = None
+    ) -> "Hint":
+        """Parse and check a hint; with ``expected_version`` it must hash to that version.
+
+        With ``expected_shape`` (rows, columns, as announced and already checked against the
+        client's limits) a hint of any other shape is refused before its arrays are read.
+        """
         if len(blob) < 9 or blob[:5] != _HINT_MAGIC:
             raise MalformedMessage("not a psiq PIR hint")
         (head_len,) = struct.unpack_from(">I", blob, 5)
@@ -286,6 +292,8 @@ class Hint:
         if not isinstance(head, dict):
             raise MalformedMessage("hint header is not an object")
         params = PublicParams.from_json(head)
+        if expected_shape is not None and (params.rows, params.columns) != tuple(expected_shape):
+            raise MalformedMessage("hint shape differs from the one the server announced")
         hint_len, bound_len = 4 * params.rows * params.n, 8 * params.columns
         start = 9 + head_len
         if len(blob) != start + hint_len + bound_len:
@@ -351,11 +359,13 @@ class SetupReport:
     seconds: dict[str, float]
     hint_bytes: int
     failure_log2: float
+    skipped: int = 0
 
     def as_dict(self) -> dict[str, Any]:
         return {
             "entries": self.entries,
             "duplicates": self.duplicates,
+            "skipped": self.skipped,
             "version": self.version,
             "rows": self.shape.rows,
             "columns": self.shape.columns,

@@ -2,8 +2,10 @@
 
 Message flow (client C, server S; one OPRF round and one PIR round per batch of ids)::
 
-    C -> S  hello            protocol psiq-pir v1, info: cached table version
-    S -> C  hello            info: table version, max batch, entries
+    C -> S  hello            protocol psiq-pir v1, info: number of ids to look up (L)
+    S -> C  hello            info: table version, max batch, entries, rows, columns, max lookups
+                             (the server first reserves L lookups of the client's quota, or
+                             refuses the whole session with code 7 before any OPRF work)
    [C -> S  pir.hint_request                      only when the client lacks this version's hint
     S -> C  pir.hint         params, H, boundaries; checked against the announced version]
     C -> S  pir.oprf         version | k blinded elements r*H1(id)
@@ -13,15 +15,21 @@ Message flow (client C, server S; one OPRF round and one PIR round per batch of 
     ... more batches ...
     C -> S  pir.done
 
-What each party learns. Server: the number of ids looked up (it counts them per client) and
-nothing about which ids or which buckets (OPRF blinding; LWE-encrypted queries). Client: for each
-of its ids, listed or not and the label; the table size, shape and hint (a linear image of the
-sealed records, useless without OPRF outputs); for each query one bucket of sealed records, of
-which it can open only those of ids it evaluated.
+What each party learns. Server: how many ids a client looks up per session (it counts them per
+client) and nothing about which ids or which buckets (OPRF blinding; LWE-encrypted queries).
+Client: for each of its ids, listed or not and the label; the table size, shape and hint (a
+linear image of the whole sealed matrix, which for at most 1024 columns determines it); for
+each query one bucket of sealed records, or up to 32 / log2(p) buckets if it deviates from the
+query format. Every record opens only with the OPRF output of its id.
 
 Security model: semi-honest server for privacy of the ids (a malicious server could answer with
 garbage, which makes the client report "not listed"); the client may be malicious, and every
 OPRF evaluation it obtains is one id tested, so the quota is the defence against enumeration.
+The server evaluates at most the L ids the client announced (and at most ``max_lookups`` per
+session). Everything a peer announces is capped before it is used: the client refuses a table
+whose hint or public matrix would exceed :class:`ClientLimits` before asking for the hint, and
+checks the hint's dimensions before allocating anything for it; the server bounds the announced
+count, the OPRF batch and the query size.
 A query or OPRF request naming another table version is refused (code 5) so that a client with
 a stale hint cannot silently read wrong buckets.
 """
@@ -38,6 +46,7 @@ import numpy as np
 from psi.errors import (
     InvalidToken,
     MalformedMessage,
+    PolicyError,
     StaleVersion,
     UnexpectedMessage,
 )
@@ -46,14 +55,25 @@ from psi.protocols.base import Party, Role
 from psi.protocols.handshake import Hello, check_peer_hello
 
 from . import lwe, oprf
-from .database import Hint, Table, derive, open_bucket
+from .database import MAX_ROWS, Hint, Table, derive, open_bucket
 
-__all__ = ["PROTOCOL", "PROTOCOL_VERSION", "LookupResult", "PirClient", "PirServerSession", "MAX_BATCH"]
+__all__ = [
+    "PROTOCOL",
+    "PROTOCOL_VERSION",
+    "LookupResult",
+    "ClientLimits",
+    "PirClient",
+    "PirServerSession",
+    "MAX_BATCH",
+    "DEFAULT_MAX_LOOKUPS",
+]
 
 PROTOCOL = "psiq-pir"
 PROTOCOL_VERSION = 1
 SUITE = "oprf-ristretto255-sha512/simplepir-n1024-q2^32-sigma6.4/chacha20poly1305"
 MAX_BATCH = 1024
+#: Default cap on the ids one session may look up (the daily quota is separate).
+DEFAULT_MAX_LOOKUPS = 10_000
 _VERSION_BYTES = 32
 _COUNT = struct.Struct(">I")
 
@@ -94,6 +114,39 @@ def _stale(theirs: str, ours: str) -> StaleVersion:
     )
 
 
+@dataclass(frozen=True)
+class ClientLimits:
+    """What a client accepts from a server before allocating for it.
+
+    ``max_hint_bytes`` caps the hint (4 * rows * 1024 bytes plus 8 per column);
+    ``max_columns`` caps the public matrix A the client expands (4 KiB per column: 2^16 columns
+    = 256 MiB) and every query (4 bytes per column per id). The defaults hold any table built
+    with ``setup``'s default caps (16 MiB hint, 64 KiB queries) with room to spare.
+    """
+
+    max_hint_bytes: int = 64 * 1024 * 1024
+    max_columns: int = 1 << 16
+
+    def check(self, rows: int, columns: int) -> None:
+        """Raise :class:`MalformedMessage` unless a rows x columns table fits these limits."""
+        hint_bytes = 4 * rows * lwe.LWE_DIMENSION + 8 * columns
+        if columns > self.max_columns:
+            raise MalformedMessage(
+                f"server announces a table of {columns} columns, more than this client accepts ({self.max_columns})"
+            )
+        if hint_bytes > self.max_hint_bytes:
+            raise MalformedMessage(
+                f"server announces a {hint_bytes}-byte hint, more than this client accepts ({self.max_hint_bytes})"
+            )
+
+
+def _announced_int(info: Mapping[str, Any], name: str, low: int, high: int) -> int:
+    value = info.get(name)
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+        raise MalformedMessage(f"hello field {name!r} is missing or out of range")
+    return value
+
+
 def _own_hello(role: Role, info: dict, settings: Mapping[str, Any] | None) -> Hello:
     return Hello(PROTOCOL, PROTOCOL_VERSION, role, {"suite": SUITE, **dict(settings or {})}, info)
 
@@ -122,11 +175,15 @@ class PirClient(Party):
         hints: Mapping[str, Hint] | None = None,
         batch_size: int = MAX_BATCH,
         settings: Mapping[str, Any] | None = None,
+        limits: ClientLimits | None = None,
     ) -> None:
         super().__init__()
         if not 1 <= batch_size <= MAX_BATCH:
             raise ValueError(f"batch_size must be in 1..{MAX_BATCH}")
         self._ids = [bytes(i) for i in ids]
+        if any(not i for i in self._ids):
+            raise ValueError("an id is empty (refused before anything is sent or charged)")
+        self._limits = limits or ClientLimits()
         self._hints = dict(hints or {})
         self._batch_size = batch_size
         self._state = ClientState.START
@@ -138,7 +195,9 @@ class PirClient(Party):
         self._blinds: list[bytes] = []
         self._outputs: list[bytes] = []
         self._query_state: lwe.QueryState | None = None
-        self._hello = _own_hello(Role.CLIENT, {}, settings)
+        self._version = ""
+        self._announced = (0, 0)
+        self._hello = _own_hello(Role.CLIENT, {"lookups": len(self._ids)}, settings)
 
     @property
     def state(self) -> ClientState:
@@ -172,20 +231,25 @@ class PirClient(Party):
                 bytes.fromhex(version)
             except ValueError:
                 raise MalformedMessage("server hello has a bad table version") from None
-            if not isinstance(batch, int) or batch < 1:
+            if isinstance(batch, bool) or not isinstance(batch, int) or batch < 1:
                 raise MalformedMessage("server hello has a bad max_batch")
+            rows = _announced_int(peer.info, "rows", 1, MAX_ROWS)
+            columns = _announced_int(peer.info, "columns", 1, 1 << 21)
             self._batch_size = min(self._batch_size, batch)
             self.server_info = dict(peer.info)
             self._version = version
             if version in self._hints:
                 self._hint = self._hints[version]
                 self._next_batch()
-            else:
-                self._send(HINT_REQUEST)
-                self._state = ClientState.WAIT_HINT
-                self._set_phase("hint")
+                return
+            self._limits.check(rows, columns)  # before asking for (and receiving) the hint
+            self._announced = (rows, columns)
+            self._send(HINT_REQUEST)
+            self._state = ClientState.WAIT_HINT
+            self._set_phase("hint")
         elif state is ClientState.WAIT_HINT and message.kind == HINT:
-            self._hint = Hint.from_bytes(message.body, self._version)
+            rows, columns = self._announced
+            self._hint = Hint.from_bytes(message.body, self._version, expected_shape=(rows, columns))
             self.fetched_hint = self._hint
             self._next_batch()
         elif state is ClientState.WAIT_EVALUATED and message.kind == EVALUATED:
@@ -262,8 +326,11 @@ class ServerState(enum.Enum):
 class PirServerSession(Party):
     """Serves one client connection from ``table``.
 
-    ``charge(k)`` is called before ``k`` OPRF evaluations and may raise
-    :class:`~psi.errors.QuotaExceeded`; it is how the service meters each client.
+    The client's hello announces how many ids it will look up (L). The session refuses L above
+    ``max_lookups`` (code 7), then calls ``reserve(L)``, which may raise
+    :class:`~psi.errors.QuotaExceeded` to refuse the whole session before any OPRF work.
+    ``charge(k)`` is called before ``k`` OPRF evaluations (and may raise too); a client that asks
+    for more evaluations than it announced is refused (code 4) before anything is evaluated.
     """
 
     def __init__(
@@ -271,15 +338,22 @@ class PirServerSession(Party):
         table: Table,
         *,
         charge: Callable[[int], None] | None = None,
+        reserve: Callable[[int], None] | None = None,
         max_batch: int = MAX_BATCH,
+        max_lookups: int = DEFAULT_MAX_LOOKUPS,
         settings: Mapping[str, Any] | None = None,
     ) -> None:
         super().__init__()
         if not 1 <= max_batch <= MAX_BATCH:
             raise ValueError(f"max_batch must be in 1..{MAX_BATCH}")
+        if max_lookups < 0:
+            raise ValueError("max_lookups must be non-negative")
         self._table = table
         self._charge = charge
+        self._reserve = reserve
         self._max_batch = max_batch
+        self._max_lookups = max_lookups
+        self.announced = 0
         self._state = ServerState.WAIT_HELLO
         self._granted = 0
         self._hints_sent = 0
@@ -287,7 +361,8 @@ class PirServerSession(Party):
         self.queries = 0
         self._hello = _own_hello(
             Role.SERVER,
-            {"table_version": table.version, "max_batch": max_batch, "entries": table.params.entries},
+            {"table_version": table.version, "max_batch": max_batch, "entries": table.params.entries,
+             "rows": table.params.rows, "columns": table.params.columns, "max_lookups": max_lookups},
             settings,
         )
 
@@ -303,6 +378,17 @@ class PirServerSession(Party):
         if self._state is ServerState.WAIT_HELLO:
             peer = Hello.from_message(message)
             check_peer_hello(self._hello, peer)
+            lookups = peer.info.get("lookups")
+            if isinstance(lookups, bool) or not isinstance(lookups, int) or lookups < 0:
+                raise MalformedMessage("client hello lacks a valid 'lookups' count")
+            if lookups > self._max_lookups:
+                raise PolicyError(
+                    f"this session asks for {lookups} lookups; the service allows at most "
+                    f"{self._max_lookups} per session: split the input"
+                )
+            if self._reserve is not None:
+                self._reserve(lookups)  # the whole session fits the quota, or nothing runs
+            self.announced = lookups
             message_out = self._hello.to_message()
             self._send(message_out.kind, message_out.body)
             self._state = ServerState.READY
@@ -341,6 +427,11 @@ class PirServerSession(Party):
         k = len(blob) // oprf.ELEMENT_SIZE
         if k == 0:
             raise MalformedMessage("OPRF request with no elements")
+        if self.evaluations + k > self.announced:
+            raise MalformedMessage(
+                f"OPRF request for {k} ids goes beyond the {self.announced} lookups announced "
+                f"({self.evaluations} already evaluated)"
+            )
         elements = [oprf.decode_element(blob[i * 32 : (i + 1) * 32]) for i in range(k)]
         if self._charge is not None:
             self._charge(k)

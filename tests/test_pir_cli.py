@@ -27,14 +27,14 @@ def blacklist(tmp_path_factory: pytest.TempPathFactory) -> Path:
                                             "--label", "reason", "--out", str(d / "db"), "--workers", "1", "--json"])
     assert result.exit_code == 0, result.output
     assert json.loads(result.stdout)["entries"] == 500
-    assert (d / "db" / "oprf.key").stat().st_mode & 0o777 == 0o600
+    assert (d / "db" / "current" / "oprf.key").stat().st_mode & 0o777 == 0o600
     return d
 
 
 def test_setup_errors(tmp_path: Path, blacklist: Path) -> None:
     result = CliRunner().invoke(pir_group, ["setup", "--input", str(blacklist / "blacklist.csv"), "--on", "nope",
                                             "--out", str(tmp_path / "x")])
-    assert result.exit_code == 2 and "no column 'nope'" in result.output
+    assert result.exit_code == 2 and "no key column 'nope'" in result.output
 
 
 def test_two_processes_over_tls(blacklist: Path, pki: Path, tmp_path: Path) -> None:
@@ -57,16 +57,18 @@ def test_two_processes_over_tls(blacklist: Path, pki: Path, tmp_path: Path) -> N
         missing = run(["--id", "110101199003079999", "--json"])
         assert missing.returncode == 0 and json.loads(missing.stdout)["listed"] is False
         ids = tmp_path / "ids.csv"
-        ids.write_text("id_number,name\n110101199003070002,a\n999,b\n")
+        ids.write_text("id_number,name\n110101199003070002,a\n999,b\n  ,c\n")
         out = tmp_path / "out.csv"
-        batch = run(["--input", str(ids), "--on", "id_number", "--output", str(out)])
+        batch = run(["--input", str(ids), "--on", "id_number", "--output", str(out), "--skip-empty-keys"])
         assert batch.returncode == 0, batch.stderr
         rows = list(csv.DictReader(out.open()))
-        assert [(r["listed"], r["label"]) for r in rows] == [("true", "制裁名单"), ("false", "")]
+        assert [(r["listed"], r["label"]) for r in rows] == [("true", "制裁名单"), ("false", ""), ("", "")]
         refused = run(["--id", "110101199003070001"])  # fifth lookup today for bank-b
         assert refused.returncode == 7 and "quota" in refused.stderr
+        assert "4 used today, 0 remaining, 1 asked" in refused.stderr, refused.stderr
     finally:
         server.terminate()
-        server.communicate(timeout=10)
+        _out, server_err = server.communicate(timeout=10)
+    assert "client bank-b has used 4 of its 4 lookups today" in server_err  # the quota warning
     log = [json.loads(line) for line in (blacklist / "db" / "audit.jsonl").read_text().splitlines()]
     assert {e["client"] for e in log} == {"bank-b"} and "110101199003070003" not in json.dumps(log)

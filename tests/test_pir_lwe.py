@@ -77,3 +77,28 @@ def test_fresh_secret_per_query() -> None:
     qb, sb = lwe.make_queries(params, [7, 7, 7])
     assert len({sb.secrets[:, i].tobytes() for i in range(3)}) == 3
     assert len({qb[i].tobytes() for i in range(3)}) == 3
+
+
+@pytest.mark.parametrize("k", [1, 3])
+def test_query_carries_a_fresh_gaussian_error_term(k: int) -> None:
+    """qu - A.s - Delta.u_j must be the LWE error: discrete Gaussian, sigma 6.4, fresh per query.
+
+    With e = 0 the query is a noiseless linear system in s and the server could solve for the
+    column asked; this test fails for that bug (and for an error shared between queries).
+    """
+    params = lwe.LweParams(4, 8192, 9, b"\x09" * 16)
+    a = lwe.expand_a(params.seed, params.columns)
+    wanted = [17, 4000, 8191][:k]
+    queries, state = lwe.make_queries(params, wanted, a)
+    for i, j in enumerate(wanted):
+        body = lwe.matmul_mod32(a, state.secrets[:, i : i + 1])[:, 0]
+        error = (queries[i] - body).astype(np.uint32)
+        error[j] = np.uint32((int(error[j]) - params.delta) % 2**32)
+        signed = error.view(np.int32).astype(np.int64)
+        assert np.abs(signed).max() < 100  # small: it is noise, not a uniform value
+        assert np.count_nonzero(signed) > 0.9 * params.columns  # P[e = 0] is about 0.06 at sigma 6.4
+        assert abs(signed.mean()) < 0.3
+        assert 6.0 < signed.std() < 6.8
+    if k > 1:
+        errors = [(queries[i] - lwe.matmul_mod32(a, state.secrets[:, i : i + 1])[:, 0]).tobytes() for i in range(k)]
+        assert len(set(errors)) == k

@@ -40,8 +40,10 @@ def test_quota_book_counts_per_client_and_day(tmp_path: Path) -> None:
     book.charge("bank-a", 5)  # a new day
     events = [json.loads(line) for line in log.read_text().splitlines()]
     assert {e["client"] for e in events} == {"bank-a", "bank-b"}
-    assert any(e["refused"] for e in events)
-    assert all(set(e) <= {"time", "event", "client", "count", "day", "day_total", "refused", "table_version"} for e in events)
+    charges = [e for e in events if e["event"] == "evaluate"]
+    assert any(e["refused"] for e in charges)
+    assert all(set(e) <= {"time", "event", "client", "count", "day", "day_total", "refused", "remaining", "table_version"}
+               for e in charges)
 
 
 def test_service_over_memory_channel_and_reload(db: Path, tmp_path: Path) -> None:
@@ -55,7 +57,7 @@ def test_service_over_memory_channel_and_reload(db: Path, tmp_path: Path) -> Non
     assert [r.label for r in results] == ["reason 7", "reason 299", None]
     first_version = next(iter(cache.known()))
     # a new setup: new version, the cached hint is replaced on the next lookup
-    api.setup([("110101199000000007", "moved")], db, workers=1)
+    api.setup([("110101199000000007", "moved")], db, workers=1, replace=True)
     client_end, server_end = memory_pair()
     thread = threading.Thread(target=service.handle, args=(server_end,))
     thread.start()

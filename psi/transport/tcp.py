@@ -411,7 +411,9 @@ class Listener:
         except OSError as err:
             raise TransportError(f"accept failed: {err}") from None
         raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        return PendingConnection(raw, self._ctx, self._tls, self._handshake_timeout)
+        pending = PendingConnection(raw, self._ctx, self._tls, self._handshake_timeout)
+        pending.peer_address = _addr
+        return pending
 
     def close(self) -> None:
         self._sock.close()
@@ -428,11 +430,16 @@ class PendingConnection:
 
     def __init__(self, raw: socket.socket, ctx: ssl.SSLContext | None, tls: TlsConfig | None, timeout: float) -> None:
         self._raw, self._ctx, self._tls, self._timeout = raw, ctx, tls, timeout
+        self.peer_address: tuple | None = None  # (host, port, ...) as accept() returned it
 
-    def secure(self) -> TcpChannel:
-        """Run the TLS handshake (if configured) and check the peer; return the channel."""
+    def secure(self, timeout: float | None = None) -> TcpChannel:
+        """Run the TLS handshake (if configured) and check the peer; return the channel.
+
+        ``timeout`` (default: the listener's) bounds the whole handshake, however slowly the
+        peer sends (CPython's ``do_handshake`` keeps one deadline across its reads).
+        """
         if self._ctx is not None:
-            self._raw.settimeout(self._timeout)
+            self._raw.settimeout(self._timeout if timeout is None else timeout)
         return _secure(self._raw, self._ctx, self._tls, server_side=True)
 
     def close(self) -> None:
