@@ -37,6 +37,7 @@ __all__ = [
     "ENV_VAR",
     "Selection",
     "select",
+    "selected",
     "current",
     "describe",
     "available",
@@ -98,6 +99,11 @@ def select(name: str | None = None, *, export: bool = False) -> Selection:
     _selected = Selection(backend, requested, note)
     if export:
         os.environ[ENV_VAR] = backend.name
+    return _selected
+
+
+def selected() -> Selection | None:
+    """The selection made so far in this process, or None before the first :func:`select`."""
     return _selected
 
 
