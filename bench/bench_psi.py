@@ -111,7 +111,9 @@ def measure_group(group: str, count: int = 2000) -> dict[str, Any]:
     hashed = g.hash_to_group(dst, items)
     t_mul = _best(lambda: multiply_batch(group, scalar, hashed)) / count
     t_hash_mul = _best(lambda: hash_and_multiply_batch(group, dst, scalar, items)) / count
-    return {"group": group, "count": count, "t_mul_us": round(t_mul * 1e6, 2),
+    from psi.crypto import backends
+
+    return {"group": group, "count": count, "backend": backends.current().name, "t_mul_us": round(t_mul * 1e6, 2),
             "t_hash_mul_us": round(t_hash_mul * 1e6, 2)}
 
 
@@ -150,7 +152,8 @@ def _variants(args: argparse.Namespace) -> list[dict[str, Any]]:
             comps = [args.compression]
             if args.all_compressions:
                 comps += [c for c in ("raw", "bloom", "gcs") if c != args.compression]
-            params = [{"group": args.group, "compression": c} for c in comps]
+            params = [{"group": args.group, "compression": c, **({"backend": b} if b else {})}
+                      for c in comps for b in (args.backends or [None])]
         elif protocol == "rsa":
             params = [{"key_bits": args.key_bits}]
         else:
@@ -172,6 +175,8 @@ def _label(v: dict[str, Any]) -> str:
         text = "-"
     if v["reveal"] != "both":
         text += f" ({v['reveal']})"
+    if v.get("backend"):
+        text += f" [{v['backend']}]"
     return text
 
 
@@ -179,7 +184,8 @@ def _party_cmd(role: str, v: dict[str, Any], data: Path, pki: Path, port: int, o
                args: argparse.Namespace, timeout: float) -> list[str]:
     me, peer = ("bank-b", "bank-a") if role == "serve" else ("bank-a", "bank-b")
     table = data / ("bank_b.csv" if role == "serve" else "bank_a.csv")
-    cmd = psiq_command() + ["psi", role, "--protocol", v["protocol"], "--input", str(table), "--on", KEY_COLUMN,
+    backend = ["--backend", v["backend"]] if v.get("backend") else []
+    cmd = psiq_command() + backend + ["psi", role, "--protocol", v["protocol"], "--input", str(table), "--on", KEY_COLUMN,
                             "--reveal", v["reveal"], "--fpr-bits", str(args.fpr_bits),
                             "--tls-cert", str(pki / f"{me}.pem"), "--tls-key", str(pki / f"{me}.key"),
                             "--tls-ca", str(pki / "ca.pem"), "--peer-name", peer,
@@ -520,6 +526,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--all-compressions", action="store_true", help="ecdh: also run raw, bloom and gcs")
     ap.add_argument("--key-bits", type=int, default=2048, choices=[2048, 3072, 4096])
     ap.add_argument("--fpr-bits", type=int, default=40)
+    ap.add_argument("--backends", default="",
+                    help="ecdh: run every variant once per compute backend, interleaved (e.g. portable,mb)")
+    ap.add_argument("--repeat", type=int, default=1, help="run the psiq variants this many times, interleaved")
     ap.add_argument("--receiver", action="store_true", help="also run every variant with --reveal receiver")
     ap.add_argument("--workers", type=int, default=None, help="--workers for both parties (default: all cores)")
     ap.add_argument("--timeout", type=float, default=None,
@@ -534,6 +543,7 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
 
     args.protocols = [p.strip() for p in args.protocols.split(",") if p.strip()]
+    args.backends = [b.strip() for b in args.backends.split(",") if b.strip()]
     for p in args.protocols:
         if p not in ("rsa", "ecdh", "kkrt"):
             ap.error(f"unknown protocol {p!r}")
@@ -547,7 +557,7 @@ def main(argv: list[str] | None = None) -> int:
     ncores = args.workers or cores()
     doc: dict[str, Any] = {
         "machine": machine_info(),
-        "settings": {"protocols": args.protocols, "sizes": sizes, "overlap": args.overlap, "seed": args.seed,
+        "settings": {"protocols": args.protocols, "backends": args.backends, "repeat": args.repeat, "sizes": sizes, "overlap": args.overlap, "seed": args.seed,
                      "group": args.group, "compression": args.compression, "all_compressions": args.all_compressions,
                      "fpr_bits": args.fpr_bits, "key_column": KEY_COLUMN, "workers": args.workers,
                      "cores_for_floors": ncores, "openmined": args.openmined,
@@ -569,7 +579,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"dataset {n:,} keys per side ...", file=sys.stderr, flush=True)
             data = dataset(n, args.overlap, args.seed)
             expected = plaintext_intersection(data / "bank_a.csv", data / "bank_b.csv", KEY_COLUMN)
-            for v in _variants(args):
+            for v in _variants(args) * max(1, args.repeat):
                 what = f"psiq {v['protocol']} {_label(v)}"
                 print(f"  {n:>9,}  {what} ...", file=sys.stderr, flush=True)
                 try:
