@@ -5,6 +5,7 @@ on the same keys, and the floor each protocol cannot beat on this machine.
     python bench/bench_psi.py --large                        # adds 10^6
     python bench/bench_psi.py --protocols ecdh --sizes 100000 --all-compressions
     python bench/bench_psi.py --no-openmined --receiver      # also time --reveal receiver
+    python bench/bench_psi.py --protocols ecdh --sizes 100000 --no-openmined --backends portable,mb --repeat 3
 
 For every size N, bench/data/ gets (once, cached) two synthetic bank tables with N rows each and
 ``--overlap`` of them in common (psiq_datasets.generate). For every protocol variant the script
