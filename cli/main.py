@@ -14,12 +14,8 @@ __all__ = ["main", "cli"]
 def _choose_backend(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
     """Select the compute backend once, for this process and its workers (psi.crypto.backends)."""
     from psi.crypto import backends
-    from psi.errors import UsageError
 
-    try:
-        selection = backends.select(value, export=True)
-    except UsageError as err:
-        raise click.BadParameter(str(err), ctx=ctx, param=param) from None
+    selection = backends.select(value, export=True)  # UsageError: one line and exit 2 (main)
     if selection.note:
         click.echo(f"psiq: note: {selection.note}", err=True)
     return value

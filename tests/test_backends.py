@@ -246,7 +246,8 @@ def test_cli_load_failure_falls_back_with_one_note(tmp_path: Path) -> None:
     notes = [line for line in done.stderr.splitlines() if line.strip()]
     assert len(notes) == 1 and notes[0].startswith("psiq: note: multi-buffer backend unavailable"), done.stderr
     explicit = _run(["--backend", "mb", "--version"], PSIQ_MB_LIBRARY=str(bogus))
-    assert explicit.returncode == 2 and "not available here" in explicit.stderr and "Traceback" not in explicit.stderr
+    assert explicit.returncode == 2 and explicit.stderr.startswith("psiq: error: backend 'mb' is not available here")
+    assert len(explicit.stderr.strip().splitlines()) == 1, explicit.stderr
     portable = _run(["--backend", "portable", "--version"], PSIQ_MB_LIBRARY=str(bogus))
     assert portable.returncode == 0 and portable.stderr == "" and "requested portable" in portable.stdout
 
