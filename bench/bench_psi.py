@@ -471,6 +471,11 @@ def print_report(doc: dict[str, Any]) -> None:
               f"{_mb(o['bytes_client_to_server']):>8} {_mb(o['bytes_server_to_client']):>8} "
               f"{o['peak_rss_mb']:>12.0f} {o['intersection_size']:>8,}")
         print(f"{'':>11}library, one process: {_phases(o['phases'])}")
+    for sf in doc.get("secretflow", []):
+        impl = f", x25519 via {sf['x25519_impl']}" if sf.get("x25519_impl") else ""
+        rss = "/".join(f"{v:.0f}" for v in sf["peak_rss_mb"].values())
+        print(f"{sf['size']:>9,}  {'secretflow':<9} {sf['protocol'] + ' (spu, no TLS)':<22} {sf['wall_s']:>8.2f} "
+              f"{sf['session_s']:>8.2f} {'-':>8} {'-':>8} {rss:>12} {sf['intersection_size']:>8,}{impl}")
     for e in doc["errors"]:
         print(f"{e['size']:>9,}  {e['what']:<32} FAILED: {e['error']}")
 
@@ -530,6 +535,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--backends", default="",
                     help="ecdh: run every variant once per compute backend, interleaved (e.g. portable,mb)")
     ap.add_argument("--repeat", type=int, default=1, help="run the psiq variants this many times, interleaved")
+    ap.add_argument("--peers", default="", help="also run these on the same files: secretflow (spu.psi ECDH/KKRT/RR22)")
+    ap.add_argument("--spu-python", default=None, help="interpreter with spu==0.9.5 (default $PSIQ_BENCH_SPU_PYTHON "
+                    "or /work/venvs/spu095/bin/python)")
+    ap.add_argument("--secretflow-protocols", default="ecdh,kkrt,rr22")
     ap.add_argument("--receiver", action="store_true", help="also run every variant with --reveal receiver")
     ap.add_argument("--workers", type=int, default=None, help="--workers for both parties (default: all cores)")
     ap.add_argument("--timeout", type=float, default=None,
@@ -545,6 +554,15 @@ def main(argv: list[str] | None = None) -> int:
 
     args.protocols = [p.strip() for p in args.protocols.split(",") if p.strip()]
     args.backends = [b.strip() for b in args.backends.split(",") if b.strip()]
+    args.peers = [p.strip() for p in args.peers.split(",") if p.strip()]
+    sf_python = None
+    if "secretflow" in args.peers:
+        from bench.peers_secretflow import spu_python
+
+        try:
+            sf_python = spu_python(args.spu_python)
+        except BenchError as err:
+            ap.error(str(err))
     for p in args.protocols:
         if p not in ("rsa", "ecdh", "kkrt"):
             ap.error(f"unknown protocol {p!r}")
@@ -566,7 +584,7 @@ def main(argv: list[str] | None = None) -> int:
                              "alignment, output write)",
                      "session": "max of the parties' own 'seconds' (hello to output written)"},
         "primitives": {}, "runs": [], "openmined": [], "floors": [], "comparisons": [],
-        "wire_per_server_element": [], "errors": [],
+        "wire_per_server_element": [], "errors": [], "secretflow": [],
     }
 
     precompile_psiq()
@@ -597,6 +615,22 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"             wall {r['wall_s']:.2f} s, session {r['session_s']:.2f} s", file=sys.stderr, flush=True)
             if failed and not args.keep_going:
                 break
+            if sf_python is not None:
+                from bench.peers_secretflow import SF_PROTOCOLS, run_secretflow
+
+                for _ in range(max(1, args.repeat)):
+                    for proto in [p for p in args.secretflow_protocols.split(",") if p in SF_PROTOCOLS]:
+                        print(f"  {n:>9,}  secretflow {proto} ...", file=sys.stderr, flush=True)
+                        try:
+                            sf = run_secretflow(sf_python, proto, data, KEY_COLUMN, expected, args.timeout or 900.0)
+                        except BenchError as err:
+                            print(f"error: {n:,} keys, secretflow {proto}: {err}", file=sys.stderr, flush=True)
+                            doc["errors"].append({"size": n, "what": f"secretflow {proto}", "error": str(err)})
+                            failed = True
+                            continue
+                        sf["size"] = n
+                        doc["secretflow"].append(sf)
+                        print(f"             wall {sf['wall_s']:.2f} s, session {sf['session_s']:.2f} s", file=sys.stderr, flush=True)
             if args.openmined:
                 for mode in [m for m in args.openmined_modes.split(",") if m in OM_MODES]:
                     print(f"  {n:>9,}  openmined {mode} ...", file=sys.stderr, flush=True)
