@@ -277,3 +277,15 @@ def test_session_json_names_the_backend_and_the_note(tmp_path: Path) -> None:
     assert client.stderr.count("psiq: note:") == 1 and s_err.count("psiq: note:") == 0
     a_ids = [line.split(",")[0] for line in (tmp_path / "a.csv").read_text().splitlines()[1:]]
     assert json.loads(client.stdout)["intersection_size"] == len(a_ids) > 0
+
+
+def test_real_library_without_ifma_falls_back(fresh_selection: pytest.MonkeyPatch) -> None:
+    reason = backends.available()["mb"]
+    if reason is None:
+        pytest.skip("this CPU has what crypto_mb needs (the byte-identity tests cover it)")
+    if "not installed" in reason:
+        pytest.skip("psiq[accel] is not installed")
+    sel = backends.select("auto")
+    assert sel.backend.name == "portable" and sel.note is not None and reason in sel.note
+    with pytest.raises(UsageError, match="not available here"):
+        backends.select("mb")
