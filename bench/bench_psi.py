@@ -476,6 +476,8 @@ def print_report(doc: dict[str, Any]) -> None:
         rss = "/".join(f"{v:.0f}" for v in sf["peak_rss_mb"].values())
         print(f"{sf['size']:>9,}  {'secretflow':<9} {sf['protocol'] + ' (spu, no TLS)':<22} {sf['wall_s']:>8.2f} "
               f"{sf['session_s']:>8.2f} {'-':>8} {'-':>8} {rss:>12} {sf['intersection_size']:>8,}{impl}")
+        if sf.get("cpu_s") is not None:
+            print(f"{'':>11}CPU {sf['cpu_s']:.1f} s (both parties)")
     for e in doc["errors"]:
         print(f"{e['size']:>9,}  {e['what']:<32} FAILED: {e['error']}")
 

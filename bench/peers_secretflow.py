@@ -7,7 +7,7 @@ two processes of ``bench/secretflow_party.py`` run on the same bank_a/bank_b CSV
 rank 0 (receiver, bank_a) and rank 1 (bank_b), over brpc on loopback without TLS, the result
 broadcast to both and written as SecretFlow's own aligned CSV. Recorded: ``wall`` (first launch
 to both exited: interpreter start, CSV, protocol, output), each party's own ``seconds``, peak RSS
-per party, and which x25519 implementation SecretFlow logged (``Using libSodium`` / IPP). A wrong
+per party, CPU seconds of both, and which x25519 implementation SecretFlow logged (``Using libSodium`` / IPP). A wrong
 intersection size or output row count stops the benchmark (BenchError), as for psiq.
 """
 
@@ -92,4 +92,5 @@ def run_secretflow(python: Path, protocol: str, data: Path, key: str, expected: 
     return {"protocol": protocol, "wall_s": round(wall, 3),
             "session_s": round(max(r["seconds"] for r in results.values()), 3),
             "peak_rss_mb": {str(rank): r["peak_rss_mb"] for rank, r in sorted(results.items())},
+            "cpu_s": round(sum(r.get("cpu_s", 0.0) for r in results.values()), 2),
             "intersection_size": expected, "x25519_impl": found.group(1) if found and protocol == "ecdh" else None}

@@ -4,7 +4,7 @@ Runs under SecretFlow's own interpreter (``spu==0.9.5`` in its own virtual envir
 not imported here). Two of these, rank 0 and rank 1, talk over brpc on loopback (no TLS), read
 their CSV, run the protocol with the result broadcast to both and write the aligned intersection
 (SecretFlow's own CSV output, sorted by key). One JSON line on stdout: seconds (link created to
-output written), the report's counts and this process's peak RSS.
+output written), the report's counts, this process's peak RSS and CPU seconds.
 
     python secretflow_party.py --rank 0 --protocol ecdh --input a.csv --output a_out.csv \
         --key id_number --ports 7001,7002
@@ -58,6 +58,8 @@ def main() -> int:
         "rank": args.rank, "protocol": args.protocol, "seconds": round(seconds, 3),
         "original_count": report.original_count, "intersection_count": report.intersection_count,
         "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0, 1),
+        "cpu_s": round(sum(getattr(resource.getrusage(who), f) for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)
+                           for f in ("ru_utime", "ru_stime")), 2),
     }), flush=True)
     return 0
 
