@@ -5,6 +5,7 @@ on the same keys, and the floor each protocol cannot beat on this machine.
     python bench/bench_psi.py --large                        # adds 10^6
     python bench/bench_psi.py --protocols ecdh --sizes 100000 --all-compressions
     python bench/bench_psi.py --no-openmined --receiver      # also time --reveal receiver
+    python bench/bench_psi.py --protocols ecdh --sizes 100000 --no-openmined --backends portable,mb --repeat 3
 
 For every size N, bench/data/ gets (once, cached) two synthetic bank tables with N rows each and
 ``--overlap`` of them in common (psiq_datasets.generate). For every protocol variant the script
@@ -111,7 +112,9 @@ def measure_group(group: str, count: int = 2000) -> dict[str, Any]:
     hashed = g.hash_to_group(dst, items)
     t_mul = _best(lambda: multiply_batch(group, scalar, hashed)) / count
     t_hash_mul = _best(lambda: hash_and_multiply_batch(group, dst, scalar, items)) / count
-    return {"group": group, "count": count, "t_mul_us": round(t_mul * 1e6, 2),
+    from psi.crypto import backends
+
+    return {"group": group, "count": count, "backend": backends.current().name, "t_mul_us": round(t_mul * 1e6, 2),
             "t_hash_mul_us": round(t_hash_mul * 1e6, 2)}
 
 
@@ -150,7 +153,8 @@ def _variants(args: argparse.Namespace) -> list[dict[str, Any]]:
             comps = [args.compression]
             if args.all_compressions:
                 comps += [c for c in ("raw", "bloom", "gcs") if c != args.compression]
-            params = [{"group": args.group, "compression": c} for c in comps]
+            params = [{"group": args.group, "compression": c, **({"backend": b} if b else {})}
+                      for c in comps for b in (args.backends or [None])]
         elif protocol == "rsa":
             params = [{"key_bits": args.key_bits}]
         else:
@@ -172,6 +176,8 @@ def _label(v: dict[str, Any]) -> str:
         text = "-"
     if v["reveal"] != "both":
         text += f" ({v['reveal']})"
+    if v.get("backend"):
+        text += f" [{v['backend']}]"
     return text
 
 
@@ -179,7 +185,8 @@ def _party_cmd(role: str, v: dict[str, Any], data: Path, pki: Path, port: int, o
                args: argparse.Namespace, timeout: float) -> list[str]:
     me, peer = ("bank-b", "bank-a") if role == "serve" else ("bank-a", "bank-b")
     table = data / ("bank_b.csv" if role == "serve" else "bank_a.csv")
-    cmd = psiq_command() + ["psi", role, "--protocol", v["protocol"], "--input", str(table), "--on", KEY_COLUMN,
+    backend = ["--backend", v["backend"]] if v.get("backend") else []
+    cmd = psiq_command() + backend + ["psi", role, "--protocol", v["protocol"], "--input", str(table), "--on", KEY_COLUMN,
                             "--reveal", v["reveal"], "--fpr-bits", str(args.fpr_bits),
                             "--tls-cert", str(pki / f"{me}.pem"), "--tls-key", str(pki / f"{me}.key"),
                             "--tls-ca", str(pki / "ca.pem"), "--peer-name", peer,
@@ -464,6 +471,13 @@ def print_report(doc: dict[str, Any]) -> None:
               f"{_mb(o['bytes_client_to_server']):>8} {_mb(o['bytes_server_to_client']):>8} "
               f"{o['peak_rss_mb']:>12.0f} {o['intersection_size']:>8,}")
         print(f"{'':>11}library, one process: {_phases(o['phases'])}")
+    for sf in doc.get("secretflow", []):
+        impl = f", x25519 via {sf['x25519_impl']}" if sf.get("x25519_impl") else ""
+        rss = "/".join(f"{v:.0f}" for v in sf["peak_rss_mb"].values())
+        print(f"{sf['size']:>9,}  {'secretflow':<9} {sf['protocol'] + ' (spu, no TLS)':<22} {sf['wall_s']:>8.2f} "
+              f"{sf['session_s']:>8.2f} {'-':>8} {'-':>8} {rss:>12} {sf['intersection_size']:>8,}{impl}")
+        if sf.get("cpu_s") is not None:
+            print(f"{'':>11}CPU {sf['cpu_s']:.1f} s (both parties)")
     for e in doc["errors"]:
         print(f"{e['size']:>9,}  {e['what']:<32} FAILED: {e['error']}")
 
@@ -520,6 +534,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--all-compressions", action="store_true", help="ecdh: also run raw, bloom and gcs")
     ap.add_argument("--key-bits", type=int, default=2048, choices=[2048, 3072, 4096])
     ap.add_argument("--fpr-bits", type=int, default=40)
+    ap.add_argument("--backends", default="",
+                    help="ecdh: run every variant once per compute backend, interleaved (e.g. portable,mb)")
+    ap.add_argument("--repeat", type=int, default=1, help="run the psiq variants this many times, interleaved")
+    ap.add_argument("--peers", default="", help="also run these on the same files: secretflow (spu.psi ECDH/KKRT/RR22)")
+    ap.add_argument("--spu-python", default=None, help="interpreter with spu==0.9.5 (default $PSIQ_BENCH_SPU_PYTHON "
+                    "or /work/venvs/spu095/bin/python)")
+    ap.add_argument("--secretflow-protocols", default="ecdh,kkrt,rr22")
     ap.add_argument("--receiver", action="store_true", help="also run every variant with --reveal receiver")
     ap.add_argument("--workers", type=int, default=None, help="--workers for both parties (default: all cores)")
     ap.add_argument("--timeout", type=float, default=None,
@@ -534,6 +555,16 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
 
     args.protocols = [p.strip() for p in args.protocols.split(",") if p.strip()]
+    args.backends = [b.strip() for b in args.backends.split(",") if b.strip()]
+    args.peers = [p.strip() for p in args.peers.split(",") if p.strip()]
+    sf_python = None
+    if "secretflow" in args.peers:
+        from bench.peers_secretflow import spu_python
+
+        try:
+            sf_python = spu_python(args.spu_python)
+        except BenchError as err:
+            ap.error(str(err))
     for p in args.protocols:
         if p not in ("rsa", "ecdh", "kkrt"):
             ap.error(f"unknown protocol {p!r}")
@@ -547,7 +578,7 @@ def main(argv: list[str] | None = None) -> int:
     ncores = args.workers or cores()
     doc: dict[str, Any] = {
         "machine": machine_info(),
-        "settings": {"protocols": args.protocols, "sizes": sizes, "overlap": args.overlap, "seed": args.seed,
+        "settings": {"protocols": args.protocols, "backends": args.backends, "repeat": args.repeat, "sizes": sizes, "overlap": args.overlap, "seed": args.seed,
                      "group": args.group, "compression": args.compression, "all_compressions": args.all_compressions,
                      "fpr_bits": args.fpr_bits, "key_column": KEY_COLUMN, "workers": args.workers,
                      "cores_for_floors": ncores, "openmined": args.openmined,
@@ -555,7 +586,7 @@ def main(argv: list[str] | None = None) -> int:
                              "alignment, output write)",
                      "session": "max of the parties' own 'seconds' (hello to output written)"},
         "primitives": {}, "runs": [], "openmined": [], "floors": [], "comparisons": [],
-        "wire_per_server_element": [], "errors": [],
+        "wire_per_server_element": [], "errors": [], "secretflow": [],
     }
 
     precompile_psiq()
@@ -569,7 +600,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"dataset {n:,} keys per side ...", file=sys.stderr, flush=True)
             data = dataset(n, args.overlap, args.seed)
             expected = plaintext_intersection(data / "bank_a.csv", data / "bank_b.csv", KEY_COLUMN)
-            for v in _variants(args):
+            for v in _variants(args) * max(1, args.repeat):
                 what = f"psiq {v['protocol']} {_label(v)}"
                 print(f"  {n:>9,}  {what} ...", file=sys.stderr, flush=True)
                 try:
@@ -586,6 +617,22 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"             wall {r['wall_s']:.2f} s, session {r['session_s']:.2f} s", file=sys.stderr, flush=True)
             if failed and not args.keep_going:
                 break
+            if sf_python is not None:
+                from bench.peers_secretflow import SF_PROTOCOLS, run_secretflow
+
+                for _ in range(max(1, args.repeat)):
+                    for proto in [p for p in args.secretflow_protocols.split(",") if p in SF_PROTOCOLS]:
+                        print(f"  {n:>9,}  secretflow {proto} ...", file=sys.stderr, flush=True)
+                        try:
+                            sf = run_secretflow(sf_python, proto, data, KEY_COLUMN, expected, args.timeout or 900.0)
+                        except BenchError as err:
+                            print(f"error: {n:,} keys, secretflow {proto}: {err}", file=sys.stderr, flush=True)
+                            doc["errors"].append({"size": n, "what": f"secretflow {proto}", "error": str(err)})
+                            failed = True
+                            continue
+                        sf["size"] = n
+                        doc["secretflow"].append(sf)
+                        print(f"             wall {sf['wall_s']:.2f} s, session {sf['session_s']:.2f} s", file=sys.stderr, flush=True)
             if args.openmined:
                 for mode in [m for m in args.openmined_modes.split(",") if m in OM_MODES]:
                     print(f"  {n:>9,}  openmined {mode} ...", file=sys.stderr, flush=True)

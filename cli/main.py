@@ -11,8 +11,36 @@ from .certs import certs_group
 __all__ = ["main", "cli"]
 
 
+def _choose_backend(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    """Select the compute backend once, for this process and its workers (psi.crypto.backends)."""
+    from psi.crypto import backends
+
+    selection = backends.select(value, export=True)  # UsageError: one line and exit 2 (main)
+    if selection.note:
+        click.echo(f"psiq: note: {selection.note}", err=True)
+    return value
+
+
+def _print_version(ctx: click.Context, param: click.Parameter, value: bool) -> None:
+    if not value or ctx.resilient_parsing:
+        return
+    from psi.crypto import backends
+
+    if backends.selected() is None:  # --version came before --backend (or there is none)
+        _choose_backend(ctx, param, None)
+    d = backends.describe()
+    click.echo(f"psiq, version {__version__}")
+    click.echo(f"backend: {d['name']} (requested {d['requested']}); x25519: {d['x25519']}")
+    ctx.exit()
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
-@click.version_option(__version__, prog_name="psiq")
+@click.option("--backend", type=click.Choice(["auto", "portable", "mb"], case_sensitive=False), default=None,
+              envvar="PSIQ_BACKEND", is_eager=True, expose_value=False, callback=_choose_backend,
+              help="Compute backend for x25519: mb (Intel multi-buffer, AVX-512 IFMA), portable (OpenSSL), "
+                   "or auto (mb where it applies). Env: PSIQ_BACKEND.")
+@click.option("--version", is_flag=True, is_eager=True, expose_value=False, callback=_print_version,
+              help="Show the version and the compute backend, then exit.")
 def cli() -> None:
     """Private set intersection, oblivious transfer and PIR between institutions.
 

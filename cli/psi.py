@@ -98,6 +98,9 @@ def _options(kw: dict[str, Any]) -> api.PsiOptions:
 
 def _report(summary: api.PsiSummary, as_json: bool, quiet: bool) -> None:
     d = summary.as_dict()
+    from psi.crypto import backends
+
+    d["backend"] = backends.describe()
     if as_json:
         emit_json(d)
         return

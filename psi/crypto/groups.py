@@ -57,6 +57,9 @@ Measured on this machine (bench/bench_groups.py, one core, best of 3 over 2000 e
 x25519 row was re-measured after the v2 hash and the batch validation (numpy range and
 low-order checks, then one Legendre symbol per element); the others are from the first run.)
 
+x25519 multiplication runs on the process's compute backend (:mod:`psi.crypto.backends`:
+OpenSSL, or Intel's multi-buffer library on CPUs with AVX-512 IFMA), after validation here.
+
 x25519 is the default: cheapest multiplication, and PSI costs about three multiplications
 per client item plus one per server item.
 """
@@ -71,9 +74,10 @@ from typing import Callable, Sequence
 import gmpy2
 import numpy as np
 import rbcl
-from cryptography.hazmat.primitives.asymmetric import ec, x25519
+from cryptography.hazmat.primitives.asymmetric import ec
 
 from ..errors import MalformedMessage, UsageError
+from . import backends
 
 __all__ = [
     "Group",
@@ -332,10 +336,8 @@ class X25519Group(Group):
         # hash_to_group outputs are canonical u on the curve itself; a low-order one (chance
         # ~2^-250) gives an all-zero product, which exchange() still rejects.
         self.check_scalar(scalar)
-        key = x25519.X25519PrivateKey.from_private_bytes(bytes(scalar))
-        load, exchange = x25519.X25519PublicKey.from_public_bytes, key.exchange
-        try:
-            return [exchange(load(element)) for element in elements]
+        try:  # the process's compute backend (psi.crypto.backends): same bytes on every backend
+            return backends.current().x25519_many(scalar, elements)
         except ValueError:
             raise MalformedMessage("x25519 product is the identity (all-zero)") from None
 
