@@ -34,7 +34,7 @@ class _Server:
     def __init__(self, db: Path, pki: Path, log: Path, limits: ServiceLimits, forever: bool = True) -> None:
         self.service = PirService(db, quota=QuotaBook(1000, log))
         # the listener's own handshake timeout is longer: the service's limit is what must apply
-        self.listener = Listener("127.0.0.1:0", tls_for(pki, "bank-a"), handshake_timeout=30.0)
+        self.listener = Listener("127.0.0.1:0", tls_for(pki, "bank-a", any_peer=True), handshake_timeout=30.0)
         self.port = self.listener.address[1]
         self.stop = threading.Event()
         self.events: list[dict] = []
