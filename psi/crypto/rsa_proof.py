@@ -16,8 +16,9 @@ Z_N^* form of their Claim 4.5), interactive with a fresh client nonce:
    distance from uniform below 2^-128);
 3. server -> client: ``sigma_i = rho_i^d mod N`` (:func:`prove`, the CRT signing path with its
    fault check);
-4. client (:func:`verify`): every ``rho_i`` and ``sigma_i`` in Z_N^* (gcd with N is 1, range
-   0 < sigma < N) and ``sigma_i^e = rho_i (mod N)`` for all i (one gmpy2 batch call).
+4. client (:func:`verify`): every ``rho_i`` in Z_N^* (gcd with N is 1), 0 < sigma_i < N, and
+   ``sigma_i^e = rho_i (mod N)`` for all i (one gmpy2 batch call), which makes each sigma_i a
+   unit too.
 
 Soundness. If x -> x^e is not a permutation of Z_N^*, its kernel has at least e elements (e is
 prime), so its image is a subgroup of index >= e: each uniform ``rho_i`` in Z_N^* has an e-th
@@ -116,9 +117,11 @@ def verify(public: RsaPublicKey, nonce: bytes, roots: Sequence[bytes]) -> None:
         if len(root) != public.size:
             raise PermutationProofError("a root in the server's key proof has the wrong length")
         sigma = gmpy2.mpz.from_bytes(bytes(root), "big")
-        if not 0 < sigma < n or gmpy2.gcd(sigma, n) != 1:
-            raise PermutationProofError("a root in the server's key proof is not a unit modulo N")
-        if gmpy2.gcd(rho, n) != 1:  # probability ~2^-1000 for an honest key: N has a factor we found
+        if not 0 < sigma < n:
+            raise PermutationProofError("a root in the server's key proof is not a unit modulo N (out of range)")
+        # rho must be a unit: modulo a prime it shares with N it has a root whatever e is. With
+        # rho a unit and sigma^e = rho below, sigma is a unit too (no separate gcd needed).
+        if gmpy2.gcd(rho, n) != 1:  # probability < 2^-1000 for an honest key (it factors N)
             raise PermutationProofError("a proof challenge shares a factor with the server's modulus")
         sigmas.append(sigma)
     powers = gmpy2.powmod_base_list(sigmas, public.e, n)
