@@ -19,7 +19,14 @@ import pytest
 
 from psi import api
 from psi.crypto import rsa_proof
-from psi.crypto.blind_rsa import blind_psi_batch, emsa_pss_encode, psi_message, psi_representative
+from psi.crypto.blind_rsa import (
+    blind_psi_batch,
+    emsa_pss_encode,
+    finalize_psi_batch,
+    psi_message,
+    psi_representative,
+    psi_representatives,
+)
 from psi.crypto.rsa_keys import PUBLIC_EXPONENT, RsaKey, RsaPublicKey, sign_batch, validate_public_numbers
 from psi.crypto.rsa_proof import PermutationProofError, challenges, prove, verify
 from psi.driver import run_pair
@@ -275,22 +282,36 @@ def test_modulus_with_a_factor_just_below_2_to_the_20_is_refused(cheating_primes
         RsaPublicKey.from_der(RsaPublicKey(n, E).to_der())
 
 
-def test_encoding_that_shares_a_factor_with_n_is_replaced(cheating_primes):
+def test_encoding_that_shares_a_factor_with_n_is_replaced():
     """A key whose encoding is not a unit mod N would show which primes divide it (gcd(z, N)
-    reveals them); both sides re-encode such a key, so every blinded value stays a unit. The
-    factor 3 here only makes such keys common (a checked key has no factor below 2^20)."""
-    n = 3 * product(cheating_primes[:7]) * int(gmpy2.next_prime(1 << 254))
+    reveals them); both sides re-encode such a key, so every blinded value stays a unit, and the
+    client's verification uses the same re-encoding. The factor 3 only makes such keys common
+    (a checked key has no factor below 2^20); x -> x^e still permutes Z_N here."""
+    rng = random.Random(7)
+    primes = [3]
+    while len(primes) < 3:
+        q = int(gmpy2.next_prime(rng.randrange(1 << 1022, 1 << 1023)))
+        if (q - 1) % E:
+            primes.append(q)
+    n = product(primes)
+    lam = 1
+    for q in primes:
+        lam = lam * (q - 1) // gmpy2.gcd(lam, q - 1)
+    d = int(gmpy2.invert(E, lam))
     em_bits = n.bit_length() - 1
-    plain = {x: int.from_bytes(emsa_pss_encode(psi_message(x), em_bits), "big") for x in (b"k%d" % i for i in range(30))}
-    shared = [x for x, m in plain.items() if m % 3 == 0]
+    keys = [b"k%d" % i for i in range(30)]
+    plain = {x: int.from_bytes(emsa_pss_encode(psi_message(x), em_bits), "big") for x in keys}
+    shared = [x for x in keys if plain[x] % 3 == 0]
     assert shared  # about a third of the keys
-    for x in shared:
-        m = psi_representative(gmpy2.mpz(n), em_bits, x)
-        assert gmpy2.gcd(m, n) == 1 and m != plain[x]
-    for x in set(plain) - set(shared):
-        assert psi_representative(gmpy2.mpz(n), em_bits, x) == plain[x]  # unchanged when already a unit
-    blinded, _ = blind_psi_batch((n, E), shared)
+    reps = psi_representatives(gmpy2.mpz(n), em_bits, keys)
+    for x, m in zip(keys, reps):
+        assert m == psi_representative(gmpy2.mpz(n), em_bits, x) and gmpy2.gcd(m, n) == 1
+        assert (m == plain[x]) == (x not in shared)  # only the keys that needed it are re-encoded
+    blinded, invs = blind_psi_batch((n, E), keys)
     assert all(gmpy2.gcd(gmpy2.mpz.from_bytes(z, "big"), n) == 1 for z in blinded)
+    signed = [pow(int.from_bytes(z, "big"), d, n).to_bytes(len(z), "big") for z in blinded]
+    signatures = finalize_psi_batch((n, E), list(zip(keys, signed, invs)))
+    assert [int.from_bytes(s, "big") for s in signatures] == [pow(int(m), d, n) for m in reps]
 
 
 # -- both mode: a client that claims matches it does not have (issue 10 point 3) -----------------

@@ -61,6 +61,7 @@ __all__ = [
     "blind_sign_batch",
     "finalize_batch",
     "psi_representative",
+    "psi_representatives",
     "blind_psi_batch",
     "finalize_psi_batch",
     "sign_psi_batch",
@@ -150,6 +151,21 @@ def psi_representative(n: gmpy2.mpz, em_bits: int, key: bytes) -> gmpy2.mpz:
         retry = PSI_RETRY_TAG + counter.to_bytes(4, "big") + len(key).to_bytes(4, "big") + bytes(key)
         m = gmpy2.mpz.from_bytes(emsa_pss_encode(retry, em_bits), "big")
     return m
+
+
+def psi_representatives(n: gmpy2.mpz, em_bits: int, keys: Sequence[bytes]) -> list[gmpy2.mpz]:
+    """:func:`psi_representative` of each key, with one gcd per batch instead of one per key.
+
+    The product of the plain encodings mod n is a unit exactly when every one of them is, so
+    only a batch that fails that test (never, for an honest key) is checked key by key.
+    """
+    plain = [gmpy2.mpz.from_bytes(emsa_pss_encode(psi_message(key), em_bits), "big") for key in keys]
+    accumulator = gmpy2.mpz(1)
+    for m in plain:
+        accumulator = accumulator * m % n
+    if gmpy2.gcd(accumulator, n) == 1:
+        return plain
+    return [m if gmpy2.gcd(m, n) == 1 else psi_representative(n, em_bits, key) for m, key in zip(plain, keys)]
 
 
 def _encoded_int(n: int, message: bytes, salt: bytes = b"") -> int:
@@ -282,8 +298,7 @@ def blind_psi_batch(public_numbers: tuple[int, int], keys: Sequence[bytes]) -> t
     powmod = gmpy2.powmod
     blinded: list[bytes] = []
     invs: list[int] = []
-    for key in keys:
-        m = psi_representative(n, em_bits, key)
+    for m in psi_representatives(n, em_bits, keys):
         r, inv = _random_blind(n)
         blinded.append((m * powmod(r, e, n) % n).to_bytes(k_len, "big"))
         invs.append(int(inv))
@@ -300,12 +315,13 @@ def finalize_psi_batch(
     n, e, em_bits, k_len = _batch_key(public_numbers)
     powmod = gmpy2.powmod
     out: list[bytes] = []
-    for key, blind_sig, inv in batch:
+    expected = psi_representatives(n, em_bits, [key for key, _z, _inv in batch])
+    for (_key, blind_sig, inv), m in zip(batch, expected):
         z = gmpy2.mpz.from_bytes(blind_sig, "big")
         if len(blind_sig) != k_len or not 0 < z < n:
             raise MalformedMessage("blind signature has the wrong length or is out of range")
         s = z * inv % n
-        if powmod(s, e, n) != psi_representative(n, em_bits, key):
+        if powmod(s, e, n) != m:
             raise MalformedMessage("blind signature does not verify under the peer's public key")
         out.append(s.to_bytes(k_len, "big"))
     return out
@@ -316,5 +332,5 @@ def sign_psi_batch(params: CrtParams, keys: Sequence[bytes]) -> list[bytes]:
     n = gmpy2.mpz(params[0])
     em_bits = params[0].bit_length() - 1
     k_len = (params[0].bit_length() + 7) // 8
-    signatures = sign_batch(params, [int(psi_representative(n, em_bits, key)) for key in keys])
+    signatures = sign_batch(params, [int(m) for m in psi_representatives(n, em_bits, keys)])
     return [s.to_bytes(k_len, "big") for s in signatures]
