@@ -7,6 +7,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from psi.crypto.rsa_keys import RsaKey, sign_batch
+from psi.crypto.rsa_proof import prove
 from psi.driver import run_pair
 from psi.errors import MalformedMessage, ProtocolStateError, UnexpectedMessage, UsageError
 from psi.messages import Message, pack_items, pack_u32_list
@@ -138,9 +139,22 @@ def test_cardinality_mode_and_bad_options_are_refused(key, executor):
 
 def server_after_key(key, executor, *, peer_size=3, items=(b"a", b"b")):
     server = R.Server(list(items), R.Config(batch_size=4), peer_size=peer_size, executor=executor, key=key)
-    (key_message,) = server.outgoing()
-    assert key_message.kind == R.KIND_KEY
+    assert server.outgoing() == []  # the server waits for the client's nonce
+    server.receive(Message(R.KIND_NONCE, bytes(32)))
+    assert [m.kind for m in server.outgoing()] == [R.KIND_KEY, R.KIND_PROOF]
     return server
+
+
+def pump_until(client, server, kind):
+    """Move messages between the parties until the client produces one of ``kind``; return it."""
+    for _ in range(1000):
+        for message in client.outgoing():
+            if message.kind == kind:
+                return message
+            server.receive(message)
+        for message in server.outgoing():
+            client.receive(message)
+    raise AssertionError(f"the client never sent {kind}")
 
 
 def test_server_rejects_malformed_blinded_batches(key, executor):
@@ -179,14 +193,14 @@ def test_server_rejects_bad_match_lists(key, executor):
         config = R.Config(reveal=Reveal.BOTH, batch_size=4)
         server = R.Server(items, config, peer_size=3, executor=executor, key=key, signed_set=signed)
         client = R.Client([b"b", b"c", b"d"], config, peer_size=3, executor=executor)
-        client.receive(server.outgoing()[0])
-        server.receive(client.outgoing()[0])
-        for message in server.outgoing():
-            if message.kind == R.KIND_SIGNED:
-                client.receive(message)
-        # the server has now sent its set and waits for the client's match list
+        pump_until(client, server, R.KIND_MATCH)
+        # the server has now sent its set and waits for the client's match list; the evidence
+        # is right for every position, so only the position checks can refuse these lists
+        claims = [w.to_bytes(4, "big") + R.match_evidence(signed.full_hash(w)) for w in positions if w < 3]
+        if 3 in positions:
+            claims.append((3).to_bytes(4, "big") + bytes(16))
         with pytest.raises(MalformedMessage):
-            server.receive(Message(R.KIND_MATCH, pack_u32_list(positions)))
+            server.receive(Message(R.KIND_MATCH, pack_items(claims, R.CLAIM_BYTES)))
     server = R.Server(items, R.Config(reveal=Reveal.BOTH), peer_size=3, executor=executor, key=key, signed_set=signed)
     client = R.Client([b"b", b"c", b"d"], R.Config(reveal=Reveal.BOTH), peer_size=3, executor=executor)
     run_pair(client, server)
@@ -194,8 +208,12 @@ def test_server_rejects_bad_match_lists(key, executor):
 
 
 def client_after_key(key, executor, *, items=(b"a", b"b", b"c"), peer_size=2, bits=2048):
+    """A client that received ``key`` and an honest proof for it (ready to send blinded values)."""
     client = R.Client(list(items), R.Config(batch_size=2, window=1, key_bits=bits), peer_size=peer_size, executor=executor)
+    (nonce,) = client.outgoing()
+    assert nonce.kind == R.KIND_NONCE and len(nonce.body) == 32
     client.receive(Message(R.KIND_KEY, key.public.to_der()))
+    client.receive(Message(R.KIND_PROOF, pack_items(prove(key, nonce.body), key.public.size)))
     return client
 
 
@@ -203,6 +221,7 @@ def test_client_rejects_bad_keys(key, executor):
     with pytest.raises(MalformedMessage):
         client_after_key(key, executor, bits=3072)  # not the agreed size
     client = R.Client([b"a"], R.Config(), peer_size=1, executor=executor)
+    client.outgoing()
     with pytest.raises(MalformedMessage):
         client.receive(Message(R.KIND_KEY, b"\x30\x00"))
     client = R.Client([b"a"], R.Config(), peer_size=1, executor=executor)
@@ -230,8 +249,11 @@ def test_wrong_signing_key_is_detected(key, executor):
     config = R.Config(batch_size=8)
     client = R.Client([b"a", b"b"], config, peer_size=1, executor=executor)
     server = R.Server([b"a"], config, peer_size=2, executor=executor, key=other)
-    server.outgoing()  # discard the real key, announce another one
+    (nonce,) = client.outgoing()
+    server.receive(nonce)
+    server.outgoing()  # discard the real key, announce another one (with an honest proof for it)
     client.receive(Message(R.KIND_KEY, key.public.to_der()))
+    client.receive(Message(R.KIND_PROOF, pack_items(prove(key, nonce.body), key.public.size)))
     (blinded,) = client.outgoing()
     # the blinded values are below key.n; the other server signs what it can
     body = blinded.body
@@ -243,13 +265,11 @@ def test_wrong_signing_key_is_detected(key, executor):
 
 
 def test_client_rejects_oversized_server_set(key, executor):
-    client = R.Client([], R.Config(), peer_size=2, executor=executor)
-    client.receive(Message(R.KIND_KEY, key.public.to_der()))
+    client = client_after_key(key, executor, items=())
     width = R.truncation_length(0, 2)
     with pytest.raises(MalformedMessage):
         client.receive(Message(R.KIND_SET, pack_items([b"\x00" * width] * 3, width)))
-    client = R.Client([], R.Config(), peer_size=2, executor=executor)
-    client.receive(Message(R.KIND_KEY, key.public.to_der()))
+    client = client_after_key(key, executor, items=())
     with pytest.raises(MalformedMessage):
         client.receive(Message(R.KIND_SET, pack_items([b"\x00" * (width + 1)], width + 1)))
 

@@ -18,6 +18,15 @@ PSI inputs are domain separated before encoding (:func:`psi_message`)::
 
     b"psiq/rsa-psi/v1\\x00" || u32 big-endian len(key) || key
 
+and the PSI functions (:func:`psi_representative` and the ``*_psi_batch`` functions) use the
+first encoding that is a unit modulo N: if EMSA-PSS-ENCODE(psi_message(key)) shares a factor
+with N they re-encode ``b"psiq/rsa-psi/v1/retry\\x00" || u32 counter || u32 len(key) || key``
+for counter = 1, 2, ... Both sides can do this (the server knows N). For an honest two-prime
+modulus the first encoding is always a unit (failure probability ~2^-1023, and it would factor
+N), so nothing changes; for a modulus that passed the permutation proof but has many mid-size
+prime factors it keeps every blinded value uniform on Z_N^* instead of revealing which of those
+primes divide the encoded key.
+
 Batch functions (:func:`blind_batch`, :func:`blind_sign_batch`, :func:`finalize_batch`) are
 top-level and picklable: ``functools.partial(blind_batch, public.numbers)`` goes to
 :meth:`psi.parallel.Executor.map`. Measured costs (2048-bit, one core): blind ~45 us,
@@ -51,11 +60,20 @@ __all__ = [
     "blind_batch",
     "blind_sign_batch",
     "finalize_batch",
+    "psi_representative",
+    "psi_representatives",
+    "blind_psi_batch",
+    "finalize_psi_batch",
+    "sign_psi_batch",
 ]
 
 VARIANT = "RSABSSA-SHA384-PSSZERO-Deterministic"
 HASH_LEN = 48
 PSI_TAG = b"psiq/rsa-psi/v1\x00"
+PSI_RETRY_TAG = b"psiq/rsa-psi/v1/retry\x00"
+#: Re-encodings tried before giving up; after the key checks each try fails with probability
+#: below 2^-13 (at most 102 prime factors, all above 2^20), so 64 tries fail below 2^-800.
+MAX_ENCODING_TRIES = 64
 
 _sha384 = hashlib.sha384
 _ZEROS8 = bytes(8)
@@ -116,6 +134,38 @@ def prepare_identity(message: bytes) -> bytes:
 def psi_message(key: bytes) -> bytes:
     """The message a PSI key is signed as: tag, 4-byte big-endian length, key."""
     return PSI_TAG + len(key).to_bytes(4, "big") + bytes(key)
+
+
+def psi_representative(n: gmpy2.mpz, em_bits: int, key: bytes) -> gmpy2.mpz:
+    """The integer a PSI key is signed as: the first PSS encoding of it that is a unit mod n.
+
+    Raises :class:`MalformedMessage` if none of :data:`MAX_ENCODING_TRIES` encodings is a unit
+    (impossible for a modulus that passed the key checks, short of a broken hash).
+    """
+    m = gmpy2.mpz.from_bytes(emsa_pss_encode(psi_message(key), em_bits), "big")
+    counter = 0
+    while gmpy2.gcd(m, n) != 1:
+        counter += 1
+        if counter >= MAX_ENCODING_TRIES:
+            raise MalformedMessage("no encoding of a key is a unit modulo the server's modulus")
+        retry = PSI_RETRY_TAG + counter.to_bytes(4, "big") + len(key).to_bytes(4, "big") + bytes(key)
+        m = gmpy2.mpz.from_bytes(emsa_pss_encode(retry, em_bits), "big")
+    return m
+
+
+def psi_representatives(n: gmpy2.mpz, em_bits: int, keys: Sequence[bytes]) -> list[gmpy2.mpz]:
+    """:func:`psi_representative` of each key, with one gcd per batch instead of one per key.
+
+    The product of the plain encodings mod n is a unit exactly when every one of them is, so
+    only a batch that fails that test (never, for an honest key) is checked key by key.
+    """
+    plain = [gmpy2.mpz.from_bytes(emsa_pss_encode(psi_message(key), em_bits), "big") for key in keys]
+    accumulator = gmpy2.mpz(1)
+    for m in plain:
+        accumulator = accumulator * m % n
+    if gmpy2.gcd(accumulator, n) == 1:
+        return plain
+    return [m if gmpy2.gcd(m, n) == 1 else psi_representative(n, em_bits, key) for m, key in zip(plain, keys)]
 
 
 def _encoded_int(n: int, message: bytes, salt: bytes = b"") -> int:
@@ -240,3 +290,47 @@ def finalize_batch(
             raise MalformedMessage("blind signature does not verify under the peer's public key")
         out.append(s.to_bytes(k_len, "big"))
     return out
+
+
+def blind_psi_batch(public_numbers: tuple[int, int], keys: Sequence[bytes]) -> tuple[list[bytes], list[int]]:
+    """Blind each PSI key's :func:`psi_representative` with its own fresh r; (blinded, inverses)."""
+    n, e, em_bits, k_len = _batch_key(public_numbers)
+    powmod = gmpy2.powmod
+    blinded: list[bytes] = []
+    invs: list[int] = []
+    for m in psi_representatives(n, em_bits, keys):
+        r, inv = _random_blind(n)
+        blinded.append((m * powmod(r, e, n) % n).to_bytes(k_len, "big"))
+        invs.append(int(inv))
+    return blinded, invs
+
+
+def finalize_psi_batch(
+    public_numbers: tuple[int, int], batch: Sequence[tuple[bytes, bytes, int]]
+) -> list[bytes]:
+    """Finalize each ``(key, blind_sig, inv)``: unblind, check s^e = psi_representative(key).
+
+    Raises :class:`MalformedMessage` if any blind signature is out of range or does not verify.
+    """
+    n, e, em_bits, k_len = _batch_key(public_numbers)
+    powmod = gmpy2.powmod
+    out: list[bytes] = []
+    expected = psi_representatives(n, em_bits, [key for key, _z, _inv in batch])
+    for (_key, blind_sig, inv), m in zip(batch, expected):
+        z = gmpy2.mpz.from_bytes(blind_sig, "big")
+        if len(blind_sig) != k_len or not 0 < z < n:
+            raise MalformedMessage("blind signature has the wrong length or is out of range")
+        s = z * inv % n
+        if powmod(s, e, n) != m:
+            raise MalformedMessage("blind signature does not verify under the peer's public key")
+        out.append(s.to_bytes(k_len, "big"))
+    return out
+
+
+def sign_psi_batch(params: CrtParams, keys: Sequence[bytes]) -> list[bytes]:
+    """The server's own signatures on PSI keys (kLen bytes each), as the client would obtain them."""
+    n = gmpy2.mpz(params[0])
+    em_bits = params[0].bit_length() - 1
+    k_len = (params[0].bit_length() + 7) // 8
+    signatures = sign_batch(params, [int(m) for m in psi_representatives(n, em_bits, keys)])
+    return [s.to_bytes(k_len, "big") for s in signatures]

@@ -3,26 +3,31 @@
 Message flow (after the handshake, which the caller runs with :meth:`Config.hello_params`)::
 
     server                                        client
+                                           <---   rsa.nonce    32 fresh bytes from the OS
     rsa.key      DER SubjectPublicKeyInfo  --->   validate: size = key_bits, e = 65537, N odd,
-                                                  composite, no factor < 2^16
+                                                  composite, not a perfect power, no factor < 2^20
+    rsa.proof    k = 8 e-th roots of H(N, e, nonce, i)  --->  verify all (psi.crypto.rsa_proof):
+                                                  x -> x^e permutes Z_N^*, else stop (exit 4)
+                                                  before any blinded value leaves
                                            <---   rsa.blinded  <= batch_size values y = H(x) r^e
     sign each y (CRT, checked s^e == y)           (at most `window` batches in flight)
     rsa.signed   one batch of y^d          --->   unblind, verify every signature (RFC 9474
                  ... repeated until all n_c values are signed      Finalize), hash it
     rsa.set      truncated hashes of the server's own signatures, in a random order --->
                                                   match against its own hashes
-    (both mode)                            <---   rsa.match   matched server positions, listed
-                                                  in the aligned order
+    (both mode)                            <---   rsa.match   per match: server position and
+    check each claim's evidence (constant time)   16-byte evidence, in the aligned order
 
-Values: H is RFC 9474 RSABSSA-SHA384-PSSZERO-Deterministic encoding of the domain-separated key
-(:func:`psi.crypto.blind_rsa.psi_message`); each party's output for a key x is
+Values: H(x) is the RFC 9474 RSABSSA-SHA384-PSSZERO-Deterministic encoding of the
+domain-separated key (:func:`psi.crypto.blind_rsa.psi_representative`: the first encoding that
+is a unit mod N, always the plain one for an honest key); each party's output for a key x is
 ``SHA-256("psiq/rsa-psi/v1/out\\x00" || sig(x))``, a 32-byte value truncated on the wire to
 
-    L = ceil((40 + log2(n_c * n_s)) / 8) bytes  (at least 5, at most 32),
+    L = ceil((40 + log2(n_c * n_s)) / 8) bytes  (at least 5; at most 13 with sets below 2^32),
 
 so the expected number of false matches, n_c * n_s * 2^(-8L), is at most 2^-40.
 
-What each party learns:
+What each party learns (honest-but-curious peer):
 
 * client — which of its keys are in the intersection (``indices``, ascending in ``receiver``
   mode), the server's set size; the server's hashes reveal nothing about non-matching keys.
@@ -33,10 +38,23 @@ What each party learns:
 * The server's positions on the wire are a fresh random permutation (CSPRNG), kept privately so
   ``both`` mode can map positions back.
 
-Security model: semi-honest parties; the client's privacy is unconditional (uniform blinding,
-fresh r per value), the server's rests on the one-more-RSA assumption in the random-oracle model.
-The client verifies every signature, which stops a server from using a wrong key for some values;
-it does not stop an adversarial key built to probe low-entropy inputs (RFC 9474 section 7.3).
+Cheating peers:
+
+* server — before blinding, the client requires the permutation proof (soundness 2^-128 per
+  session, :mod:`psi.crypto.rsa_proof`); given it, every blinded value is uniform on Z_N^*
+  whatever the key (fresh r per value, re-encoding keeps H(x) a unit), so the server's view of
+  the client's keys is statistically independent of them. Every returned signature is verified
+  before use; a wrong one stops the session (which item it hit is hidden by the blinding). The
+  server still chooses its own set (at most the announced size), like any PSI party.
+* client — cannot make the server report a key in ``both`` mode that it did not have signed in
+  this session: each claim carries ``SHA-256(tag || full output hash)[:16]``
+  (:func:`~psi.protocols.rsa_signed_set.match_evidence`), and the server sends only the first
+  L <= 13 of the 32 bytes; a bad claim, a repeated or out-of-order one stops the session with
+  :class:`~psi.errors.MalformedMessage` (exit 4) and no result. It can still omit matches or
+  submit keys it does not own (input choice, bounded by its announced size). With a persisted
+  server key, evidence learned in an earlier session remains valid.
+* The server's privacy rests on the one-more-RSA assumption in the random-oracle model.
+
 A persisted server key (``key=``/``signed_set=``) lets a client link its queries across sessions;
 by default each session draws a fresh key.
 
@@ -50,21 +68,31 @@ from __future__ import annotations
 
 import enum
 import functools
-import hashlib
-import secrets
-import struct
 from collections import deque
 from dataclasses import dataclass
-from typing import Iterable, Sequence
+from typing import Sequence
 
 import numpy as np
 
-from ..crypto.blind_rsa import VARIANT, blind_batch, emsa_pss_encode, finalize_batch, psi_message
+from ..crypto import rsa_proof
+from ..crypto.blind_rsa import VARIANT, blind_psi_batch, finalize_psi_batch
 from ..crypto.rsa_keys import ALLOWED_BITS, CrtParams, RsaKey, RsaPublicKey, sign_batch
-from ..errors import InputError, MalformedMessage, ProtocolStateError, UsageError
-from ..messages import Message, pack_items, pack_u32_list, unpack_items, unpack_u32_list
-from ..parallel import Executor, split, split_even
+from ..errors import MalformedMessage, ProtocolStateError, UsageError
+from ..messages import Message, pack_items, unpack_items
+from ..parallel import Executor, split_even
 from .base import PsiOutcome, PsiParty, Reveal
+from .rsa_signed_set import (
+    EVIDENCE_BYTES,
+    FULL_HASH,
+    SignedSet,
+    evidence_matches,
+    match_evidence,
+    output_hash,
+    random_permutation,
+    sign_own_items,
+    sign_own_set,
+    signed_set_cache_key,
+)
 
 __all__ = [
     "NAME",
@@ -77,22 +105,27 @@ __all__ = [
     "signed_set_cache_key",
     "truncation_length",
     "output_hash",
+    "match_evidence",
 ]
 
 NAME = "rsa"
-VERSION = 1
+#: 2: the client's nonce and the server's permutation proof before blinding; coprime encoding;
+#: evidence with each claimed match in ``both`` mode.
+VERSION = 2
 
+KIND_NONCE = "rsa.nonce"
 KIND_KEY = "rsa.key"
+KIND_PROOF = "rsa.proof"
 KIND_BLINDED = "rsa.blinded"
 KIND_SIGNED = "rsa.signed"
 KIND_SET = "rsa.set"
 KIND_MATCH = "rsa.match"
 
-OUTPUT_TAG = b"psiq/rsa-psi/v1/out\x00"
-FULL_HASH = 32
 MAX_BATCH_ITEMS = 1 << 16
 MAX_SET_SIZE = (1 << 32) - 1
 TRUNCATION_RULE = "sha256, ceil((40+log2(nc*ns))/8) bytes"
+#: One claimed match on the wire: server position (u32 big-endian) then the evidence.
+CLAIM_BYTES = 4 + EVIDENCE_BYTES
 
 
 def truncation_length(n_client: int, n_server: int) -> int:
@@ -100,11 +133,6 @@ def truncation_length(n_client: int, n_server: int) -> int:
     product = max(1, n_client * n_server)
     # (product - 1).bit_length() == ceil(log2(product)); the ceiling of the sum is unchanged.
     return min(FULL_HASH, -(-(40 + (product - 1).bit_length()) // 8))
-
-
-def output_hash(signature: bytes) -> bytes:
-    """The 32-byte PSI output for one (unblinded) signature."""
-    return hashlib.sha256(OUTPUT_TAG + signature).digest()
 
 
 @dataclass(frozen=True)
@@ -153,126 +181,18 @@ class Config:
 
 
 def _blind_items(public_numbers: tuple[int, int], items: Sequence[bytes]) -> tuple[bytes, list[int]]:
-    blinded, invs = blind_batch(public_numbers, [psi_message(x) for x in items])
+    blinded, invs = blind_psi_batch(public_numbers, items)
     return b"".join(blinded), invs
 
 
 def _finalize_items(public_numbers: tuple[int, int], batch: Sequence[tuple[bytes, bytes, int]]) -> bytes:
-    sigs = finalize_batch(public_numbers, [(psi_message(x), z, inv) for x, z, inv in batch])
-    return b"".join(hashlib.sha256(OUTPUT_TAG + s).digest() for s in sigs)
+    return b"".join(output_hash(s) for s in finalize_psi_batch(public_numbers, batch))
 
 
 def _sign_blinded(params: CrtParams, blob: bytes) -> bytes:
     k_len = (params[0].bit_length() + 7) // 8
     values = [blob[i : i + k_len] for i in range(0, len(blob), k_len)]
     return b"".join(sign_batch(params, values))
-
-
-def _sign_own_items(params: CrtParams, items: Sequence[bytes]) -> bytes:
-    n = params[0]
-    em_bits = n.bit_length() - 1
-    encoded = [emsa_pss_encode(psi_message(x), em_bits) for x in items]
-    return b"".join(hashlib.sha256(OUTPUT_TAG + s).digest() for s in sign_batch(params, encoded))
-
-
-# -- the server's signed set ------------------------------------------------------------------
-
-_SET_MAGIC = b"psiq-rsa-signed-set\x00"
-_SET_HEADER = struct.Struct(">20sB32sIB")
-
-
-def _random_permutation(count: int) -> np.ndarray:
-    """A uniformly random permutation of range(count) drawn from the OS CSPRNG."""
-    if count == 0:
-        return np.zeros(0, dtype=np.int64)
-    keys = np.frombuffer(secrets.token_bytes(8 * count), dtype=np.uint64)
-    return np.argsort(keys, kind="stable").astype(np.int64)
-
-
-class SignedSet:
-    """The server's own signature hashes (full 32 bytes) in wire order, and the permutation.
-
-    ``order[w]`` is the position in the server's input list of the item sent at wire position
-    ``w``. Truncation to the session's L happens per session, so one cached set serves every
-    peer size. Serialise with :meth:`to_bytes`; cache under :func:`signed_set_cache_key`.
-    """
-
-    __slots__ = ("key_fingerprint", "_hashes", "order")
-
-    def __init__(self, key_fingerprint: bytes, hashes: bytes, order: np.ndarray) -> None:
-        if len(key_fingerprint) != 32 or len(hashes) != FULL_HASH * len(order):
-            raise ValueError("inconsistent signed set")
-        self.key_fingerprint = bytes(key_fingerprint)
-        self._hashes = bytes(hashes)
-        self.order = np.asarray(order, dtype=np.int64)
-
-    def __len__(self) -> int:
-        return len(self.order)
-
-    def full_hash(self, position: int) -> bytes:
-        return self._hashes[position * FULL_HASH : (position + 1) * FULL_HASH]
-
-    def truncated(self, start: int, stop: int, length: int) -> bytes:
-        """Wire positions [start, stop) truncated to ``length`` bytes each, back to back."""
-        rows = np.frombuffer(self._hashes, dtype=np.uint8, count=(stop - start) * FULL_HASH, offset=start * FULL_HASH)
-        return rows.reshape(-1, FULL_HASH)[:, :length].tobytes()
-
-    def to_bytes(self) -> bytes:
-        header = _SET_HEADER.pack(_SET_MAGIC, 1, self.key_fingerprint, len(self.order), FULL_HASH)
-        return header + self._hashes + self.order.astype(">u4").tobytes()
-
-    @classmethod
-    def from_bytes(cls, data: bytes) -> "SignedSet":
-        """Parse a cached set; :class:`InputError` if it is damaged or not a signed set."""
-        if len(data) < _SET_HEADER.size:
-            raise InputError("signed-set file is truncated")
-        magic, version, fingerprint, count, hash_len = _SET_HEADER.unpack_from(data, 0)
-        if magic != _SET_MAGIC or version != 1 or hash_len != FULL_HASH:
-            raise InputError("not a psiq RSA signed-set file (or an unsupported version)")
-        if len(data) != _SET_HEADER.size + count * (FULL_HASH + 4):
-            raise InputError("signed-set file length does not match its header")
-        start = _SET_HEADER.size + count * FULL_HASH
-        hashes = data[_SET_HEADER.size : start]
-        order = np.frombuffer(data, dtype=">u4", count=count, offset=start).astype(np.int64)
-        if count and not np.array_equal(np.sort(order), np.arange(count)):
-            raise InputError("signed-set file holds an invalid permutation")
-        return cls(fingerprint, hashes, order)
-
-
-def signed_set_cache_key(key_fingerprint: bytes, items: Iterable[bytes]) -> str:
-    """Hex SHA-256 naming a cached :class:`SignedSet`: key fingerprint + the exact item list."""
-    digest = hashlib.sha256(b"psiq/rsa-signed-set/v1\x00" + bytes(key_fingerprint))
-    count = 0
-    for item in items:
-        digest.update(len(item).to_bytes(4, "big"))
-        digest.update(item)
-        count += 1
-    digest.update(count.to_bytes(8, "big"))
-    return digest.hexdigest()
-
-
-def sign_own_set(
-    items: Sequence[bytes],
-    key: RsaKey,
-    executor: Executor,
-    *,
-    batch_size: int = 4096,
-    on_progress=None,
-) -> SignedSet:
-    """Sign and hash the server's own items in a fresh random order (the precomputation).
-
-    ``on_progress(done, total)`` is called after each batch when given.
-    """
-    order = _random_permutation(len(items))
-    wire = [items[i] for i in order]
-    params = key.crt_params()
-    chunks = split(wire, batch_size) if wire else []
-    out = bytearray()
-    for done, blob in enumerate(executor.imap(functools.partial(_sign_own_items, params), chunks), 1):
-        out += blob
-        if on_progress is not None:
-            on_progress(min(done * batch_size, len(items)), len(items))
-    return SignedSet(key.fingerprint(), bytes(out), order)
 
 
 # -- parties ----------------------------------------------------------------------------------
@@ -284,9 +204,11 @@ def _check_items(items: Sequence[bytes], peer_size: int) -> None:
 
 
 class _ClientState(enum.Enum):
-    """WAIT_KEY -> EXCHANGE -> RECEIVE_SET -> DONE (any state -> failed on error)."""
+    """SEND_NONCE -> WAIT_KEY -> WAIT_PROOF -> EXCHANGE -> RECEIVE_SET -> DONE (any -> failed)."""
 
+    SEND_NONCE = "send-nonce"
     WAIT_KEY = "wait-key"
+    WAIT_PROOF = "wait-proof"
     EXCHANGE = "exchange"
     RECEIVE_SET = "receive-set"
     DONE = "done"
@@ -302,9 +224,11 @@ class Client(PsiParty):
         self._config = config
         self._peer_size = peer_size
         self._executor = executor
-        self._state = _ClientState.WAIT_KEY
+        self._state = _ClientState.SEND_NONCE
         self._trunc = truncation_length(len(items), peer_size)
-        self._public: RsaPublicKey | None = None
+        self._nonce = rsa_proof.new_nonce()
+        self._candidate: RsaPublicKey | None = None  # the key before its proof is checked
+        self._public: RsaPublicKey | None = None  # set only once the proof verified
         self._next_start = 0
         self._in_flight: deque[tuple[int, int, list[int]]] = deque()
         self._full = bytearray(FULL_HASH * len(items))
@@ -315,6 +239,9 @@ class Client(PsiParty):
 
     # -- sending ---------------------------------------------------------------------------------
     def _produce(self) -> None:
+        if self._state is _ClientState.SEND_NONCE:
+            self._send(KIND_NONCE, self._nonce)
+            self._state = _ClientState.WAIT_KEY
         if self._state is not _ClientState.EXCHANGE:
             return
         public = self._key()
@@ -335,6 +262,8 @@ class Client(PsiParty):
     def _handle(self, message: Message) -> None:
         if self._state is _ClientState.WAIT_KEY and message.kind == KIND_KEY:
             self._on_key(message.body)
+        elif self._state is _ClientState.WAIT_PROOF and message.kind == KIND_PROOF:
+            self._on_proof(message.body)
         elif self._state is _ClientState.EXCHANGE and message.kind == KIND_SIGNED and self._in_flight:
             self._on_signed(message.body)
         elif self._state is _ClientState.RECEIVE_SET and message.kind == KIND_SET:
@@ -343,7 +272,18 @@ class Client(PsiParty):
             raise self._unexpected(message, self._state.value)
 
     def _on_key(self, body: bytes) -> None:
-        self._public = RsaPublicKey.from_der(body, bits=self._config.key_bits)
+        self._candidate = RsaPublicKey.from_der(body, bits=self._config.key_bits)
+        self._state = _ClientState.WAIT_PROOF
+
+    def _on_proof(self, body: bytes) -> None:
+        candidate = self._candidate
+        if candidate is None:  # pragma: no cover - the state machine orders key before proof
+            raise ProtocolStateError("the server's key has not arrived")
+        k = rsa_proof.proof_size(candidate.e)
+        blob = unpack_items(body, candidate.size, exact_count=k)
+        roots = [blob[i * candidate.size : (i + 1) * candidate.size] for i in range(k)]
+        rsa_proof.verify(candidate, self._nonce, roots)
+        self._public = candidate
         self._state = _ClientState.EXCHANGE
         self._set_phase("blind", len(self._items))
         if not self._items:
@@ -418,7 +358,10 @@ class Client(PsiParty):
         }
         if self._config.reveal is Reveal.BOTH:
             pairs.sort(key=lambda p: full[p[0] * FULL_HASH : (p[0] + 1) * FULL_HASH])
-            self._send(KIND_MATCH, pack_u32_list([w for _c, w in pairs]))
+            claims = b"".join(
+                w.to_bytes(4, "big") + match_evidence(full[c * FULL_HASH : (c + 1) * FULL_HASH]) for c, w in pairs
+            )
+            self._send(KIND_MATCH, pack_items(claims, CLAIM_BYTES))
             indices = [c for c, _w in pairs]
         else:
             indices = sorted(c for c, _w in pairs)
@@ -429,9 +372,9 @@ class Client(PsiParty):
 
 
 class _ServerState(enum.Enum):
-    """SEND_KEY -> SIGN -> SEND_SET -> (both: WAIT_MATCH) -> DONE (any -> failed on error)."""
+    """WAIT_NONCE -> SIGN -> SEND_SET -> (both: WAIT_MATCH) -> DONE (any -> failed on error)."""
 
-    SEND_KEY = "send-key"
+    WAIT_NONCE = "wait-nonce"
     SIGN = "sign"
     SEND_SET = "send-set"
     WAIT_MATCH = "wait-match"
@@ -478,7 +421,7 @@ class Server(PsiParty):
         self._n = key.public.n
         self._k_len = key.public.size
         self._trunc = truncation_length(peer_size, len(items))
-        self._state = _ServerState.SEND_KEY
+        self._state = _ServerState.WAIT_NONCE
         self._signed_received = 0
         self._signed_set = signed_set
         self._order = signed_set.order if signed_set is not None else None
@@ -496,12 +439,6 @@ class Server(PsiParty):
 
     # -- sending ---------------------------------------------------------------------------------
     def _produce(self) -> None:
-        if self._state is _ServerState.SEND_KEY:
-            self._send(KIND_KEY, self._key.public.to_der())
-            self._state = _ServerState.SIGN
-            self._set_phase("sign", self._peer_size)
-            if self._peer_size == 0:
-                self._start_sending_set()
         if self._state is _ServerState.SEND_SET:
             self._send_set_batch()
 
@@ -509,7 +446,7 @@ class Server(PsiParty):
         self._state = _ServerState.SEND_SET
         self._set_phase("server-set", len(self._items))
         if self._order is None:
-            self._order = _random_permutation(len(self._items))
+            self._order = random_permutation(len(self._items))
 
     def _wire_order(self) -> np.ndarray:
         if self._order is None:
@@ -526,7 +463,7 @@ class Server(PsiParty):
             else:
                 wire_items = [self._items[i] for i in self._wire_order()[start:stop]]
                 results = self._executor.map(
-                    functools.partial(_sign_own_items, self._params), split_even(wire_items, self._executor.workers)
+                    functools.partial(sign_own_items, self._params), split_even(wire_items, self._executor.workers)
                 )
                 full = b"".join(results)
                 self._own_hashes += full
@@ -547,12 +484,24 @@ class Server(PsiParty):
 
     # -- receiving -------------------------------------------------------------------------------
     def _handle(self, message: Message) -> None:
-        if self._state is _ServerState.SIGN and message.kind == KIND_BLINDED:
+        if self._state is _ServerState.WAIT_NONCE and message.kind == KIND_NONCE:
+            self._on_nonce(message.body)
+        elif self._state is _ServerState.SIGN and message.kind == KIND_BLINDED:
             self._on_blinded(message.body)
         elif self._state is _ServerState.WAIT_MATCH and message.kind == KIND_MATCH:
             self._on_match(message.body)
         else:
             raise self._unexpected(message, self._state.value)
+
+    def _on_nonce(self, body: bytes) -> None:
+        if len(body) != rsa_proof.NONCE_BYTES:
+            raise MalformedMessage(f"the client's proof nonce must be {rsa_proof.NONCE_BYTES} bytes")
+        self._send(KIND_KEY, self._key.public.to_der())
+        self._send(KIND_PROOF, pack_items(rsa_proof.prove(self._key, bytes(body)), self._k_len))
+        self._state = _ServerState.SIGN
+        self._set_phase("sign", self._peer_size)
+        if self._peer_size == 0:
+            self._start_sending_set()
 
     def _on_blinded(self, body: bytes) -> None:
         remaining = self._peer_size - self._signed_received
@@ -577,17 +526,29 @@ class Server(PsiParty):
             self._send_set_batch()
 
     def _on_match(self, body: bytes) -> None:
+        """Accept the client's claims only if each names a distinct position, in the aligned
+        order, with the evidence only a holder of that key's signature can compute."""
         if self._signed_set is None:
             raise ProtocolStateError("the server's set is not complete")
         total = len(self._items)
-        positions = unpack_u32_list(body, max_count=min(total, self._peer_size), below=total)
+        blob = unpack_items(body, CLAIM_BYTES, max_count=min(total, self._peer_size))
         signed_set = self._signed_set
+        positions: list[int] = []
         previous = b""
-        for w in positions:  # strictly increasing full hashes: the aligned order, no repeats
+        valid = True
+        for i in range(len(blob) // CLAIM_BYTES):
+            claim = blob[i * CLAIM_BYTES : (i + 1) * CLAIM_BYTES]
+            w = int.from_bytes(claim[:4], "big")
+            if w >= total:
+                raise MalformedMessage("a claimed match names a position outside the server's set")
             h = signed_set.full_hash(w)
-            if h <= previous:
+            if h <= previous:  # strictly increasing full hashes: the aligned order, no repeats
                 raise MalformedMessage("matched positions are repeated or not in the aligned order")
             previous = h
+            valid &= evidence_matches(h, claim[4:])
+            positions.append(w)
+        if not valid:
+            raise MalformedMessage("the client claimed matches it cannot prove (wrong match evidence)")
         order = signed_set.order
         self._complete([int(order[w]) for w in positions])
 
