@@ -26,7 +26,7 @@ from psi.crypto.groups import get_group, multiply_batch
 from psi.errors import MalformedMessage, UsageError
 from psi.parallel import Executor
 
-from .conftest import psiq_cmd, subprocess_env
+from .conftest import psiq_cmd, subprocess_env, tls_args
 
 VECTORS = Path(__file__).parent / "vectors"
 PORTABLE = PortableBackend()
@@ -253,7 +253,7 @@ def test_cli_load_failure_falls_back_with_one_note(tmp_path: Path) -> None:
 
 
 @pytest.mark.e2e
-def test_session_json_names_the_backend_and_the_note(tmp_path: Path) -> None:
+def test_session_json_names_the_backend_and_the_note(tmp_path: Path, pki: Path) -> None:
     from psiq_datasets.generate import generate
 
     generate(tmp_path, rows=300, overlap=0.5, seed=3, blacklist_rows=10)
@@ -264,10 +264,10 @@ def test_session_json_names_the_backend_and_the_note(tmp_path: Path) -> None:
     env = {**subprocess_env(), "PSIQ_MB_LIBRARY": str(bogus)}
     env.pop(backends.ENV_VAR, None)
     server = subprocess.Popen(psiq_cmd() + ["--backend", "portable", "psi", "serve", "--input", str(tmp_path / "bank_b.csv"),
-                                            "--output", str(tmp_path / "b.csv"), *common],
+                                            "--output", str(tmp_path / "b.csv"), *common, *tls_args(pki, "bank-b")],
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
     client = subprocess.run(psiq_cmd() + ["psi", "connect", "--input", str(tmp_path / "bank_a.csv"),
-                                          "--output", str(tmp_path / "a.csv"), *common],
+                                          "--output", str(tmp_path / "a.csv"), *common, *tls_args(pki, "bank-a")],
                             capture_output=True, text=True, env=env, timeout=120)
     s_out, s_err = server.communicate(timeout=60)
     assert client.returncode == 0 and server.returncode == 0, client.stderr + s_err
