@@ -60,14 +60,37 @@ def _session_options(fn: Callable[..., Any]) -> Callable[..., Any]:
         click.option("--max-peer-size", type=click.IntRange(0), default=None,
                      help="Refuse a peer that announces more keys than this."),
         click.option("--timeout", type=click.FloatRange(1), default=600.0, show_default=True,
-                     help="Seconds to wait for any one message from the peer."),
+                     help="Seconds to wait for any one message from the peer; given explicitly to a one-shot "
+                          "'serve', also the longest wait for a session."),
+        click.option("--allow-empty", is_flag=True,
+                     help="Run even when the input has no keys (default: stop with 'no keys')."),
     ]
     for decorator in reversed(decorators):
         fn = decorator(fn)
     return fn
 
 
+_PROTOCOL_ONLY = {"group": ("ecdh",), "compression": ("ecdh",), "fpr_bits": ("ecdh",), "key_bits": ("rsa",)}
+
+
+def _given(name: str) -> bool:
+    """True when the user set option ``name`` (command line or environment), not its default."""
+    from click.core import ParameterSource
+
+    source = click.get_current_context().get_parameter_source(name)
+    return source in (ParameterSource.COMMANDLINE, ParameterSource.ENVIRONMENT)
+
+
+def _refuse_foreign_options(kw: dict[str, Any]) -> None:
+    """An option of another protocol is a mistake (e.g. --key-bits with ECDH): say so."""
+    for name, protocols in _PROTOCOL_ONLY.items():
+        if kw["protocol"] not in protocols and _given(name):
+            flag = "--" + name.replace("_", "-")
+            raise UsageError(f"{flag} applies to the {'/'.join(protocols)} protocol, not {kw['protocol']}")
+
+
 def _options(kw: dict[str, Any]) -> api.PsiOptions:
+    _refuse_foreign_options(kw)
     return api.PsiOptions(
         protocol=kw["protocol"],
         reveal=kw["reveal"],
@@ -87,6 +110,8 @@ def _options(kw: dict[str, Any]) -> api.PsiOptions:
         server_key=kw.get("server_key"),
         cache_dir=kw.get("cache_dir"),
         prepared=kw.get("prepared"),
+        create_key=kw.get("create_key", False),
+        allow_empty=kw["allow_empty"],
     )
 
 
@@ -97,12 +122,14 @@ def _report(summary: api.PsiSummary, as_json: bool, quiet: bool) -> None:
         return
     size = d["intersection_size"]
     what = "intersection size" if summary.reveal != "cardinality" else "matched keys (cardinality only)"
+    peer = f" ({d['peer_name']})" if d.get("peer_name") else ""
     lines = [
-        f"{summary.role}: {d['set_size']} keys here, {d['peer_set_size']} at the peer",
+        f"{summary.role}: {d['set_size']} keys here, {d['peer_set_size']} at the peer{peer}",
         f"{what}: {size if size is not None else 'not revealed to this side'}",
     ]
     if d["output"]:
-        lines.append(f"wrote {d['output_rows']} rows to {d['output']}")
+        rows = d["output_rows"]
+        lines.append(f"wrote {rows:,} {'row' if rows == 1 else 'rows'} to {d['output']}")
     lines.append(
         f"{d['seconds']:.2f} s; sent {d['bytes_sent']:,} B, received {d['bytes_received']:,} B; peak RSS {d['peak_rss_mb']} MB"
     )
@@ -119,8 +146,9 @@ def _report(summary: api.PsiSummary, as_json: bool, quiet: bool) -> None:
               help="Exchange messages through this shared folder instead of a connection (no TLS; fresh folder per session).")
 @click.option("--forever", is_flag=True, help="Keep serving sessions (default: exit after one).")
 @click.option("--server-key", type=click.Path(dir_okay=False, path_type=Path), default=None,
-              help="Persisted server key (created if missing): RSA, for the signed-set cache; ECDH, with --prepared. "
-                   "Clients can link sessions served with one key.")
+              help="Persisted server key: RSA, for the signed-set cache; ECDH, the key 'psi prepare' made, with "
+                   "--prepared. Clients can link sessions served with one key.")
+@click.option("--create-key", is_flag=True, help="RSA: create --server-key if it does not exist (never implicit).")
 @click.option("--cache-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="RSA protocol: cache the signed set here (keyed by key fingerprint and input digest).")
 @click.option("--prepared", type=click.Path(dir_okay=False, path_type=Path), default=None,
@@ -146,10 +174,14 @@ def serve(tls: Any, as_json: bool, quiet: bool, forever: bool, listen: str | Non
         bar.close()
         warn(f"session failed: {err}")
 
+    def refused(err: PsiqError) -> None:
+        warn(f"refused a connection (still listening): {err}")
+
+    accept_timeout = kw["timeout"] if _given("timeout") else None
     try:
         api.serve(kw["input_path"], on=_columns(kw["on"]), listen=listen, tls=tls, output=kw["output"],
                   options=options, forever=forever, on_progress=bar, on_listening=listening,
-                  on_session=done, on_error=failed)
+                  on_session=done, on_error=failed, on_refused=refused, accept_timeout=accept_timeout)
     finally:
         bar.close()
 

@@ -86,16 +86,64 @@ def test_receiver_mode_client_output_only(tables: Path, pki: Path, tmp_path: Pat
 
 
 def test_certificate_from_another_ca_is_refused(tables: Path, pki: Path, tmp_path: Path) -> None:
+    """The client is refused (exit 6); the one-shot server logs one line and keeps listening."""
     port = free_port()
     server = _start_server(["psi", "serve", "--input", str(tables / "bank_b.csv"), "--on", "id_number",
                             "--listen", f"127.0.0.1:{port}", "--quiet", *tls_args(pki, "bank-b")])
-    client = _run(["psi", "connect", "--input", str(tables / "bank_a.csv"), "--on", "id_number",
-                   "--peer", f"127.0.0.1:{port}", "--output", str(tmp_path / "a.csv"), "--quiet",
-                   *tls_args(pki, "mallory")])
-    _s_out, s_err = server.communicate(timeout=60)
-    assert client.returncode == 6 and "TLS" in _one_line_error(client.stderr)
-    assert server.returncode == 6 and "TLS" in _one_line_error(s_err)
-    assert not (tmp_path / "a.csv").exists()
+    try:
+        client = _run(["psi", "connect", "--input", str(tables / "bank_a.csv"), "--on", "id_number",
+                       "--peer", f"127.0.0.1:{port}", "--output", str(tmp_path / "a.csv"), "--quiet",
+                       *tls_args(pki, "mallory")])
+        assert client.returncode == 6 and "TLS" in _one_line_error(client.stderr)
+        assert not (tmp_path / "a.csv").exists()
+        time.sleep(0.5)
+        assert server.poll() is None, "a refused connection must not end a one-shot server"
+    finally:
+        server.terminate()
+        _s_out, s_err = server.communicate(timeout=60)
+    refused = [line for line in s_err.splitlines() if "refused a connection" in line]
+    assert len(refused) == 1 and "TLS" in refused[0], s_err
+    assert server.returncode == 143, s_err
+
+
+def test_one_shot_server_survives_scans_until_a_session_ran(tables: Path, pki: Path, tmp_path: Path) -> None:
+    """Issue 11.6: a TCP health check and a client that hangs up before its hello are logged, then the
+    real partner gets its session and the server exits 0."""
+    import socket
+
+    port = free_port()
+    server = _start_server(["psi", "serve", "--input", str(tables / "bank_b.csv"), "--on", "id_number",
+                            "--listen", f"127.0.0.1:{port}", "--timeout", "120", *tls_args(pki, "bank-b")])
+    try:
+        deadline = time.monotonic() + 60
+        while True:  # the health check: connect, then close without a word
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=5).close()
+                break
+            except OSError:
+                assert time.monotonic() < deadline, "server never listened"
+                time.sleep(0.1)
+        time.sleep(0.5)
+        assert server.poll() is None, "a health check must not end a one-shot server"
+        client = _run(["psi", "connect", "--input", str(tables / "bank_a.csv"), "--on", "id_number",
+                       "--peer", f"127.0.0.1:{port}", "--quiet", *tls_args(pki, "bank-a")])
+        _s_out, s_err = server.communicate(timeout=60)
+    finally:
+        if server.poll() is None:
+            server.kill()
+            server.communicate()
+    assert client.returncode == 0, client.stderr
+    assert server.returncode == 0, s_err
+    assert len([line for line in s_err.splitlines() if "refused a connection" in line]) == 1, s_err
+
+
+def test_one_shot_server_gives_up_after_an_explicit_timeout(tables: Path, pki: Path) -> None:
+    port = free_port()
+    started = time.monotonic()
+    result = _run(["psi", "serve", "--input", str(tables / "bank_b.csv"), "--on", "id_number",
+                   "--listen", f"127.0.0.1:{port}", "--timeout", "2", "--quiet", *tls_args(pki, "bank-b")])
+    assert result.returncode == 3 and "timeout" in _one_line_error(result.stderr)
+    assert time.monotonic() - started < 60
 
 
 def test_protocol_mismatch_stops_both_sides(tables: Path, pki: Path, tmp_path: Path) -> None:
