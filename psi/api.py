@@ -29,7 +29,7 @@ import numpy as np
 from . import __version__
 from .alignment import JOIN_TYPES, AlignmentExchange
 from .driver import RunStats, run_party
-from .errors import InputError, LocalError, PsiqError, TransportError, UsageError
+from .errors import AuthenticationError, InputError, LocalError, PsiqError, TransportError, UsageError
 from .normalize import Normalization
 from .parallel import Executor
 from .preflight import check_output, check_session_options, expand_output
@@ -393,8 +393,8 @@ def _serve_on(table: KeyTable, listener: Listener, executor: Executor, output: A
                     last = run_session(Role.SERVER, channel, table, options=options, output=out,
                                        executor=executor, on_progress=on_progress, head_start=head,
                                        server_state=state)
-                except TransportError as err:
-                    if channel.bytes_received or forever:
+                except TransportError as err:  # AuthenticationError: the peer refused our certificate
+                    if forever or (channel.bytes_received and not isinstance(err, AuthenticationError)):
                         raise
                     sessions -= 1  # the peer went away before its hello: not a session
                     if on_refused is not None:

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from .errors import (
+    AuthenticationError,
     IncompatiblePeer,
     LocalError,
     MalformedMessage,
@@ -71,7 +72,7 @@ class _PhaseClock:
         self.phase, self.t = phase, now
 
 
-_ERROR_CLASSES: dict[int, type[PsiqError]] = {5: IncompatiblePeer, 7: PolicyError}
+_ERROR_CLASSES: dict[int, type[PsiqError]] = {5: IncompatiblePeer, 6: AuthenticationError, 7: PolicyError}
 
 
 def send_error(channel: Channel, err: BaseException) -> None:

@@ -249,3 +249,56 @@ def test_port_in_use_is_a_transport_error(tables: Path, pki: Path) -> None:
         result = _run(["psi", "serve", "--input", str(tables / "bank_b.csv"), "--on", "id_number",
                        "--listen", f"127.0.0.1:{port}", *tls_args(pki, "bank-b")])
     assert result.returncode == 3 and "address already in use" in _one_line_error(result.stderr)
+
+
+def test_forever_server_names_outputs_per_session_and_logs_the_peer(tables: Path, pki: Path, tmp_path: Path) -> None:
+    """Issue 11.7: '--output b-{peer}-{session}.csv' gives one file per session; each session names its peer."""
+    port = free_port()
+    template = str(tmp_path / "b-{peer}-{session}.csv")
+    server = _start_server(["psi", "serve", "--input", str(tables / "bank_b.csv"), "--on", "id_number", "--forever",
+                            "--reveal", "both", "--output", template, "--listen", f"127.0.0.1:{port}",
+                            *tls_args(pki, "bank-b")])
+    try:
+        for _ in range(2):
+            client = _run(["psi", "connect", "--input", str(tables / "bank_a.csv"), "--on", "id_number", "--reveal",
+                           "both", "--peer", f"127.0.0.1:{port}", "--quiet", *tls_args(pki, "bank-a")])
+            assert client.returncode == 0, client.stderr
+    finally:
+        server.terminate()
+        s_out, s_err = server.communicate(timeout=60)
+    assert server.returncode == 143, s_err
+    expected = set(_ids(tables / "bank_a.csv")) & set(_ids(tables / "bank_b.csv"))
+    for n in (1, 2):
+        assert set(_ids(tmp_path / f"b-bank-a-{n}.csv")) == expected
+    assert s_out.count("(bank-a)") == 2, s_out
+
+
+@pytest.mark.parametrize("side", ["server", "client"])
+def test_refusing_peer_tells_the_other_side_why(side: str, tables: Path, pki: Path) -> None:
+    """Issue 11.5: the side that refuses (--max-peer-size) sends its reason; both print it, both exit 7."""
+    port = free_port()
+    cap = ["--max-peer-size", "10"]
+    server = _start_server(["psi", "serve", "--input", str(tables / "bank_b.csv"), "--on", "id_number", "--quiet",
+                            "--listen", f"127.0.0.1:{port}", *tls_args(pki, "bank-b"), *(cap if side == "server" else [])])
+    client = _run(["psi", "connect", "--input", str(tables / "bank_a.csv"), "--on", "id_number", "--quiet",
+                   "--peer", f"127.0.0.1:{port}", *tls_args(pki, "bank-a"), *(cap if side == "client" else [])])
+    _s_out, s_err = server.communicate(timeout=60)
+    assert client.returncode == 7 and "max-peer-size" in _one_line_error(client.stderr), client.stderr
+    assert server.returncode == 7 and "max-peer-size" in _one_line_error(s_err), s_err
+
+
+def test_wrong_peer_name_is_told_to_the_peer(tables: Path, pki: Path) -> None:
+    """Issue 11.5: a client that refuses the server's name tells it; the server logs the reason, not 'peer closed'."""
+    port = free_port()
+    server = _start_server(["psi", "serve", "--input", str(tables / "bank_b.csv"), "--on", "id_number", "--quiet",
+                            "--listen", f"127.0.0.1:{port}", "--timeout", "30", *tls_args(pki, "bank-b")])
+    try:
+        client = _run(["psi", "connect", "--input", str(tables / "bank_a.csv"), "--on", "id_number", "--quiet",
+                       "--peer", f"127.0.0.1:{port}", "--peer-name", "bank-c", *tls_args(pki, "bank-a")])
+        assert client.returncode == 6 and "bank-c" in _one_line_error(client.stderr)
+        time.sleep(1.0)
+    finally:
+        server.terminate()
+        _s_out, s_err = server.communicate(timeout=60)
+    refused = [line for line in s_err.splitlines() if "refused a connection" in line]
+    assert len(refused) == 1 and "bank-c" in refused[0] and "closed" not in refused[0], s_err

@@ -18,7 +18,7 @@ import time
 from typing import Callable
 
 from ..errors import AuthenticationError, PeerDisconnected, TransportError, UsageError
-from ..messages import DEFAULT_MAX_BODY, HEADER, Message, decode_header, encode_frame
+from ..messages import DEFAULT_MAX_BODY, HEADER, Message, decode_header, encode_frame, pack_json
 from .base import Channel
 from .tls import TlsConfig, check_peer_name, client_context, server_context
 
@@ -235,10 +235,23 @@ def _secure(raw: socket.socket, ctx: ssl.SSLContext | None, tls: TlsConfig | Non
     except (ssl.SSLError, OSError) as err:
         raw.close()
         raise _tls_error(err, handshake=True) from None
-    except AuthenticationError:
+    except AuthenticationError as err:
+        _tell_peer(sock, 6, f"it refused our certificate: {err}")
         raw.close()
         raise
     return TcpChannel(sock, peer_name=name)
+
+
+def _tell_peer(sock: ssl.SSLSocket, code: int, text: str) -> None:
+    """Best effort: one ``error`` frame with a short, non-secret reason before we hang up, so the
+    peer prints the same cause (``psi.driver.raise_if_error``) instead of 'peer closed'."""
+    try:
+        body = pack_json({"code": code, "message": text[:500]})
+        sock.settimeout(2.0)
+        sock.sendall(encode_frame(Message("error", body)))
+        sock.unwrap()
+    except (OSError, ValueError, ssl.SSLError):
+        pass
 
 
 def connect(
