@@ -30,7 +30,8 @@ def _session_options(fn: Callable[..., Any]) -> Callable[..., Any]:
         click.option("--on", "on", required=True,
                      help="Key column(s), comma-separated for a composite key (e.g. phone,id_number)."),
         click.option("--output", type=click.Path(dir_okay=False, path_type=Path), default=None,
-                     help="Write this party's full rows of the intersection here (same format as the input)."),
+                     help="Write this party's full rows of the intersection here (format from the extension; "
+                          "with 'serve --forever' use {peer}, {session} or {time} in the name)."),
         click.option("--reveal", type=click.Choice(["receiver", "both", "cardinality"]), default="receiver",
                      show_default=True,
                      help="receiver: the client learns the intersection; both: both learn it, rows aligned; "
@@ -62,6 +63,11 @@ def _session_options(fn: Callable[..., Any]) -> Callable[..., Any]:
         click.option("--timeout", type=click.FloatRange(1), default=600.0, show_default=True,
                      help="Seconds to wait for any one message from the peer; given explicitly to a one-shot "
                           "'serve', also the longest wait for a session."),
+        click.option("--encoding", type=click.Choice(["utf-8", "utf-8-sig", "gbk", "gb18030"]), default=None,
+                     help="Text encoding of a CSV/TSV input and of the output (default UTF-8; a byte-order mark "
+                          "is detected and wins)."),
+        click.option("--output-format", type=click.Choice(["csv", "tsv", "parquet"]), default=None,
+                     help="Output format (default: from --output's extension, else the input's format)."),
         click.option("--allow-empty", is_flag=True,
                      help="Run even when the input has no keys (default: stop with 'no keys')."),
     ]
@@ -112,6 +118,8 @@ def _options(kw: dict[str, Any]) -> api.PsiOptions:
         prepared=kw.get("prepared"),
         create_key=kw.get("create_key", False),
         allow_empty=kw["allow_empty"],
+        encoding=kw["encoding"],
+        output_format=kw["output_format"],
     )
 
 

@@ -13,6 +13,7 @@ raises :class:`~psi.errors.PsiqError` subclasses only.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import os
@@ -32,10 +33,12 @@ from .driver import RunStats, run_party
 from .errors import AuthenticationError, InputError, LocalError, PsiqError, TransportError, UsageError
 from .normalize import Normalization
 from .parallel import Executor
+from .convert import output_format, write_output
+from .encodings import utf8_copy
 from .preflight import check_output, check_session_options, expand_output
 from .protocols.base import Progress, PsiOutcome, Reveal, Role
 from .protocols.handshake import Hello
-from .records import DEDUP_POLICIES, KeyTable, read_keys, write_rows
+from .records import DEDUP_POLICIES, KeyTable, detect_format, read_keys
 from .session import PROTOCOLS, exchange_hello, peer_set_size, protocol_module
 from .transport.base import Channel
 from .transport.memory import memory_pair
@@ -88,6 +91,8 @@ class PsiOptions:
     timeout: float = 600.0
     create_key: bool = False  # create a missing --server-key (RSA); never implicitly
     allow_empty: bool = False  # run with an input that has no keys (header only)
+    encoding: str | None = None  # CSV/TSV text encoding of input and output (default UTF-8; a BOM decides)
+    output_format: str | None = None  # default: from the output's extension, else the input's format
 
     def __post_init__(self) -> None:
         if self.protocol not in PROTOCOLS:
@@ -240,7 +245,7 @@ def run_session(
             role=role.value,
             protocol=options.protocol,
             reveal=reveal.value,
-            input=table.summary(),
+            input=dict(table.summary(), file=str(getattr(table, "source_path", table.path))),
             peer_size=peer_size,
             intersection_size=(len(outcome.indices) if outcome.indices is not None else outcome.cardinality),
             stats=stats,
@@ -263,7 +268,8 @@ def run_session(
             rows = None
         if output is not None and rows is not None:
             t0 = time.perf_counter()
-            summary.output_rows = write_rows(table.path, rows, output, fmt=table.fmt, expect_rows=table.rows_read)
+            summary.output_rows = write_output(table.path, table.fmt, rows, output, fmt=options.output_format,
+                                               encoding=options.encoding, expect_rows=table.rows_read)
             summary.output = str(output)
             stats.phases["write-output"] = time.perf_counter() - t0
         summary.peak_rss_mb = _peak_rss_mb()
@@ -296,15 +302,32 @@ def _server_extras(options: PsiOptions, table: KeyTable, executor: Executor) -> 
     return {}
 
 
-def _read(input: str | os.PathLike[str], on: Sequence[str], options: PsiOptions) -> KeyTable:
+def _read(input: str | os.PathLike[str], on: Sequence[str], options: PsiOptions,
+          stack: contextlib.ExitStack | None = None) -> KeyTable:
+    """Read the keys of ``input``; a non-UTF-8 CSV/TSV is read through a UTF-8 copy that lives
+    as long as ``stack`` (the session), since the output's rows are copied from it."""
+    fmt = detect_format(input, options.input_format)
+    path: str | os.PathLike[str] = input
+    if fmt != "parquet":
+        copy = utf8_copy(input, options.encoding)
+        path = stack.enter_context(copy) if stack is not None else input
+        if stack is None:
+            with copy as text_path:
+                return _read_path(input, text_path, fmt, on, options)
+    return _read_path(input, path, fmt, on, options)
+
+
+def _read_path(input: str | os.PathLike[str], path: str | os.PathLike[str], fmt: str, on: Sequence[str],
+               options: PsiOptions) -> KeyTable:
     table = read_keys(
-        input,
+        path,
         list(on),
         normalization=options.normalization,
         dedup=options.dedup,  # type: ignore[arg-type]
-        fmt=options.input_format,
+        fmt=fmt,
         skip_empty=options.skip_empty,
     )
+    table.source_path = Path(input)  # type: ignore[attr-defined]
     if table.unique_keys == 0 and not options.allow_empty:
         raise InputError(f"{Path(input).name}: no keys (no data rows, or every key skipped); "
                          "pass --allow-empty to run with an empty set")
@@ -315,6 +338,7 @@ def _preflight(role: Role, input: str | os.PathLike[str], output: Any, options: 
     """Every check that needs neither the input's keys nor the peer: options, then the output."""
     check_session_options(role.value, options, output, forever=forever)
     if output is not None:
+        output_format(output, options.output_format, detect_format(input, options.input_format))
         try:
             estimate = os.path.getsize(input)
         except OSError:
@@ -351,9 +375,9 @@ def serve(
     """
     options = options or PsiOptions()
     _preflight(Role.SERVER, input, output, options, forever)
-    with Executor(options.workers) as executor:
+    with Executor(options.workers) as executor, contextlib.ExitStack() as stack:
         _warm(executor, options)
-        table = _read(input, on, options)
+        table = _read(input, on, options, stack)
         state = server_state(options, table, executor)
         with Listener(listen, tls) as listener:
             return _serve_on(table, listener, executor, output, options, forever, on_progress, on_listening,
@@ -440,9 +464,9 @@ def connect(
     """Run the client side against a server at ``peer`` (``host:port``)."""
     options = options or PsiOptions()
     _preflight(Role.CLIENT, input, output, options)
-    with Executor(options.workers) as executor:
+    with Executor(options.workers) as executor, contextlib.ExitStack() as stack:
         _warm(executor, options)
-        table = _read(input, on, options)
+        table = _read(input, on, options, stack)
         with tcp_connect(peer, tls, timeout=connect_timeout, retries=retries) as channel:
             out = None if output is None else expand_output(output, peer=channel.peer_name, session=1)
             return run_session(Role.CLIENT, channel, table, options=options, output=out,
@@ -465,9 +489,10 @@ def exchange_via_folder(
 
     options = options or PsiOptions()
     _preflight(Role(role), input, output, options)
-    table = _read(input, on, options)
-    with FolderChannel(directory, Role(role).value) as channel:
-        return run_session(Role(role), channel, table, options=options, output=output, on_progress=on_progress)
+    with contextlib.ExitStack() as stack:
+        table = _read(input, on, options, stack)
+        with FolderChannel(directory, Role(role).value) as channel:
+            return run_session(Role(role), channel, table, options=options, output=output, on_progress=on_progress)
 
 
 def align(input: str | os.PathLike[str], *, on: Sequence[str], peer: str | None = None, listen: str | None = None,
@@ -512,8 +537,15 @@ def intersect_files(
     configs, or over an in-memory pair when ``tls`` is None. Returns (client, server) summaries.
     """
     options = options or PsiOptions()
-    server_table = _read(server_input, server_on or on, options)
-    client_table = _read(client_input, on, options)
+    stack = contextlib.ExitStack()
+    with stack:
+        server_table = _read(server_input, server_on or on, options, stack)
+        client_table = _read(client_input, on, options, stack)
+        return _intersect_tables(client_table, server_table, client_output, server_output, options, tls, on_progress)
+
+
+def _intersect_tables(client_table: KeyTable, server_table: KeyTable, client_output: Any, server_output: Any,
+                      options: PsiOptions, tls: Any, on_progress: Any) -> tuple[PsiSummary, PsiSummary]:
     box: dict[str, Any] = {}
     listening = threading.Event()
 
