@@ -25,9 +25,32 @@ _normalize_option = click.option(
 _regex_option = click.option("--key-regex", default=None, help="Keep only this regex's first group of each id.")
 
 
-def _csv_rows(path: Path) -> tuple[list[str], Iterator[list[str]]]:
+_encoding_option = click.option(
+    "--encoding", type=click.Choice(["utf-8", "utf-8-sig", "gbk", "gb18030"]), default=None,
+    help="Text encoding of the CSV (default UTF-8; a byte-order mark is detected and wins).",
+)
+
+
+def _decode_error(path: Path, encoding: str) -> InputError:
+    """The first line of ``path`` that ``encoding`` cannot decode, as a one-line error with a hint."""
+    codec = "utf-8" if encoding.startswith("utf-8") else encoding
+    line = 0
+    with path.open("rb") as fh:
+        for line, raw in enumerate(fh, start=1):
+            try:
+                raw.decode(codec)
+            except UnicodeDecodeError:
+                break
+    hint = "pass --encoding gbk (or gb18030) for a GBK export" if codec == "utf-8" else "check --encoding"
+    return InputError(f"{path} line {line}: not valid {encoding.upper()}; {hint}")
+
+
+def _csv_rows(path: Path, encoding: str | None = None) -> tuple[list[str], Iterator[list[str]]]:
+    from psi.encodings import resolve_encoding
+
+    actual = resolve_encoding(path, encoding)
     try:
-        handle = path.open("r", encoding="utf-8-sig", newline="")
+        handle = path.open("r", encoding="utf-8-sig" if actual.startswith("utf-8") else actual, newline="")
     except OSError as err:
         raise InputError(f"cannot read {path}: {err.strerror}") from None
     delimiter = "\t" if path.suffix.lower() in (".tsv", ".tab") else ","
@@ -37,7 +60,10 @@ def _csv_rows(path: Path) -> tuple[list[str], Iterator[list[str]]]:
     except StopIteration:
         handle.close()
         raise InputError(f"{path} is empty") from None
-    except (csv.Error, UnicodeDecodeError) as err:
+    except UnicodeDecodeError:
+        handle.close()
+        raise _decode_error(path, actual) from None
+    except csv.Error as err:
         handle.close()
         raise InputError(f"{path}: cannot parse the header ({err})") from None
 
@@ -47,7 +73,9 @@ def _csv_rows(path: Path) -> tuple[list[str], Iterator[list[str]]]:
                 for row in reader:
                     if row:
                         yield row
-            except (csv.Error, UnicodeDecodeError) as err:
+            except UnicodeDecodeError:
+                raise _decode_error(path, actual) from None
+            except csv.Error as err:
                 raise InputError(f"{path}, line {reader.line_num}: {err}") from None
 
     return header, rows()
@@ -74,13 +102,15 @@ def pir_group() -> None:
 @click.option("--workers", type=click.IntRange(1, 256), default=None, help="Processes for the OPRF (default: all cores).")
 @_normalize_option
 @_regex_option
+@_encoding_option
 @output_options
 def setup_command(input_path: Path, on: str, label: str | None, out_dir: Path, label_width: int | None,
-                  workers: int | None, normalize: str, key_regex: str | None, as_json: bool, quiet: bool) -> None:
+                  workers: int | None, normalize: str, key_regex: str | None, as_json: bool, quiet: bool,
+                  encoding: str | None = None) -> None:
     """Build a new table version from a CSV (fresh keys: old hints and labels stop working)."""
     from pir import api
 
-    header, rows = _csv_rows(input_path)
+    header, rows = _csv_rows(input_path, encoding)
     id_col = _column(header, on, input_path)
     label_col = _column(header, label, input_path) if label else None
 
@@ -153,7 +183,8 @@ def _print_result(result: object, as_json: bool) -> None:
 @handles_errors
 @click.option("--peer", required=True, help="HOST:PORT of the lookup service.")
 @click.option("--id", "ident", default=None, help="One id to look up.")
-@click.option("--input", "input_path", default=None, type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--input", "input_path", default=None, type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="CSV/TSV of ids to look up in one connection (with --on).")
 @click.option("--on", "on", default=None, help="Id column of --input.")
 @click.option("--output", "output_path", default=None, type=click.Path(dir_okay=False, path_type=Path),
               help="CSV with the input rows plus 'listed' and 'label' columns.")
@@ -161,11 +192,12 @@ def _print_result(result: object, as_json: bool) -> None:
               help="Where hints are cached per table version (default ~/.cache/psiq/pir).")
 @_normalize_option
 @_regex_option
+@_encoding_option
 @tls_options
 @output_options
 def query_command(peer: str, ident: str | None, input_path: Path | None, on: str | None, output_path: Path | None,
                   cache_dir: Path | None, normalize: str, key_regex: str | None, tls: object,
-                  as_json: bool, quiet: bool) -> None:
+                  as_json: bool, quiet: bool, encoding: str | None = None) -> None:
     """Look ids up; exit status 0 whether listed or not."""
     from pir import api
 
@@ -179,7 +211,7 @@ def query_command(peer: str, ident: str | None, input_path: Path | None, on: str
     assert input_path is not None
     if on is None:
         raise UsageError("--input needs --on (the id column)")
-    header, rows_iter = _csv_rows(input_path)
+    header, rows_iter = _csv_rows(input_path, encoding)
     id_col = _column(header, on, input_path)
     rows = list(rows_iter)
     ids = [row[id_col] if id_col < len(row) else "" for row in rows]
@@ -188,7 +220,7 @@ def query_command(peer: str, ident: str | None, input_path: Path | None, on: str
     if output_path is not None:
         directory = output_path.resolve().parent
         fd, tmp = tempfile.mkstemp(dir=directory, prefix=".psiq-", suffix=".csv")
-        with os.fdopen(fd, "w", encoding="utf-8", newline="") as fh:
+        with os.fdopen(fd, "w", encoding=encoding or "utf-8", newline="") as fh:
             writer = csv.writer(fh)
             writer.writerow([*header, "listed", "label"])
             for row, result in zip(rows, results):

@@ -40,7 +40,7 @@ def test_gbk_bank_matches_utf8_bank_and_writes_gbk(banks: tuple[Path, Path], tmp
     client, server = api.intersect_files(a, b, on=["id_number"], client_output=out_a, options=options)
     assert client.intersection_size == 2
     text = out_a.read_bytes().decode("gbk")  # the output keeps the input's encoding
-    assert [r["name"] for r in csv.DictReader(io.StringIO(text))] == ["李四", "王五"]
+    assert sorted(r["name"] for r in csv.DictReader(io.StringIO(text))) == sorted(["李四", "王五"])
     assert client.input["file"] == str(a)  # the summary names the real file, not the UTF-8 copy
 
 
@@ -117,3 +117,19 @@ def test_cli_encoding_option(banks: tuple[Path, Path], tmp_path: Path) -> None:
     t.join(60)
     assert result.exit_code == 0, result.output
     assert "李四" in (tmp_path / "o.csv").read_bytes().decode("gbk")
+
+
+def test_pir_setup_reads_gbk_and_names_the_line_without_encoding(tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from cli.main import cli
+
+    listed = tmp_path / "blacklist.csv"
+    listed.write_bytes("id_number,reason\n110101199003071234,欺诈\n220102198512120011,制裁\n".encode("gbk"))
+    bad = CliRunner().invoke(cli, ["pir", "setup", "--input", str(listed), "--on", "id_number", "--label", "reason",
+                                   "--out", str(tmp_path / "db1"), "--workers", "1", "--quiet"])
+    assert bad.exit_code == 2 and "line 2" in bad.output and "--encoding gbk" in bad.output, bad.output
+    assert "codec" not in bad.output
+    good = CliRunner().invoke(cli, ["pir", "setup", "--input", str(listed), "--on", "id_number", "--label", "reason",
+                                    "--out", str(tmp_path / "db2"), "--workers", "1", "--quiet", "--encoding", "gbk"])
+    assert good.exit_code == 0, good.output
