@@ -43,7 +43,7 @@ def info(text: str, quiet: bool = False) -> None:
 
 def emit_json(obj: Any) -> None:
     """The machine-readable summary: one JSON document on stdout."""
-    click.echo(json.dumps(obj, indent=2, sort_keys=True, default=str))
+    click.echo(json.dumps(obj, indent=2, sort_keys=True, default=str, ensure_ascii=False))
 
 
 def tls_options(fn: F) -> F:

@@ -47,6 +47,19 @@ def _register_optional() -> None:
 _register_optional()
 
 
+def _whole_short_help(group: click.Group) -> None:
+    """List every command with its whole first sentence (click cuts it at about 45 characters)."""
+    for command in group.commands.values():
+        if command.short_help is None and command.help:
+            first = command.help.strip().split("\n\n")[0]
+            command.short_help = " ".join(first.split())
+        if isinstance(command, click.Group):
+            _whole_short_help(command)
+
+
+_whole_short_help(cli)
+
+
 class Stopped(KeyboardInterrupt):
     """SIGTERM or SIGHUP: unwinds like Ctrl-C (temp files removed, workers shut down)."""
 

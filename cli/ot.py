@@ -64,7 +64,7 @@ def ot_group() -> None:
 @tls_options
 @output_options
 def send_command(records_path: Path, listen: str, tls: object, as_json: bool, quiet: bool) -> None:
-    """Serve the records in RECORDS to one receiver."""
+    """Serve the records of the --records file (one per line) to one receiver."""
     from psi.driver import run_party
     from psi.ot import OneOfNSender
     from psi.transport.tcp import Listener

@@ -8,7 +8,7 @@ from typing import Any, Callable
 import click
 
 from psi import api
-from psi.errors import PsiqError, UsageError
+from psi.errors import InputError, PsiqError, UsageError
 from psi.normalize import Normalization
 
 from .common import emit_json, handles_errors, info, make_progress, output_options, tls_options, warn
@@ -238,40 +238,60 @@ def _columns(on: str) -> list[str]:
 
 @psi_group.command("prepare")
 @handles_errors
-@click.option("--input", "input_path", required=True, type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--input", "input_path", required=True, type=click.Path(dir_okay=False, path_type=Path),
+              help="CSV/TSV/Parquet file with the server's records (the same file 'psi serve --input' gets).")
 @click.option("--on", "on", required=True, help="Key column(s), comma-separated.")
 @click.option("--server-key", required=True, type=click.Path(dir_okay=False, path_type=Path),
-              help="ECDH key file (created if missing, mode 0600); pass the same to 'psi serve'.")
+              help="ECDH key file (created if missing, mode 0600; the command says so); pass the same to 'psi serve'.")
 @click.option("--out", required=True, type=click.Path(dir_okay=False, path_type=Path), help="Prepared-set file to write.")
-@click.option("--group", type=click.Choice(["x25519", "ristretto255", "p256"]), default="x25519", show_default=True)
-@click.option("--dedup", type=click.Choice(["error", "first", "keep-all"]), default="error", show_default=True)
-@click.option("--normalize", "normalize", default="trim", show_default=True)
-@click.option("--key-regex", default=None)
-@click.option("--skip-empty-keys", is_flag=True)
-@click.option("--format", "input_format", type=click.Choice(["csv", "tsv", "parquet"]), default=None)
-@click.option("--workers", type=click.IntRange(1, 512), default=None)
+@click.option("--group", type=click.Choice(["x25519", "ristretto255", "p256"]), default="x25519", show_default=True,
+              help="ECDH group; clients must use the same.")
+@click.option("--dedup", type=click.Choice(["error", "first", "keep-all"]), default="error", show_default=True,
+              help="Duplicate keys: stop with an error, keep the first row, or keep all; serve with the same.")
+@click.option("--normalize", "normalize", default="trim", show_default=True,
+              help="Key normalisation, comma-separated: trim, casefold, fullwidth, phone, none; serve with the same.")
+@click.option("--key-regex", default=None, help="Keep only the first capture group (or the match) of each key value.")
+@click.option("--skip-empty-keys", is_flag=True, help="Skip rows whose key is empty (default: error naming the line).")
+@click.option("--format", "input_format", type=click.Choice(["csv", "tsv", "parquet"]), default=None,
+              help="Input format (default: from the file extension).")
+@click.option("--encoding", type=click.Choice(["utf-8", "utf-8-sig", "gbk", "gb18030"]), default=None,
+              help="Text encoding of a CSV/TSV input (default UTF-8; a byte-order mark is detected and wins).")
+@click.option("--workers", type=click.IntRange(1, 512), default=None,
+              help="Worker processes for the encryption (default: all cores).")
 @output_options
 def prepare(input_path: Path, on: str, server_key: Path, out: Path, group: str, dedup: str, normalize: str,
             key_regex: str | None, skip_empty_keys: bool, input_format: str | None, workers: int | None,
-            as_json: bool, quiet: bool) -> None:
+            as_json: bool, quiet: bool, encoding: str | None = None) -> None:
     """Encrypt the server set once (ECDH, persisted key) so later sessions cost the client's size only.
 
     Serve it with: psiq psi serve --protocol ecdh --prepared OUT --server-key KEY (same --on, --normalize, --dedup).
     """
     import time
 
+    import contextlib
+
+    from psi.encodings import utf8_copy
     from psi.parallel import Executor
-    from psi.records import read_keys
+    from psi.records import detect_format, read_keys
     from psi.server_state import prepare_ecdh
 
     started = time.perf_counter()
-    table = read_keys(input_path, _columns(on), normalization=Normalization.parse(normalize, key_regex),
-                      dedup=dedup, fmt=input_format, skip_empty=skip_empty_keys)  # type: ignore[arg-type]
+    new_key = not server_key.exists()
+    fmt = detect_format(input_path, input_format)
+    with contextlib.ExitStack() as stack:
+        text_path = input_path if fmt == "parquet" else stack.enter_context(utf8_copy(input_path, encoding))
+        table = read_keys(text_path, _columns(on), normalization=Normalization.parse(normalize, key_regex),
+                          dedup=dedup, fmt=fmt, skip_empty=skip_empty_keys)  # type: ignore[arg-type]
+    if not table.keys:
+        raise InputError(f"{input_path.name}: no keys to prepare")
     with Executor(workers) as executor:
         prepared = prepare_ecdh(table.keys, group=group, key_path=server_key, out=out, executor=executor)
+    if new_key and not as_json:
+        info(f"created a new server key at {server_key} (mode 0600)", quiet)
     result = {"prepared": str(out), "keys": prepared.count, "group": group, "key_fingerprint": prepared.key.fingerprint,
-              "seconds": round(time.perf_counter() - started, 3)}
+              "seconds": round(time.perf_counter() - started, 3), "created_key": new_key}
     if as_json:
         emit_json(result)
     else:
         click.echo(f"prepared {prepared.count:,} keys ({group}) in {result['seconds']} s -> {out}")
+

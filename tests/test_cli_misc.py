@@ -94,3 +94,51 @@ def test_exit_waits_for_a_thread_still_writing(tmp_path: Path) -> None:
     done = _run_exit("0", tmp_path, before)
     assert done.returncode == 0, done.stderr
     assert (tmp_path / "late.txt").read_text() == "done"
+
+
+def test_certs_init_refuses_to_replace_a_party_key_without_force(tmp_path: Path) -> None:
+    runner = CliRunner()
+    assert runner.invoke(cli, ["certs", "init", str(tmp_path), "--party", "bank-a"]).exit_code == 0
+    key = (tmp_path / "bank-a.key").read_bytes()
+    again = runner.invoke(cli, ["certs", "init", str(tmp_path), "--party", "bank-a"])
+    assert again.exit_code == 2 and "--force" in again.output
+    assert (tmp_path / "bank-a.key").read_bytes() == key
+    assert runner.invoke(cli, ["certs", "init", str(tmp_path), "--party", "owner"]).exit_code == 0  # a new party: fine
+    assert runner.invoke(cli, ["certs", "init", str(tmp_path), "--party", "bank-a", "--force"]).exit_code == 0
+    assert (tmp_path / "bank-a.key").read_bytes() != key
+
+
+def test_help_lists_whole_descriptions_and_every_prepare_option() -> None:
+    runner = CliRunner()
+    def cut(text: str) -> list[str]:
+        return [ln for ln in text.splitlines() if ln.rstrip().endswith("...") and not ln.startswith("Usage")]
+
+    top = runner.invoke(cli, ["--help"], terminal_width=80).output
+    assert not cut(top) and "id was asked" in " ".join(top.split())
+    assert not cut(runner.invoke(cli, ["psi", "--help"], terminal_width=80).output)
+    assert not cut(runner.invoke(cli, ["pir", "--help"], terminal_width=80).output)
+    prepare = runner.invoke(cli, ["psi", "prepare", "--help"], terminal_width=200).output
+    for line in prepare.splitlines():
+        if line.strip().startswith("--") and not line.strip().startswith(("--json", "--quiet", "--help")):
+            assert len(line.split("  ", 2)) > 1 and line.split(None, 1)[1:], line
+    assert "--input PATH" in prepare and "same file" in prepare
+    assert "one per line" in runner.invoke(cli, ["ot", "send", "--help"]).output
+
+
+def test_json_keeps_chinese_readable(tmp_path: Path) -> None:
+    from cli.common import emit_json
+
+    runner = CliRunner()
+    import click
+
+    @click.command()
+    def show() -> None:
+        emit_json({"label": "欺诈"})
+
+    assert '"欺诈"' in runner.invoke(show).output
+
+
+def test_demo_says_where_its_files_are(tmp_path: Path) -> None:
+    result = CliRunner().invoke(cli, ["demo", "--out", str(tmp_path / "d"), "--workers", "1", "--quiet"])
+    assert result.exit_code == 0, result.output
+    assert f"are in {(tmp_path / 'd').resolve()}" in result.output
