@@ -121,7 +121,7 @@ def test_help_lists_whole_descriptions_and_every_prepare_option() -> None:
     for line in prepare.splitlines():
         if line.strip().startswith("--") and not line.strip().startswith(("--json", "--quiet", "--help")):
             assert len(line.split("  ", 2)) > 1 and line.split(None, 1)[1:], line
-    assert "--input PATH" in prepare and "same file" in prepare
+    assert "--input FILE" in prepare and "same file" in prepare
     assert "one per line" in runner.invoke(cli, ["ot", "send", "--help"]).output
 
 
