@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import csv
 import os
-import sys
 import tempfile
 from pathlib import Path
 from typing import Iterator
@@ -153,7 +152,7 @@ def serve_command(db_dir: Path, listen: str, quota: int | None, audit_log: Path 
     with Listener(listen, tls) as listener:  # type: ignore[arg-type]
         host, port = listener.address
         info(f"serving table {table.version[:16]} ({table.params.entries} entries) on {host}:{port}", quiet)
-        print(f"listening {host}:{port}", file=sys.stderr, flush=True)
+        info(f"listening {host}:{port}", quiet)
 
         def report(event: dict) -> None:
             if as_json:
@@ -193,11 +192,13 @@ def _print_result(result: object, as_json: bool) -> None:
 @_normalize_option
 @_regex_option
 @_encoding_option
+@click.option("--timeout", type=click.FloatRange(1), default=120.0, show_default=True,
+              help="Seconds to wait for any one message from the service.")
 @tls_options
 @output_options
 def query_command(peer: str, ident: str | None, input_path: Path | None, on: str | None, output_path: Path | None,
                   cache_dir: Path | None, normalize: str, key_regex: str | None, tls: object,
-                  as_json: bool, quiet: bool, encoding: str | None = None) -> None:
+                  as_json: bool, quiet: bool, encoding: str | None = None, timeout: float = 120.0) -> None:
     """Look ids up; exit status 0 whether listed or not."""
     from pir import api
 
@@ -205,7 +206,8 @@ def query_command(peer: str, ident: str | None, input_path: Path | None, on: str
     if (ident is None) == (input_path is None):
         raise UsageError("give exactly one of --id or --input")
     if ident is not None:
-        results = api.lookup([ident], peer=peer, tls=tls, cache_dir=cache_dir, normalization=normalization)
+        results = api.lookup([ident], peer=peer, tls=tls, cache_dir=cache_dir, normalization=normalization,
+                             timeout=timeout)
         _print_result(results[0], as_json)
         return
     assert input_path is not None
@@ -215,7 +217,8 @@ def query_command(peer: str, ident: str | None, input_path: Path | None, on: str
     id_col = _column(header, on, input_path)
     rows = list(rows_iter)
     ids = [row[id_col] if id_col < len(row) else "" for row in rows]
-    results = api.lookup(ids, peer=peer, tls=tls, cache_dir=cache_dir, normalization=normalization) if ids else []
+    results = (api.lookup(ids, peer=peer, tls=tls, cache_dir=cache_dir, normalization=normalization, timeout=timeout)
+               if ids else [])
     listed = sum(r.listed for r in results)
     if output_path is not None:
         directory = output_path.resolve().parent
