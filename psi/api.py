@@ -29,12 +29,12 @@ import numpy as np
 
 from . import __version__
 from .alignment import JOIN_TYPES, AlignmentExchange
+from .convert import output_format, write_output
 from .driver import RunStats, run_party
+from .encodings import utf8_copy
 from .errors import AuthenticationError, InputError, LocalError, PsiqError, TransportError, UsageError
 from .normalize import Normalization
 from .parallel import Executor
-from .convert import output_format, write_output
-from .encodings import utf8_copy
 from .preflight import check_output, check_session_options, expand_output
 from .protocols.base import Progress, PsiOutcome, Reveal, Role
 from .protocols.handshake import Hello
@@ -303,22 +303,11 @@ def _server_extras(options: PsiOptions, table: KeyTable, executor: Executor) -> 
 
 
 def _read(input: str | os.PathLike[str], on: Sequence[str], options: PsiOptions,
-          stack: contextlib.ExitStack | None = None) -> KeyTable:
+          stack: contextlib.ExitStack) -> KeyTable:
     """Read the keys of ``input``; a non-UTF-8 CSV/TSV is read through a UTF-8 copy that lives
     as long as ``stack`` (the session), since the output's rows are copied from it."""
     fmt = detect_format(input, options.input_format)
-    path: str | os.PathLike[str] = input
-    if fmt != "parquet":
-        copy = utf8_copy(input, options.encoding)
-        path = stack.enter_context(copy) if stack is not None else input
-        if stack is None:
-            with copy as text_path:
-                return _read_path(input, text_path, fmt, on, options)
-    return _read_path(input, path, fmt, on, options)
-
-
-def _read_path(input: str | os.PathLike[str], path: str | os.PathLike[str], fmt: str, on: Sequence[str],
-               options: PsiOptions) -> KeyTable:
+    path = input if fmt == "parquet" else stack.enter_context(utf8_copy(input, options.encoding))
     table = read_keys(
         path,
         list(on),

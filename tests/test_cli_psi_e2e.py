@@ -275,12 +275,17 @@ def test_forever_server_names_outputs_per_session_and_logs_the_peer(tables: Path
 
 @pytest.mark.parametrize("side", ["server", "client"])
 def test_refusing_peer_tells_the_other_side_why(side: str, tables: Path, pki: Path) -> None:
-    """Issue 11.5: the side that refuses (--max-peer-size) sends its reason; both print it, both exit 7."""
+    """Issue 11.5: the side that refuses (--max-peer-size) sends its reason; both print it, both exit 7.
+
+    The client's 10,000 keys make it send its first large message before it reads the server's
+    refusal: that send fails (the server hung up) and the reason must still be found and shown.
+    """
     port = free_port()
     cap = ["--max-peer-size", "10"]
-    server = _start_server(["psi", "serve", "--input", str(tables / "bank_b.csv"), "--on", "id_number", "--quiet",
+    sample = ROOT / "datasets" / "sample"
+    server = _start_server(["psi", "serve", "--input", str(sample / "bank_b.csv"), "--on", "id_number", "--quiet",
                             "--listen", f"127.0.0.1:{port}", *tls_args(pki, "bank-b"), *(cap if side == "server" else [])])
-    client = _run(["psi", "connect", "--input", str(tables / "bank_a.csv"), "--on", "id_number", "--quiet",
+    client = _run(["psi", "connect", "--input", str(sample / "bank_a.csv"), "--on", "id_number", "--quiet",
                    "--peer", f"127.0.0.1:{port}", *tls_args(pki, "bank-a"), *(cap if side == "client" else [])])
     _s_out, s_err = server.communicate(timeout=60)
     assert client.returncode == 7 and "max-peer-size" in _one_line_error(client.stderr), client.stderr
