@@ -34,6 +34,7 @@ def test_demo_human_output_names_files_time_and_bytes(tmp_path: Path) -> None:
     assert result.exit_code == 0, result.output
     assert "intersection size: 3,000" in result.output
     assert "bank_a_aligned.csv" in result.output and " B" in result.output and " s wall" in result.output
+    assert f"are in {(tmp_path / 'demo').resolve()}" in result.output  # issue 11.12: say where the files went
 
 
 def test_certs_init_writes_private_keys_0600(tmp_path: Path) -> None:
@@ -136,9 +137,3 @@ def test_json_keeps_chinese_readable(tmp_path: Path) -> None:
         emit_json({"label": "欺诈"})
 
     assert '"欺诈"' in runner.invoke(show).output
-
-
-def test_demo_says_where_its_files_are(tmp_path: Path) -> None:
-    result = CliRunner().invoke(cli, ["demo", "--out", str(tmp_path / "d"), "--workers", "1", "--quiet"])
-    assert result.exit_code == 0, result.output
-    assert f"are in {(tmp_path / 'd').resolve()}" in result.output

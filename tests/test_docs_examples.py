@@ -273,7 +273,7 @@ def _install_verbatim(block: Block, tmp_path: Path) -> None:
     """PSIQ_DOCS_INSTALL=1: the quick start exactly as written, in a copy of the checkout."""
     clone = tmp_path / "clone"
     shutil.copytree(ROOT, clone, ignore=shutil.ignore_patterns(".venv", "__pycache__", ".git", "*.egg-info"))
-    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV", "PSIQ_DOCS_INSTALL")}
     for command in shell_commands(block.text):
         done = subprocess.run(["bash", "-c", command], cwd=clone, env=env, text=True, capture_output=True, timeout=3600)
         assert done.returncode == 0, f"{block.where}: exit {done.returncode}: {command}\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
