@@ -165,7 +165,9 @@ def serve_command(db_dir: Path, listen: str, quota: int | None, audit_log: Path 
 
         try:
             service.serve(listener, forever=forever, on_event=report)
-        except KeyboardInterrupt:
+        except KeyboardInterrupt as err:
+            if getattr(err, "exit_code", None):  # SIGTERM/SIGHUP (cli.main.Stopped): exit 143/129
+                raise
             info("stopped", quiet)
 
 

@@ -187,16 +187,23 @@ class Runner:
             assert proc.returncode == 0, f"{where}: server exit {proc.returncode}: {command}\n{err}"
         self.oneshot = []
 
-    def stop_all(self) -> None:
-        for _command, proc in self.oneshot + self.forever:
+    def stop_all(self) -> list[str]:
+        """Stop every server still running (SIGTERM); return complaints about how they ended."""
+        complaints = []
+        for command, proc in self.oneshot + self.forever:
             if proc.poll() is None:
                 os.killpg(proc.pid, signal.SIGTERM)
                 try:
-                    proc.communicate(timeout=30)
+                    _out, err = proc.communicate(timeout=30)
                 except subprocess.TimeoutExpired:
                     os.killpg(proc.pid, signal.SIGKILL)
                     proc.communicate()
+                    complaints.append(f"did not stop on SIGTERM: {command}")
+                    continue
+                if proc.returncode != 143:
+                    complaints.append(f"exit {proc.returncode} (not 143) on SIGTERM: {command}\n{err}")
         self.oneshot, self.forever = [], []
+        return complaints
 
     def run_block(self, block: Block) -> None:
         for partner in block.partners:
@@ -265,8 +272,9 @@ def test_every_example_of_the_file_runs(doc: Path, tmp_path: Path) -> None:
             runner.run_block(block)
             ran += 1
     finally:
-        runner.stop_all()
+        complaints = runner.stop_all()
     assert ran > 0
+    assert not complaints, complaints
 
 
 def _install_verbatim(block: Block, tmp_path: Path) -> None:
