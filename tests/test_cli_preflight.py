@@ -162,3 +162,17 @@ def test_output_templates() -> None:
     assert str(out) == "out/b-bank-a_.._x-3-19700101T000000Z.csv"
     assert str(expand_output("plain.csv", peer=None, session=1)) == "plain.csv"
     assert str(expand_output("b-{peer}.csv", peer=None, session=1)) == "b-peer.csv"
+
+
+def test_output_needs_free_space_for_the_estimate(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import collections
+
+    from psi import preflight
+    from psi.errors import InputError
+
+    usage = collections.namedtuple("usage", "total used free")
+    monkeypatch.setattr(preflight.shutil, "disk_usage", lambda _p: usage(100, 90, 10))
+    preflight.check_output(tmp_path / "a.csv", estimate_bytes=10)
+    with pytest.raises(InputError, match="bytes free"):
+        preflight.check_output(tmp_path / "a.csv", estimate_bytes=11)
+    assert list(tmp_path.iterdir()) == []  # the probe file is gone
