@@ -205,14 +205,24 @@ class Executor:
     def __enter__(self) -> "Executor":
         return self
 
-    def __exit__(self, *exc: object) -> None:
-        self.close()
+    def __exit__(self, exc_type: object, *exc: object) -> None:
+        # Ctrl-C, SIGTERM or SIGHUP (KeyboardInterrupt): stop the workers now instead of letting
+        # them finish their batches, whose results nobody will read.
+        interrupted = isinstance(exc_type, type) and issubclass(exc_type, KeyboardInterrupt)
+        self.close(terminate=interrupted)
 
-    def close(self) -> None:
+    def close(self, *, terminate: bool = False) -> None:
+        """Shut the pool down; ``terminate`` kills busy workers instead of waiting for them."""
         if self._warm_thread is not None:
             self._warm_thread.join()
             self._warm_thread = None
         if self._pool is not None:
+            if terminate:
+                for process in list(getattr(self._pool, "_processes", {}).values()):
+                    try:
+                        process.terminate()
+                    except (OSError, ValueError, AttributeError):
+                        pass
             self._pool.shutdown(wait=True, cancel_futures=True)
             self._pool = None
         if self._alive is not None:
