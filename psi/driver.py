@@ -121,6 +121,9 @@ def raise_if_error(message: Message) -> None:
         code = int(info.get("code", 4))
     except (MalformedMessage, ValueError, TypeError):
         text, code = "no reason given", 4
+    # the peer writes this text and we print it on one line of our log: no line breaks, no
+    # terminal escapes
+    text = "".join(c if c.isprintable() else " " for c in text)
     cls = _ERROR_CLASSES.get(code, PeerAborted)
     error = cls(f"peer stopped: {text}")
     error.from_peer = True  # type: ignore[attr-defined]  # never echoed back by send_error

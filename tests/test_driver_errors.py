@@ -121,3 +121,12 @@ def test_an_error_from_the_peer_is_not_sent_back() -> None:
         raise_if_error(_refusal(5, "settings differ"))
     send_error(channel, info.value)
     assert channel.sent == []
+
+
+def test_the_peers_reason_cannot_forge_log_lines() -> None:
+    """The reason is the peer's text, printed in our log: one line, no terminal escapes."""
+    with pytest.raises(PolicyError) as info:
+        raise_if_error(_refusal(7, "quota\nexport: ok\x1b[2J\r"))
+    text = str(info.value)
+    assert "\n" not in text and "\x1b" not in text and "\r" not in text
+    assert text.startswith("peer stopped: quota")
