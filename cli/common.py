@@ -43,7 +43,7 @@ def info(text: str, quiet: bool = False) -> None:
 
 def emit_json(obj: Any) -> None:
     """The machine-readable summary: one JSON document on stdout."""
-    click.echo(json.dumps(obj, indent=2, sort_keys=True, default=str))
+    click.echo(json.dumps(obj, indent=2, sort_keys=True, default=str, ensure_ascii=False))
 
 
 def tls_options(fn: F) -> F:
@@ -115,9 +115,9 @@ def handles_errors(fn: F) -> F:
         except PsiqError as err:
             click.echo(f"psiq: error: {err}", err=True)
             sys.exit(err.exit_code)
-        except KeyboardInterrupt:
-            click.echo("psiq: interrupted", err=True)
-            sys.exit(130)
+        except KeyboardInterrupt as err:  # Ctrl-C, or SIGTERM/SIGHUP (cli.main.Stopped): same clean stop
+            click.echo(f"psiq: {getattr(err, 'reason', 'interrupted')}", err=True)
+            sys.exit(getattr(err, "exit_code", 130))
         except click.exceptions.Exit:
             raise
         except click.ClickException:

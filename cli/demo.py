@@ -66,6 +66,7 @@ def demo_command(out_dir: Path, protocol: str, on: str, workers: int | None, as_
     click.echo(f"  intersection size: {c['intersection_size']:,}")
     click.echo(f"  bank A rows -> {out_a} ({c['output_rows']:,} rows)")
     click.echo(f"  bank B rows -> {out_b} ({s['output_rows']:,} rows, same order)")
+    click.echo(f"  certificates and outputs are in {out_dir.resolve()} (choose the folder with --out)")
     click.echo(f"  time: {wall:.2f} s wall; on the wire: A->B {c['bytes_sent']:,} B, B->A {c['bytes_received']:,} B")
     phases = ", ".join(f"{k} {v:.2f}s" for k, v in c["phases"].items())
     click.echo(f"  client phases: {phases}")

@@ -75,15 +75,60 @@ def _register_optional() -> None:
 _register_optional()
 
 
+def _whole_short_help(group: click.Group) -> None:
+    """List every command with its whole first sentence (click cuts it at about 45 characters)."""
+    for command in group.commands.values():
+        if command.short_help is None and command.help:
+            first = command.help.strip().split("\n\n")[0]
+            command.short_help = " ".join(first.split())
+        if isinstance(command, click.Group):
+            _whole_short_help(command)
+
+
+_whole_short_help(cli)
+
+
+class Stopped(KeyboardInterrupt):
+    """SIGTERM or SIGHUP: unwinds like Ctrl-C (temp files removed, workers shut down)."""
+
+    def __init__(self, signum: int) -> None:
+        import signal
+
+        super().__init__(signum)
+        self.exit_code = 128 + signum
+        self.reason = f"stopped by {signal.Signals(signum).name}"
+
+
+def _on_stop_signal(signum: int, _frame: object) -> None:
+    import os
+    import signal
+
+    for other in (signal.SIGTERM, signal.SIGHUP):  # a second signal during clean-up ends at once
+        signal.signal(other, lambda n, _f: os._exit(128 + n))
+    raise Stopped(signum)
+
+
+def install_signal_handlers() -> None:
+    """SIGTERM and SIGHUP end the command like Ctrl-C: one line, exit 143 / 129, clean-up run."""
+    import signal
+
+    for signum in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(signum, _on_stop_signal)
+
+
 def main() -> None:
     """Entry point of the console script; library errors become one line and an exit code."""
     from psi.errors import PsiqError
 
+    install_signal_handlers()
     try:
         cli(prog_name="psiq")
         code: object = 0
     except PsiqError as err:
         click.echo(f"psiq: error: {err}", err=True)
+        code = err.exit_code
+    except Stopped as err:  # raised outside a command's handles_errors
+        click.echo(f"psiq: {err.reason}", err=True)
         code = err.exit_code
     except SystemExit as done:  # click ends every run this way
         code = done.code

@@ -61,10 +61,13 @@ def ot_group() -> None:
 @click.option("--records", "records_path", required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path),
               help="File with one record per line.")
 @click.option("--listen", default="127.0.0.1:7768", show_default=True, help="HOST:PORT to listen on.")
+@click.option("--timeout", type=click.FloatRange(1), default=None,
+              help="Seconds to wait for the receiver and for each of its messages (default: no limit).")
 @tls_options
 @output_options
-def send_command(records_path: Path, listen: str, tls: object, as_json: bool, quiet: bool) -> None:
-    """Serve the records in RECORDS to one receiver."""
+def send_command(records_path: Path, listen: str, tls: object, as_json: bool, quiet: bool,
+                 timeout: float | None = None) -> None:
+    """Serve the records of the --records file (one per line) to one receiver."""
     from psi.driver import run_party
     from psi.ot import OneOfNSender
     from psi.transport.tcp import Listener
@@ -73,11 +76,11 @@ def send_command(records_path: Path, listen: str, tls: object, as_json: bool, qu
     sender = OneOfNSender(pad_records(records))
     with Listener(listen, tls) as listener:  # type: ignore[arg-type]
         host, port = listener.address
-        print(f"listening {host}:{port}", file=sys.stderr, flush=True)
-        with listener.accept() as channel:
+        info(f"listening {host}:{port}", quiet)
+        with listener.accept(timeout=timeout) as channel:
             bar = make_progress(quiet, "ot send")
             try:
-                stats = run_party(sender, channel, on_progress=bar)
+                stats = run_party(sender, channel, on_progress=bar, timeout=timeout)
             finally:
                 bar.close()
     if as_json:
@@ -90,9 +93,12 @@ def send_command(records_path: Path, listen: str, tls: object, as_json: bool, qu
 @handles_errors
 @click.option("--index", "index", required=True, type=click.IntRange(min=0), help="0-based record number to fetch.")
 @click.option("--peer", required=True, help="HOST:PORT of the sender.")
+@click.option("--timeout", type=click.FloatRange(1), default=None,
+              help="Seconds to wait for each message from the sender (default: no limit).")
 @tls_options
 @output_options
-def receive_command(index: int, peer: str, tls: object, as_json: bool, quiet: bool) -> None:
+def receive_command(index: int, peer: str, tls: object, as_json: bool, quiet: bool,
+                    timeout: float | None = None) -> None:
     """Fetch record INDEX from the sender and print it on stdout."""
     from psi.driver import run_party
     from psi.ot import OneOfNReceiver
@@ -102,7 +108,7 @@ def receive_command(index: int, peer: str, tls: object, as_json: bool, quiet: bo
     with connect(peer, tls) as channel:  # type: ignore[arg-type]
         bar = make_progress(quiet, "ot receive")
         try:
-            stats = run_party(receiver, channel, on_progress=bar)
+            stats = run_party(receiver, channel, on_progress=bar, timeout=timeout)
         finally:
             bar.close()
     record = unpad_record(receiver.result()[0].tobytes())

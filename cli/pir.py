@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import os
-import sys
 import tempfile
 from pathlib import Path
 from typing import Iterator
@@ -28,9 +28,32 @@ _normalize_option = click.option(
 _regex_option = click.option("--key-regex", default=None, help="Keep only this regex's first group of each id.")
 
 
-def _csv_rows(path: Path) -> tuple[list[str], Iterator[list[str]]]:
+_encoding_option = click.option(
+    "--encoding", type=click.Choice(["utf-8", "utf-8-sig", "gbk", "gb18030"]), default=None,
+    help="Text encoding of the CSV (default UTF-8; a byte-order mark is detected and wins).",
+)
+
+
+def _decode_error(path: Path, encoding: str) -> InputError:
+    """The first line of ``path`` that ``encoding`` cannot decode, as a one-line error with a hint."""
+    codec = "utf-8" if encoding.startswith("utf-8") else encoding
+    line = 0
+    with path.open("rb") as fh:
+        for line, raw in enumerate(fh, start=1):
+            try:
+                raw.decode(codec)
+            except UnicodeDecodeError:
+                break
+    hint = "pass --encoding gbk (or gb18030) for a GBK export" if codec == "utf-8" else "check --encoding"
+    return InputError(f"{path} line {line}: not valid {encoding.upper()}; {hint}")
+
+
+def _csv_rows(path: Path, encoding: str | None = None) -> tuple[list[str], Iterator[list[str]]]:
+    from psi.encodings import resolve_encoding
+
+    actual = resolve_encoding(path, encoding)
     try:
-        handle = path.open("r", encoding="utf-8-sig", newline="")
+        handle = path.open("r", encoding="utf-8-sig" if actual.startswith("utf-8") else actual, newline="")
     except OSError as err:
         raise InputError(f"cannot read {path}: {err.strerror}") from None
     delimiter = "\t" if path.suffix.lower() in (".tsv", ".tab") else ","
@@ -40,7 +63,10 @@ def _csv_rows(path: Path) -> tuple[list[str], Iterator[list[str]]]:
     except StopIteration:
         handle.close()
         raise InputError(f"{path} is empty") from None
-    except (csv.Error, UnicodeDecodeError) as err:
+    except UnicodeDecodeError:
+        handle.close()
+        raise _decode_error(path, actual) from None
+    except csv.Error as err:
         handle.close()
         raise InputError(f"{path}: cannot parse the header ({err})") from None
 
@@ -50,7 +76,9 @@ def _csv_rows(path: Path) -> tuple[list[str], Iterator[list[str]]]:
                 for row in reader:
                     if row:
                         yield row
-            except (csv.Error, UnicodeDecodeError) as err:
+            except UnicodeDecodeError:
+                raise _decode_error(path, actual) from None
+            except csv.Error as err:
                 raise InputError(f"{path}, line {reader.line_num}: {err}") from None
 
     return header, rows()
@@ -84,16 +112,22 @@ def pir_group() -> None:
 @click.option("--workers", type=click.IntRange(1, 256), default=None, help="Processes for the OPRF (default: all cores).")
 @_normalize_option
 @_regex_option
+@_encoding_option
 @output_options
 def setup_command(input_path: Path, on: str, label: str | None, out_dir: Path, replace: bool, dedup: str,
                   skip_empty: bool, label_width: int | None, workers: int | None, normalize: str,
-                  key_regex: str | None, as_json: bool, quiet: bool) -> None:
+                  key_regex: str | None, as_json: bool, quiet: bool, encoding: str | None = None) -> None:
     """Build a new table version from a file (fresh keys: old hints and labels stop working)."""
     from pir import api
+    from psi.encodings import utf8_copy
+    from psi.records import detect_format
 
-    report = api.setup_file(input_path, on, out_dir, label=label, label_width=label_width, workers=workers,
-                            normalization=Normalization.parse(normalize, key_regex), dedup=dedup,
-                            skip_empty=skip_empty, replace=replace)
+    with contextlib.ExitStack() as stack:
+        path = input_path if detect_format(input_path, None) == "parquet" else stack.enter_context(
+            utf8_copy(input_path, encoding))
+        report = api.setup_file(path, on, out_dir, label=label, label_width=label_width, workers=workers,
+                                normalization=Normalization.parse(normalize, key_regex), dedup=dedup,
+                                skip_empty=skip_empty, replace=replace)
     summary = report.as_dict()
     if as_json:
         emit_json(summary)
@@ -165,7 +199,7 @@ def serve_command(db_dir: Path, listen: str, quota_text: str, session_cap: int, 
         host, port = listener.address
         info(f"serving table {table.version[:16]} ({table.params.entries} entries) on {host}:{port}; "
              f"quota {quota.limit if quota.limit is not None else 'unlimited'} per client per day", quiet)
-        print(f"listening {host}:{port}", file=sys.stderr, flush=True)
+        info(f"listening {host}:{port}", quiet)
 
         def report(event: dict) -> None:
             if as_json:
@@ -178,7 +212,9 @@ def serve_command(db_dir: Path, listen: str, quota_text: str, session_cap: int, 
 
         try:
             service.serve(listener, forever=forever, limits=limits, on_event=report)
-        except KeyboardInterrupt:
+        except KeyboardInterrupt as err:
+            if getattr(err, "exit_code", None):  # SIGTERM/SIGHUP (cli.main.Stopped): exit 143/129
+                raise
             info("stopped", quiet)
 
 
@@ -195,7 +231,8 @@ def _print_result(result: object, as_json: bool) -> None:
 @handles_errors
 @click.option("--peer", required=True, help="HOST:PORT of the lookup service.")
 @click.option("--id", "ident", default=None, help="One id to look up.")
-@click.option("--input", "input_path", default=None, type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--input", "input_path", default=None, type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="CSV/TSV of ids to look up in one connection (with --on).")
 @click.option("--on", "on", default=None, help="Id column of --input.")
 @click.option("--output", "output_path", default=None, type=click.Path(dir_okay=False, path_type=Path),
               help="CSV with the input rows plus 'listed' and 'label' columns.")
@@ -205,11 +242,14 @@ def _print_result(result: object, as_json: bool) -> None:
               help="Leave rows with an empty id unasked (listed column empty) instead of stopping.")
 @_normalize_option
 @_regex_option
+@_encoding_option
+@click.option("--timeout", type=click.FloatRange(1), default=120.0, show_default=True,
+              help="Seconds to wait for any one message from the service.")
 @tls_options
 @output_options
 def query_command(peer: str, ident: str | None, input_path: Path | None, on: str | None, output_path: Path | None,
                   cache_dir: Path | None, skip_empty: bool, normalize: str, key_regex: str | None, tls: object,
-                  as_json: bool, quiet: bool) -> None:
+                  as_json: bool, quiet: bool, encoding: str | None = None, timeout: float = 120.0) -> None:
     """Look ids up; exit status 0 whether listed or not."""
     from pir import api
 
@@ -217,13 +257,14 @@ def query_command(peer: str, ident: str | None, input_path: Path | None, on: str
     if (ident is None) == (input_path is None):
         raise UsageError("give exactly one of --id or --input")
     if ident is not None:
-        results = api.lookup([ident], peer=peer, tls=tls, cache_dir=cache_dir, normalization=normalization)
+        results = api.lookup([ident], peer=peer, tls=tls, cache_dir=cache_dir, normalization=normalization,
+                             timeout=timeout)
         _print_result(results[0], as_json)
         return
     assert input_path is not None
     if on is None:
         raise UsageError("--input needs --on (the id column)")
-    header, rows_iter = _csv_rows(input_path)
+    header, rows_iter = _csv_rows(input_path, encoding)
     id_col = _column(header, on, input_path)
     rows = list(rows_iter)
     asked: list[int] = []  # rows whose id is looked up; the others are empty and never sent
@@ -239,7 +280,8 @@ def query_command(peer: str, ident: str | None, input_path: Path | None, on: str
             raise InputError(f"{input_path} data row {number}: empty id (or no match for --key-regex); "
                              "use --skip-empty-keys to leave such rows unasked")
     ids = [rows[i][id_col] for i in asked]
-    found = api.lookup(ids, peer=peer, tls=tls, cache_dir=cache_dir, normalization=normalization) if ids else []
+    found = api.lookup(ids, peer=peer, tls=tls, cache_dir=cache_dir, normalization=normalization,
+                       timeout=timeout) if ids else []
     results: list = [None] * len(rows)
     for i, result in zip(asked, found):
         results[i] = result
@@ -247,7 +289,7 @@ def query_command(peer: str, ident: str | None, input_path: Path | None, on: str
     if output_path is not None:
         directory = output_path.resolve().parent
         fd, tmp = tempfile.mkstemp(dir=directory, prefix=".psiq-", suffix=".csv")
-        with os.fdopen(fd, "w", encoding="utf-8", newline="") as fh:
+        with os.fdopen(fd, "w", encoding=encoding or "utf-8", newline="") as fh:
             writer = csv.writer(fh)
             writer.writerow([*header, "listed", "label"])
             for row, result in zip(rows, results):

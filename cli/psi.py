@@ -8,7 +8,7 @@ from typing import Any, Callable
 import click
 
 from psi import api
-from psi.errors import PsiqError, UsageError
+from psi.errors import InputError, PsiqError, UsageError
 from psi.normalize import Normalization
 
 from .common import emit_json, handles_errors, info, make_progress, output_options, tls_options, warn
@@ -30,7 +30,8 @@ def _session_options(fn: Callable[..., Any]) -> Callable[..., Any]:
         click.option("--on", "on", required=True,
                      help="Key column(s), comma-separated for a composite key (e.g. phone,id_number)."),
         click.option("--output", type=click.Path(dir_okay=False, path_type=Path), default=None,
-                     help="Write this party's full rows of the intersection here (same format as the input)."),
+                     help="Write this party's full rows of the intersection here (format from the extension; "
+                          "with 'serve --forever' use {peer}, {session} or {time} in the name)."),
         click.option("--reveal", type=click.Choice(["receiver", "both", "cardinality"]), default="receiver",
                      show_default=True,
                      help="receiver: the client learns the intersection; both: both learn it, rows aligned; "
@@ -62,14 +63,42 @@ def _session_options(fn: Callable[..., Any]) -> Callable[..., Any]:
                      show_default=True,
                      help="Refuse a peer that announces more keys than this (a session needs about 0.6 KB of memory per key)."),
         click.option("--timeout", type=click.FloatRange(1), default=600.0, show_default=True,
-                     help="Seconds to wait for any one message from the peer."),
+                     help="Seconds to wait for any one message from the peer; given explicitly to a one-shot "
+                          "'serve', also the longest wait for a session."),
+        click.option("--encoding", type=click.Choice(["utf-8", "utf-8-sig", "gbk", "gb18030"]), default=None,
+                     help="Text encoding of a CSV/TSV input and of the output (default UTF-8; a byte-order mark "
+                          "is detected and wins)."),
+        click.option("--output-format", type=click.Choice(["csv", "tsv", "parquet"]), default=None,
+                     help="Output format (default: from --output's extension, else the input's format)."),
+        click.option("--allow-empty", is_flag=True,
+                     help="Run even when the input has no keys (default: stop with 'no keys')."),
     ]
     for decorator in reversed(decorators):
         fn = decorator(fn)
     return fn
 
 
+_PROTOCOL_ONLY = {"group": ("ecdh",), "compression": ("ecdh",), "fpr_bits": ("ecdh",), "key_bits": ("rsa",)}
+
+
+def _given(name: str) -> bool:
+    """True when the user set option ``name`` (command line or environment), not its default."""
+    from click.core import ParameterSource
+
+    source = click.get_current_context().get_parameter_source(name)
+    return source in (ParameterSource.COMMANDLINE, ParameterSource.ENVIRONMENT)
+
+
+def _refuse_foreign_options(kw: dict[str, Any]) -> None:
+    """An option of another protocol is a mistake (e.g. --key-bits with ECDH): say so."""
+    for name, protocols in _PROTOCOL_ONLY.items():
+        if kw["protocol"] not in protocols and _given(name):
+            flag = "--" + name.replace("_", "-")
+            raise UsageError(f"{flag} applies to the {'/'.join(protocols)} protocol, not {kw['protocol']}")
+
+
 def _options(kw: dict[str, Any]) -> api.PsiOptions:
+    _refuse_foreign_options(kw)
     if kw["reveal"] == "cardinality" and kw["protocol"] == "ecdh":  # the others refuse the mode
         from psi.protocols.ecdh import CARDINALITY_NOTE
 
@@ -93,6 +122,10 @@ def _options(kw: dict[str, Any]) -> api.PsiOptions:
         server_key=kw.get("server_key"),
         cache_dir=kw.get("cache_dir"),
         prepared=kw.get("prepared"),
+        create_key=kw.get("create_key", False),
+        allow_empty=kw["allow_empty"],
+        encoding=kw["encoding"],
+        output_format=kw["output_format"],
     )
 
 
@@ -106,12 +139,14 @@ def _report(summary: api.PsiSummary, as_json: bool, quiet: bool) -> None:
         return
     size = d["intersection_size"]
     what = "intersection size" if summary.reveal != "cardinality" else "matched keys (cardinality only)"
+    peer = f" ({d['peer_name']})" if d.get("peer_name") else ""
     lines = [
-        f"{summary.role}: {d['set_size']} keys here, {d['peer_set_size']} at the peer",
+        f"{summary.role}: {d['set_size']} keys here, {d['peer_set_size']} at the peer{peer}",
         f"{what}: {size if size is not None else 'not revealed to this side'}",
     ]
     if d["output"]:
-        lines.append(f"wrote {d['output_rows']} rows to {d['output']}")
+        rows = d["output_rows"]
+        lines.append(f"wrote {rows:,} {'row' if rows == 1 else 'rows'} to {d['output']}")
     lines.append(
         f"{d['seconds']:.2f} s; sent {d['bytes_sent']:,} B, received {d['bytes_received']:,} B; peak RSS {d['peak_rss_mb']} MB"
     )
@@ -129,8 +164,9 @@ def _report(summary: api.PsiSummary, as_json: bool, quiet: bool) -> None:
                    "TLS certificates; fresh folder per session).")
 @click.option("--forever", is_flag=True, help="Keep serving sessions (default: exit after one).")
 @click.option("--server-key", type=click.Path(dir_okay=False, path_type=Path), default=None,
-              help="Persisted server key (created if missing): RSA, for the signed-set cache; ECDH, with --prepared. "
-                   "Clients can link sessions served with one key.")
+              help="Persisted server key: RSA, for the signed-set cache; ECDH, the key 'psi prepare' made, with "
+                   "--prepared. Clients can link sessions served with one key.")
+@click.option("--create-key", is_flag=True, help="RSA: create --server-key if it does not exist (never implicit).")
 @click.option("--cache-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="RSA protocol: cache the signed set here (keyed by key fingerprint and input digest).")
 @click.option("--prepared", type=click.Path(dir_okay=False, path_type=Path), default=None,
@@ -156,10 +192,14 @@ def serve(tls: Any, as_json: bool, quiet: bool, forever: bool, listen: str | Non
         bar.close()
         warn(f"session failed: {err}")
 
+    def refused(err: PsiqError) -> None:
+        warn(f"refused a connection (still listening): {err}")
+
+    accept_timeout = kw["timeout"] if _given("timeout") else None
     try:
         api.serve(kw["input_path"], on=_columns(kw["on"]), listen=listen, tls=tls, output=kw["output"],
                   options=options, forever=forever, on_progress=bar, on_listening=listening,
-                  on_session=done, on_error=failed)
+                  on_session=done, on_error=failed, on_refused=refused, accept_timeout=accept_timeout)
     finally:
         bar.close()
 
@@ -209,40 +249,60 @@ def _columns(on: str) -> list[str]:
 
 @psi_group.command("prepare")
 @handles_errors
-@click.option("--input", "input_path", required=True, type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--input", "input_path", required=True, type=click.Path(dir_okay=False, path_type=Path),
+              help="CSV/TSV/Parquet file with the server's records (the same file 'psi serve --input' gets).")
 @click.option("--on", "on", required=True, help="Key column(s), comma-separated.")
 @click.option("--server-key", required=True, type=click.Path(dir_okay=False, path_type=Path),
-              help="ECDH key file (created if missing, mode 0600); pass the same to 'psi serve'.")
+              help="ECDH key file (created if missing, mode 0600; the command says so); pass the same to 'psi serve'.")
 @click.option("--out", required=True, type=click.Path(dir_okay=False, path_type=Path), help="Prepared-set file to write.")
-@click.option("--group", type=click.Choice(["x25519", "ristretto255", "p256"]), default="x25519", show_default=True)
-@click.option("--dedup", type=click.Choice(["error", "first", "keep-all"]), default="error", show_default=True)
-@click.option("--normalize", "normalize", default="trim", show_default=True)
-@click.option("--key-regex", default=None)
-@click.option("--skip-empty-keys", is_flag=True)
-@click.option("--format", "input_format", type=click.Choice(["csv", "tsv", "parquet"]), default=None)
-@click.option("--workers", type=click.IntRange(1, 512), default=None)
+@click.option("--group", type=click.Choice(["x25519", "ristretto255", "p256"]), default="x25519", show_default=True,
+              help="ECDH group; clients must use the same.")
+@click.option("--dedup", type=click.Choice(["error", "first", "keep-all"]), default="error", show_default=True,
+              help="Duplicate keys: stop with an error, keep the first row, or keep all; serve with the same.")
+@click.option("--normalize", "normalize", default="trim", show_default=True,
+              help="Key normalisation, comma-separated: trim, casefold, fullwidth, phone, none; serve with the same.")
+@click.option("--key-regex", default=None, help="Keep only the first capture group (or the match) of each key value.")
+@click.option("--skip-empty-keys", is_flag=True, help="Skip rows whose key is empty (default: error naming the line).")
+@click.option("--format", "input_format", type=click.Choice(["csv", "tsv", "parquet"]), default=None,
+              help="Input format (default: from the file extension).")
+@click.option("--encoding", type=click.Choice(["utf-8", "utf-8-sig", "gbk", "gb18030"]), default=None,
+              help="Text encoding of a CSV/TSV input (default UTF-8; a byte-order mark is detected and wins).")
+@click.option("--workers", type=click.IntRange(1, 512), default=None,
+              help="Worker processes for the encryption (default: all cores).")
 @output_options
 def prepare(input_path: Path, on: str, server_key: Path, out: Path, group: str, dedup: str, normalize: str,
             key_regex: str | None, skip_empty_keys: bool, input_format: str | None, workers: int | None,
-            as_json: bool, quiet: bool) -> None:
+            as_json: bool, quiet: bool, encoding: str | None = None) -> None:
     """Encrypt the server set once (ECDH, persisted key) so later sessions cost the client's size only.
 
     Serve it with: psiq psi serve --protocol ecdh --prepared OUT --server-key KEY (same --on, --normalize, --dedup).
     """
     import time
 
+    import contextlib
+
+    from psi.encodings import utf8_copy
     from psi.parallel import Executor
-    from psi.records import read_keys
+    from psi.records import detect_format, read_keys
     from psi.server_state import prepare_ecdh
 
     started = time.perf_counter()
-    table = read_keys(input_path, _columns(on), normalization=Normalization.parse(normalize, key_regex),
-                      dedup=dedup, fmt=input_format, skip_empty=skip_empty_keys)  # type: ignore[arg-type]
+    new_key = not server_key.exists()
+    fmt = detect_format(input_path, input_format)
+    with contextlib.ExitStack() as stack:
+        text_path = input_path if fmt == "parquet" else stack.enter_context(utf8_copy(input_path, encoding))
+        table = read_keys(text_path, _columns(on), normalization=Normalization.parse(normalize, key_regex),
+                          dedup=dedup, fmt=fmt, skip_empty=skip_empty_keys)  # type: ignore[arg-type]
+    if not table.keys:
+        raise InputError(f"{input_path.name}: no keys to prepare")
     with Executor(workers) as executor:
         prepared = prepare_ecdh(table.keys, group=group, key_path=server_key, out=out, executor=executor)
+    if new_key and not as_json:
+        info(f"created a new server key at {server_key} (mode 0600)", quiet)
     result = {"prepared": str(out), "keys": prepared.count, "group": group, "key_fingerprint": prepared.key.fingerprint,
-              "seconds": round(time.perf_counter() - started, 3)}
+              "seconds": round(time.perf_counter() - started, 3), "created_key": new_key}
     if as_json:
         emit_json(result)
     else:
         click.echo(f"prepared {prepared.count:,} keys ({group}) in {result['seconds']} s -> {out}")
+

@@ -259,9 +259,10 @@ def generate(
                                       (b_entity(i) for i in order_b)))
     del order_b
 
-    # blacklist: ~10% from each bank, the rest fresh people
-    from_a = min(blacklist_rows // 10, rows_a)
-    from_b = min(blacklist_rows // 10, rows_b)
+    # blacklist: ~10% from each bank, the rest fresh people; at most a fifth of a bank is listed
+    # (the committed sample, 20,000 entries for 10,000 customers, sits exactly at that cap)
+    from_a = min(blacklist_rows // 10, rows_a // 5)
+    from_b = min(blacklist_rows // 10, rows_b // 5)
     listed = set(rng.sample(range(rows_a), from_a))
     listed.update(b_entity(i) for i in rng.sample(range(rows_b), from_b))
     listed_list = sorted(listed)[:blacklist_rows]

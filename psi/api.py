@@ -13,6 +13,7 @@ raises :class:`~psi.errors.PsiqError` subclasses only.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import os
@@ -28,13 +29,16 @@ import numpy as np
 
 from . import __version__
 from .alignment import JOIN_TYPES, AlignmentExchange
+from .convert import output_format, write_output
 from .driver import RunStats, run_party
-from .errors import LocalError, PsiqError, UsageError
+from .encodings import utf8_copy
+from .errors import AuthenticationError, InputError, LocalError, PsiqError, TransportError, UsageError
 from .normalize import Normalization
 from .parallel import Executor
+from .preflight import check_output, check_session_options, expand_output
 from .protocols.base import Progress, PsiOutcome, Reveal, Role
 from .protocols.handshake import Hello
-from .records import DEDUP_POLICIES, KeyTable, read_keys, write_rows
+from .records import DEDUP_POLICIES, KeyTable, detect_format, read_keys
 from .session import DEFAULT_MAX_PEER_SIZE, PROTOCOLS, exchange_hello, peer_set_size, protocol_module
 from .transport.base import Channel
 from .transport.memory import memory_pair
@@ -85,6 +89,10 @@ class PsiOptions:
     cache_dir: Path | None = None
     prepared: Path | None = None
     timeout: float = 600.0
+    create_key: bool = False  # create a missing --server-key (RSA); never implicitly
+    allow_empty: bool = False  # run with an input that has no keys (header only)
+    encoding: str | None = None  # CSV/TSV text encoding of input and output (default UTF-8; a BOM decides)
+    output_format: str | None = None  # default: from the output's extension, else the input's format
 
     def __post_init__(self) -> None:
         if self.protocol not in PROTOCOLS:
@@ -199,11 +207,13 @@ def run_session(
     executor: Executor | None = None,
     on_progress: ProgressCallback | None = None,
     head_start: Any = None,
+    server_state: dict[str, Any] | None = None,
 ) -> PsiSummary:
     """Run one party of a PSI session over ``channel`` with the keys in ``table``.
 
     ``head_start`` (server, ECDH): an :class:`psi.protocols.ecdh.HeadStart` begun on ``table``
-    before the connection; used if the session's settings match.
+    before the connection; used if the session's settings match. ``server_state``: the
+    protocol's persisted server state, loaded and checked before listening (:func:`server_state`).
 
     Writes ``output`` (this party's rows of the intersection; aligned with the peer's in
     ``both`` mode) atomically when this party learns the intersection. Raises
@@ -211,10 +221,7 @@ def run_session(
     """
     role = Role(role)
     reveal = Reveal(options.reveal)
-    learns = reveal == Reveal.BOTH or (role == Role.CLIENT and reveal == Reveal.RECEIVER)
-    if output is not None and not learns:
-        what = "only the match count" if reveal == Reveal.CARDINALITY else "no intersection"
-        raise UsageError(f"the {role.value} learns {what} with --reveal {reveal.value}: drop --output or use --reveal both")
+    check_session_options(role.value, options, output)
     config = options.protocol_config()
     module = protocol_module(options.protocol)
     own_executor = executor is None
@@ -225,7 +232,10 @@ def run_session(
         peer = exchange_hello(channel, hello, max_peer_size=options.max_peer_size, timeout=options.timeout)
         peer_size = peer_set_size(peer)
         party_cls = module.Client if role == Role.CLIENT else module.Server
-        extras = _server_extras(options, table, executor) if role == Role.SERVER else {}
+        if role == Role.SERVER:
+            extras = dict(server_state) if server_state is not None else _server_extras(options, table, executor)
+        else:
+            extras = {}
         if head_start is not None and role == Role.SERVER and not extras:
             extras["head_start"] = head_start
         party = party_cls(table.keys, config, peer_size=peer_size, executor=executor, **extras)
@@ -238,7 +248,7 @@ def run_session(
             role=role.value,
             protocol=options.protocol,
             reveal=reveal.value,
-            input=table.summary(),
+            input=dict(table.summary(), file=str(getattr(table, "source_path", table.path))),
             peer_size=peer_size,
             intersection_size=(len(outcome.indices) if outcome.indices is not None else outcome.cardinality),
             stats=stats,
@@ -261,7 +271,8 @@ def run_session(
             rows = None
         if output is not None and rows is not None:
             t0 = time.perf_counter()
-            summary.output_rows = write_rows(table.path, rows, output, fmt=table.fmt, expect_rows=table.rows_read)
+            summary.output_rows = write_output(table.path, table.fmt, rows, output, fmt=options.output_format,
+                                               encoding=options.encoding, expect_rows=table.rows_read)
             summary.output = str(output)
             stats.phases["write-output"] = time.perf_counter() - t0
         summary.peak_rss_mb = _peak_rss_mb()
@@ -269,6 +280,12 @@ def run_session(
     finally:
         if own_executor:
             executor.close()
+
+
+def server_state(options: PsiOptions, table: KeyTable, executor: Executor) -> dict[str, Any]:
+    """Load (and check against ``table``) the server's persisted key, signed-set cache or prepared
+    set: call it before listening so that a wrong or missing file is reported at once."""
+    return _server_extras(options, table, executor)
 
 
 def _server_extras(options: PsiOptions, table: KeyTable, executor: Executor) -> dict[str, Any]:
@@ -288,15 +305,37 @@ def _server_extras(options: PsiOptions, table: KeyTable, executor: Executor) -> 
     return {}
 
 
-def _read(input: str | os.PathLike[str], on: Sequence[str], options: PsiOptions) -> KeyTable:
-    return read_keys(
-        input,
+def _read(input: str | os.PathLike[str], on: Sequence[str], options: PsiOptions,
+          stack: contextlib.ExitStack) -> KeyTable:
+    """Read the keys of ``input``; a non-UTF-8 CSV/TSV is read through a UTF-8 copy that lives
+    as long as ``stack`` (the session), since the output's rows are copied from it."""
+    fmt = detect_format(input, options.input_format)
+    path = input if fmt == "parquet" else stack.enter_context(utf8_copy(input, options.encoding))
+    table = read_keys(
+        path,
         list(on),
         normalization=options.normalization,
         dedup=options.dedup,  # type: ignore[arg-type]
-        fmt=options.input_format,
+        fmt=fmt,
         skip_empty=options.skip_empty,
     )
+    table.source_path = Path(input)  # type: ignore[attr-defined]
+    if table.unique_keys == 0 and not options.allow_empty:
+        raise InputError(f"{Path(input).name}: no keys (no data rows, or every key skipped); "
+                         "pass --allow-empty to run with an empty set")
+    return table
+
+
+def _preflight(role: Role, input: str | os.PathLike[str], output: Any, options: PsiOptions, forever: bool = False) -> None:
+    """Every check that needs neither the input's keys nor the peer: options, then the output."""
+    check_session_options(role.value, options, output, forever=forever)
+    if output is not None:
+        output_format(output, options.output_format, detect_format(input, options.input_format))
+        try:
+            estimate = os.path.getsize(input)
+        except OSError:
+            estimate = 0
+        check_output(output, estimate_bytes=estimate)
 
 
 def serve(
@@ -313,20 +352,28 @@ def serve(
     on_session: Callable[[PsiSummary], None] | None = None,
     on_error: Callable[[PsiqError], None] | None = None,
     accept_timeout: float | None = None,
+    on_refused: Callable[[PsiqError], None] | None = None,
 ) -> PsiSummary | None:
     """Run the server side: read ``input`` once, then answer one session (or many with ``forever``).
 
-    With ``forever`` a failed session is reported through ``on_error`` and the server keeps
-    listening; without it the error is raised. Returns the last session's summary.
+    Everything local is checked before listening: option combinations, the output folder, the
+    input and any persisted server state. A connection that fails before the peer's hello
+    arrives (a port scan, a health check, a certificate we refuse) is reported through
+    ``on_refused`` and the server keeps listening, also without ``forever``. With ``forever`` a
+    failed session is reported through ``on_error`` and the server keeps listening; without it
+    the error is raised. ``accept_timeout`` bounds the wait for a session (one-shot: in total).
+    ``output`` may name ``{peer}``, ``{session}``, ``{time}`` (see :mod:`psi.preflight`);
+    with ``forever`` it must. Returns the last session's summary.
     """
     options = options or PsiOptions()
-    # Bind first (a client may connect while the input is read: it waits in the backlog), and
-    # start the workers, so that both overlap reading the input.
-    with Listener(listen, tls) as listener, Executor(options.workers) as executor:
+    _preflight(Role.SERVER, input, output, options, forever)
+    with Executor(options.workers) as executor, contextlib.ExitStack() as stack:
         _warm(executor, options)
-        table = _read(input, on, options)
-        return _serve_on(table, listener, executor, output, options, forever, on_progress, on_listening,
-                         on_session, on_error, accept_timeout)
+        table = _read(input, on, options, stack)
+        state = server_state(options, table, executor)
+        with Listener(listen, tls) as listener:
+            return _serve_on(table, listener, executor, output, options, forever, on_progress, on_listening,
+                             on_session, on_error, accept_timeout, state, on_refused)
 
 
 def _warm(executor: Executor, options: PsiOptions) -> None:
@@ -337,17 +384,38 @@ def _warm(executor: Executor, options: PsiOptions) -> None:
 
 def _serve_on(table: KeyTable, listener: Listener, executor: Executor, output: Any, options: PsiOptions,
               forever: bool, on_progress: Any, on_listening: Any, on_session: Any, on_error: Any,
-              accept_timeout: float | None) -> PsiSummary | None:
+              accept_timeout: float | None, state: dict[str, Any] | None = None,
+              on_refused: Any = None) -> PsiSummary | None:
     last: PsiSummary | None = None
+    sessions = 0
+    deadline = None if accept_timeout is None or forever else time.monotonic() + accept_timeout
     if on_listening is not None:
         on_listening(listener.address)
     while True:
         head = _head_start(table, options, executor)
         try:
-            channel = listener.accept(timeout=accept_timeout)
+            wait = accept_timeout if deadline is None else max(0.01, deadline - time.monotonic())
+            pending = listener.accept_pending(timeout=wait)  # a timeout ends the server (raised)
+            try:
+                channel = pending.secure()
+            except PsiqError as err:  # a scan, a health check, a certificate we refuse: keep listening
+                if on_refused is not None:
+                    on_refused(err)
+                continue
             with channel:
-                last = run_session(Role.SERVER, channel, table, options=options, output=output,
-                                   executor=executor, on_progress=on_progress, head_start=head)
+                sessions += 1
+                out = None if output is None else expand_output(output, peer=channel.peer_name, session=sessions)
+                try:
+                    last = run_session(Role.SERVER, channel, table, options=options, output=out,
+                                       executor=executor, on_progress=on_progress, head_start=head,
+                                       server_state=state)
+                except TransportError as err:  # AuthenticationError: the peer refused our certificate
+                    if forever or (channel.bytes_received and not isinstance(err, AuthenticationError)):
+                        raise
+                    sessions -= 1  # the peer went away before its hello: not a session
+                    if on_refused is not None:
+                        on_refused(err)
+                    continue
             if on_session is not None:
                 on_session(last)
         except PsiqError as err:
@@ -387,11 +455,13 @@ def connect(
 ) -> PsiSummary:
     """Run the client side against a server at ``peer`` (``host:port``)."""
     options = options or PsiOptions()
-    with Executor(options.workers) as executor:
+    _preflight(Role.CLIENT, input, output, options)
+    with Executor(options.workers) as executor, contextlib.ExitStack() as stack:
         _warm(executor, options)
-        table = _read(input, on, options)
+        table = _read(input, on, options, stack)
         with tcp_connect(peer, tls, timeout=connect_timeout, retries=retries) as channel:
-            return run_session(Role.CLIENT, channel, table, options=options, output=output,
+            out = None if output is None else expand_output(output, peer=channel.peer_name, session=1)
+            return run_session(Role.CLIENT, channel, table, options=options, output=out,
                                on_progress=on_progress, executor=executor)
 
 
@@ -413,9 +483,11 @@ def exchange_via_folder(
     from .transport.files import FolderChannel
 
     options = options or PsiOptions()
-    table = _read(input, on, options)
-    with FolderChannel(directory, Role(role).value, tls, handshake_timeout=options.timeout) as channel:
-        return run_session(Role(role), channel, table, options=options, output=output, on_progress=on_progress)
+    _preflight(Role(role), input, output, options)
+    with contextlib.ExitStack() as stack:
+        table = _read(input, on, options, stack)
+        with FolderChannel(directory, Role(role).value, tls, handshake_timeout=options.timeout) as channel:
+            return run_session(Role(role), channel, table, options=options, output=output, on_progress=on_progress)
 
 
 def align(input: str | os.PathLike[str], *, on: Sequence[str], peer: str | None = None, listen: str | None = None,
@@ -460,8 +532,15 @@ def intersect_files(
     configs, or over an in-memory pair when ``tls`` is None. Returns (client, server) summaries.
     """
     options = options or PsiOptions()
-    server_table = _read(server_input, server_on or on, options)
-    client_table = _read(client_input, on, options)
+    stack = contextlib.ExitStack()
+    with stack:
+        server_table = _read(server_input, server_on or on, options, stack)
+        client_table = _read(client_input, on, options, stack)
+        return _intersect_tables(client_table, server_table, client_output, server_output, options, tls, on_progress)
+
+
+def _intersect_tables(client_table: KeyTable, server_table: KeyTable, client_output: Any, server_output: Any,
+                      options: PsiOptions, tls: Any, on_progress: Any) -> tuple[PsiSummary, PsiSummary]:
     box: dict[str, Any] = {}
     listening = threading.Event()
 

@@ -21,6 +21,7 @@ from .errors import (
     ProtocolStateError,
     PsiqError,
     RemoteError,
+    TransportError,
 )
 from .messages import Message, pack_json, unpack_json
 from .protocols.base import Party, Progress
@@ -75,13 +76,21 @@ class _PhaseClock:
 _ERROR_CLASSES: dict[int, type[PsiqError]] = {5: IncompatiblePeer, 6: AuthenticationError, 7: PolicyError}
 
 
-def send_error(channel: Channel, err: BaseException) -> None:
+_LINGER = 5.0  # seconds to keep reading after our error frame, so that it is not lost to a reset
+
+
+def send_error(channel: Channel, err: BaseException, *, linger: float = _LINGER) -> None:
     """Best effort: tell the peer that this side stops, and why when that is safe (never raises).
 
     Only errors about the peer's own messages or settings are described; a local error (bad
     input, a receiver's out-of-range choice, a file path) is reported without its text, so
-    nothing private leaks through an error message.
+    nothing private leaks through an error message. An error that came from the peer is not
+    echoed back. After the frame, whatever the peer still sends is read and dropped for up to
+    ``linger`` seconds (until it hangs up): closing a connection with unread data makes TCP
+    reset it, and the reset can destroy our frame before the peer reads it.
     """
+    if getattr(err, "from_peer", False):
+        return
     code = err.exit_code if isinstance(err, PsiqError) else 1
     if isinstance(err, (RemoteError, PolicyError, AuthenticationError)):
         text = str(err)
@@ -93,7 +102,13 @@ def send_error(channel: Channel, err: BaseException) -> None:
         channel.send(Message(ERROR_KIND, pack_json({"code": code, "message": text[:500]})))
         channel.flush()
     except Exception:  # noqa: BLE001 - the link may already be gone
-        pass
+        return
+    deadline = time.monotonic() + linger
+    while (left := deadline - time.monotonic()) > 0:
+        try:
+            channel.recv(left)
+        except Exception:  # noqa: BLE001 - the peer hung up (what we wait for), or the time is up
+            return
 
 
 def raise_if_error(message: Message) -> None:
@@ -106,8 +121,26 @@ def raise_if_error(message: Message) -> None:
         code = int(info.get("code", 4))
     except (MalformedMessage, ValueError, TypeError):
         text, code = "no reason given", 4
+    # the peer writes this text and we print it on one line of our log: no line breaks, no
+    # terminal escapes
+    text = "".join(c if c.isprintable() else " " for c in text)
     cls = _ERROR_CLASSES.get(code, PeerAborted)
-    raise cls(f"peer stopped: {text}")
+    error = cls(f"peer stopped: {text}")
+    error.from_peer = True  # type: ignore[attr-defined]  # never echoed back by send_error
+    raise error
+
+
+def raise_pending_error(channel: Channel, wait: float = 0.5) -> None:
+    """After a failed send: if the peer's ``error`` frame is already waiting, raise it instead.
+
+    A peer that refuses us sends its reason and hangs up; our next send may then fail before we
+    read that reason. Returns quietly when nothing (or nothing readable) is waiting.
+    """
+    try:
+        message = channel.recv(wait)
+    except Exception:  # noqa: BLE001 - nothing more to read: the caller raises its own error
+        return
+    raise_if_error(message)
 
 
 def run_party(
@@ -145,6 +178,10 @@ def run_party(
             party.receive(message)
             _report(party, clock, on_progress)
         channel.flush()
+    except TransportError as err:
+        if not isinstance(err, AuthenticationError):
+            raise_pending_error(channel)  # the peer's reason, if it sent one before hanging up
+        raise
     except PsiqError as err:
         if not isinstance(err, (RemoteError,)) or isinstance(err, IncompatiblePeer):
             if not isinstance(err, PeerAborted):

@@ -10,13 +10,25 @@ and returns futures, so a party can queue the next batch's pieces before it wait
 current ones (and keep every core busy); :meth:`Executor.warm` starts the workers early with
 the modules they need imported: by forking at once when that is safe (main thread, no other
 thread yet: the CLI's case), otherwise in the background through a fork server.
+
+Worker lifecycle (every start method): a worker never keeps a TCP socket of its parent (it
+closes every inherited AF_INET/AF_INET6 socket first thing, so a listening port or a peer
+connection dies with the parent), dies with its parent whatever ends the parent, even
+``kill -9`` (``PR_SET_PDEATHSIG`` on Linux, plus a watchdog thread that sees the parent pipe
+close or the parent pid change), ignores Ctrl-C (the parent handles it and shuts the pool
+down) and takes the default action for SIGTERM/SIGHUP.
 """
 
 from __future__ import annotations
 
 import multiprocessing
 import os
+import select
+import signal
+import socket
+import stat
 import threading
+import time
 from concurrent.futures import Future, ProcessPoolExecutor
 from typing import Any, Callable, Iterable, Iterator, Sequence, TypeVar
 
@@ -100,6 +112,81 @@ def _import_modules(modules: tuple[str, ...]) -> None:
             pass
 
 
+_PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent() -> None:
+    """Ask the kernel to SIGKILL this process when its parent ends (Linux; no-op elsewhere)."""
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    except (OSError, AttributeError):  # pragma: no cover - not Linux: the watchdog still works
+        pass
+
+
+def _close_inherited_sockets() -> None:
+    """Close every TCP socket this process inherited from its parent (fork start method)."""
+    try:
+        fds = [int(name) for name in os.listdir("/proc/self/fd")]
+    except OSError:  # pragma: no cover - no /proc: nothing to enumerate
+        return
+    for fd in fds:
+        try:
+            if not stat.S_ISSOCK(os.fstat(fd).st_mode):
+                continue
+            probe = socket.socket(fileno=fd)
+            try:
+                family = probe.family
+            finally:
+                probe.detach()
+        except OSError:
+            continue
+        if family in (socket.AF_INET, socket.AF_INET6):
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+
+
+def _watchdog(parent_pid: int, alive_fd: int) -> None:
+    """Exit at once when the parent is gone: its pipe end closes, or this process is re-parented."""
+    while True:
+        if alive_fd >= 0:
+            try:
+                ready, _, _ = select.select([alive_fd], [], [], 1.0)
+            except (OSError, ValueError):
+                ready = []
+            if ready:  # only EOF can arrive: the parent never writes
+                os._exit(1)
+        else:
+            time.sleep(1.0)
+        if os.getppid() != parent_pid:
+            os._exit(1)
+
+
+def _worker_init(alive_r: int, alive_w: int, forked: bool) -> None:
+    """Initializer of every pool worker (see the module docstring for the promises)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    if hasattr(signal, "SIGHUP"):
+        signal.signal(signal.SIGHUP, signal.SIG_DFL)
+    _die_with_parent()
+    parent = os.getppid()
+    if forked:
+        _close_inherited_sockets()
+        try:
+            os.close(alive_w)  # only the parent may hold the write end, so its death is EOF here
+        except OSError:
+            pass
+    else:
+        alive_r = -1  # the pipe is not inherited without fork: watch the parent pid only
+    if parent == 1:  # the parent died before we got here
+        os._exit(1)
+    threading.Thread(target=_watchdog, args=(parent, alive_r), name="psiq-parent-watchdog", daemon=True).start()
+
+
 class Executor:
     """Ordered map of a function over batches, in worker processes or in-process.
 
@@ -110,6 +197,7 @@ class Executor:
     def __init__(self, workers: int | None = None) -> None:
         self.workers = default_workers() if workers is None else max(1, workers)
         self._pool: ProcessPoolExecutor | None = None
+        self._alive: tuple[int, int] | None = None
         self._warm: list[Future[None]] = []
         self._warm_thread: threading.Thread | None = None
         self.start_method: str | None = None
@@ -117,16 +205,33 @@ class Executor:
     def __enter__(self) -> "Executor":
         return self
 
-    def __exit__(self, *exc: object) -> None:
-        self.close()
+    def __exit__(self, exc_type: object, *exc: object) -> None:
+        # Ctrl-C, SIGTERM or SIGHUP (KeyboardInterrupt): stop the workers now instead of letting
+        # them finish their batches, whose results nobody will read.
+        interrupted = isinstance(exc_type, type) and issubclass(exc_type, KeyboardInterrupt)
+        self.close(terminate=interrupted)
 
-    def close(self) -> None:
+    def close(self, *, terminate: bool = False) -> None:
+        """Shut the pool down; ``terminate`` kills busy workers instead of waiting for them."""
         if self._warm_thread is not None:
             self._warm_thread.join()
             self._warm_thread = None
         if self._pool is not None:
+            if terminate:
+                for process in list(getattr(self._pool, "_processes", {}).values()):
+                    try:
+                        process.terminate()
+                    except (OSError, ValueError, AttributeError):
+                        pass
             self._pool.shutdown(wait=True, cancel_futures=True)
             self._pool = None
+        if self._alive is not None:
+            for fd in self._alive:
+                try:
+                    os.close(fd)
+                except OSError:
+                    pass
+            self._alive = None
         self._warm = []
 
     def _get_pool(self, preload: Sequence[str] = ()) -> ProcessPoolExecutor:
@@ -136,7 +241,9 @@ class Executor:
             if method == "forkserver" and preload:
                 _add_forkserver_preload(preload)
             self.start_method = method
-            self._pool = ProcessPoolExecutor(max_workers=self.workers, mp_context=ctx)
+            self._alive = os.pipe()  # workers watch the read end; only this process writes/holds it
+            self._pool = ProcessPoolExecutor(max_workers=self.workers, mp_context=ctx, initializer=_worker_init,
+                                             initargs=(*self._alive, method == "fork"))
         return self._pool
 
     def warm(self, *modules: str) -> None:

@@ -524,7 +524,7 @@ class _CsvScan:
                 except UnicodeDecodeError as err:
                     raise InputError(
                         f"{self.name} line {self.line}: not valid UTF-8 (byte {err.start + 1} of the line);"
-                        " save the file as UTF-8"
+                        " save the file as UTF-8, or pass --encoding gbk (or gb18030) for a GBK export"
                     ) from None
                 yield text
             next_block = next(blocks, None)

@@ -20,9 +20,11 @@ __all__ = ["rsa_server_state", "load_or_create_ecdh_key", "prepare_ecdh", "load_
 PERSISTED_KEY_NOTE = "the server used a persisted key: a client can link its customers across sessions with it"
 
 
-def _load_or_create_rsa_key(path: Path, bits: int) -> Any:
+def _load_or_create_rsa_key(path: Path, bits: int, create: bool = False) -> Any:
     from .crypto.rsa_keys import RsaKey
 
+    if not path.exists() and not create:
+        raise InputError(f"server key not found: {path} (pass --create-key to create a new one there)")
     if path.exists():
         key = RsaKey.load(path)
         if key.bits != bits:
@@ -41,7 +43,7 @@ def rsa_server_state(options: Any, table: Any, executor: Executor) -> dict[str, 
         if options.cache_dir is not None:
             raise UsageError("--cache-dir needs --server-key: a cached signed set is only valid for one key")
         return {}
-    key = _load_or_create_rsa_key(Path(options.server_key), options.key_bits)
+    key = _load_or_create_rsa_key(Path(options.server_key), options.key_bits, getattr(options, "create_key", False))
     state: dict[str, Any] = {"key": key}
     if options.cache_dir is not None:
         cache = Path(options.cache_dir) / f"rsa-{signed_set_cache_key(key.fingerprint(), table.keys)}.signed"
@@ -60,11 +62,13 @@ def rsa_server_state(options: Any, table: Any, executor: Executor) -> dict[str, 
     return state
 
 
-def load_or_create_ecdh_key(path: Path, group: str) -> Any:
-    """Load the ECDH server key at ``path``, or create it (mode 0600) if missing."""
+def load_or_create_ecdh_key(path: Path, group: str, create: bool = True) -> Any:
+    """Load the ECDH server key at ``path``, or create it (mode 0600) if missing and ``create``."""
     from .protocols.ecdh import ServerKey
 
     path = Path(path)
+    if not path.exists() and not create:
+        raise InputError(f"server key not found: {path} (the key 'psiq psi prepare' made the prepared set with)")
     if path.exists():
         key = ServerKey.from_bytes(path.read_bytes())
         if key.group != group:
@@ -91,7 +95,7 @@ def load_prepared(options: Any, table: Any) -> Any:
 
     if options.server_key is None:
         raise UsageError("--prepared needs the --server-key it was made with")
-    key = load_or_create_ecdh_key(Path(options.server_key), options.group)
+    key = load_or_create_ecdh_key(Path(options.server_key), options.group, create=False)
     path = Path(options.prepared)
     if not path.is_file():
         raise InputError(f"prepared set not found: {path}")

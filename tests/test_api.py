@@ -146,7 +146,7 @@ def test_parquet_round_trip(tables: Path, tmp_path: Path) -> None:
 
 def test_rsa_signed_set_cache_is_reused_and_invalidated(tables: Path, tmp_path: Path) -> None:
     key, cache = tmp_path / "server.pem", tmp_path / "cache"
-    options = api.PsiOptions(protocol="rsa", workers=1, server_key=key, cache_dir=cache)
+    options = api.PsiOptions(protocol="rsa", workers=1, server_key=key, cache_dir=cache, create_key=True)
     first, server = api.intersect_files(tables / "bank_a.csv", tables / "bank_b.csv", on=["id_number"], options=options)
     files = list(cache.iterdir())
     assert len(files) == 1 and key.exists()

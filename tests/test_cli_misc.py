@@ -34,6 +34,7 @@ def test_demo_human_output_names_files_time_and_bytes(tmp_path: Path) -> None:
     assert result.exit_code == 0, result.output
     assert "intersection size: 3,000" in result.output
     assert "bank_a_aligned.csv" in result.output and " B" in result.output and " s wall" in result.output
+    assert f"are in {(tmp_path / 'demo').resolve()}" in result.output  # issue 11.12: say where the files went
 
 
 def test_certs_init_writes_private_keys_0600(tmp_path: Path) -> None:
@@ -210,3 +211,45 @@ def test_an_over_cap_announcement_ends_the_command_with_exit_4_naming_the_kind(t
     errors = [line for line in result.stderr.splitlines() if line.startswith("psiq: error:")]
     assert result.returncode == 4 and len(errors) == 1, result.stderr
     assert "'hello' message of 209715200 bytes" in errors[0] and not out.exists()
+
+
+def test_certs_init_refuses_to_replace_a_party_key_without_force(tmp_path: Path) -> None:
+    runner = CliRunner()
+    assert runner.invoke(cli, ["certs", "init", str(tmp_path), "--party", "bank-a"]).exit_code == 0
+    key = (tmp_path / "bank-a.key").read_bytes()
+    again = runner.invoke(cli, ["certs", "init", str(tmp_path), "--party", "bank-a"])
+    assert again.exit_code == 2 and "--force" in again.output
+    assert (tmp_path / "bank-a.key").read_bytes() == key
+    assert runner.invoke(cli, ["certs", "init", str(tmp_path), "--party", "owner"]).exit_code == 0  # a new party: fine
+    assert runner.invoke(cli, ["certs", "init", str(tmp_path), "--party", "bank-a", "--force"]).exit_code == 0
+    assert (tmp_path / "bank-a.key").read_bytes() != key
+
+
+def test_help_lists_whole_descriptions_and_every_prepare_option() -> None:
+    runner = CliRunner()
+    def cut(text: str) -> list[str]:
+        return [ln for ln in text.splitlines() if ln.rstrip().endswith("...") and not ln.startswith("Usage")]
+
+    top = runner.invoke(cli, ["--help"], terminal_width=80).output
+    assert not cut(top) and "id was asked" in " ".join(top.split())
+    assert not cut(runner.invoke(cli, ["psi", "--help"], terminal_width=80).output)
+    assert not cut(runner.invoke(cli, ["pir", "--help"], terminal_width=80).output)
+    prepare = runner.invoke(cli, ["psi", "prepare", "--help"], terminal_width=200).output
+    for line in prepare.splitlines():
+        if line.strip().startswith("--") and not line.strip().startswith(("--json", "--quiet", "--help")):
+            assert len(line.split("  ", 2)) > 1 and line.split(None, 1)[1:], line
+    assert "--input FILE" in prepare and "same file" in prepare
+    assert "one per line" in runner.invoke(cli, ["ot", "send", "--help"]).output
+
+
+def test_json_keeps_chinese_readable(tmp_path: Path) -> None:
+    from cli.common import emit_json
+
+    runner = CliRunner()
+    import click
+
+    @click.command()
+    def show() -> None:
+        emit_json({"label": "欺诈"})
+
+    assert '"欺诈"' in runner.invoke(show).output

@@ -86,16 +86,64 @@ def test_receiver_mode_client_output_only(tables: Path, pki: Path, tmp_path: Pat
 
 
 def test_certificate_from_another_ca_is_refused(tables: Path, pki: Path, tmp_path: Path) -> None:
+    """The client is refused (exit 6); the one-shot server logs one line and keeps listening."""
     port = free_port()
     server = _start_server(["psi", "serve", "--input", str(tables / "bank_b.csv"), "--on", "id_number",
                             "--listen", f"127.0.0.1:{port}", "--quiet", *tls_args(pki, "bank-b")])
-    client = _run(["psi", "connect", "--input", str(tables / "bank_a.csv"), "--on", "id_number",
-                   "--peer", f"127.0.0.1:{port}", "--output", str(tmp_path / "a.csv"), "--quiet",
-                   *tls_args(pki, "mallory")])
-    _s_out, s_err = server.communicate(timeout=60)
-    assert client.returncode == 6 and "TLS" in _one_line_error(client.stderr)
-    assert server.returncode == 6 and "TLS" in _one_line_error(s_err)
-    assert not (tmp_path / "a.csv").exists()
+    try:
+        client = _run(["psi", "connect", "--input", str(tables / "bank_a.csv"), "--on", "id_number",
+                       "--peer", f"127.0.0.1:{port}", "--output", str(tmp_path / "a.csv"), "--quiet",
+                       *tls_args(pki, "mallory")])
+        assert client.returncode == 6 and "TLS" in _one_line_error(client.stderr)
+        assert not (tmp_path / "a.csv").exists()
+        time.sleep(0.5)
+        assert server.poll() is None, "a refused connection must not end a one-shot server"
+    finally:
+        server.terminate()
+        _s_out, s_err = server.communicate(timeout=60)
+    refused = [line for line in s_err.splitlines() if "refused a connection" in line]
+    assert len(refused) == 1 and "TLS" in refused[0], s_err
+    assert server.returncode == 143, s_err
+
+
+def test_one_shot_server_survives_scans_until_a_session_ran(tables: Path, pki: Path, tmp_path: Path) -> None:
+    """Issue 11.6: a TCP health check and a client that hangs up before its hello are logged, then the
+    real partner gets its session and the server exits 0."""
+    import socket
+
+    port = free_port()
+    server = _start_server(["psi", "serve", "--input", str(tables / "bank_b.csv"), "--on", "id_number",
+                            "--listen", f"127.0.0.1:{port}", "--timeout", "120", *tls_args(pki, "bank-b")])
+    try:
+        deadline = time.monotonic() + 60
+        while True:  # the health check: connect, then close without a word
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=5).close()
+                break
+            except OSError:
+                assert time.monotonic() < deadline, "server never listened"
+                time.sleep(0.1)
+        time.sleep(0.5)
+        assert server.poll() is None, "a health check must not end a one-shot server"
+        client = _run(["psi", "connect", "--input", str(tables / "bank_a.csv"), "--on", "id_number",
+                       "--peer", f"127.0.0.1:{port}", "--quiet", *tls_args(pki, "bank-a")])
+        _s_out, s_err = server.communicate(timeout=60)
+    finally:
+        if server.poll() is None:
+            server.kill()
+            server.communicate()
+    assert client.returncode == 0, client.stderr
+    assert server.returncode == 0, s_err
+    assert len([line for line in s_err.splitlines() if "refused a connection" in line]) == 1, s_err
+
+
+def test_one_shot_server_gives_up_after_an_explicit_timeout(tables: Path, pki: Path) -> None:
+    port = free_port()
+    started = time.monotonic()
+    result = _run(["psi", "serve", "--input", str(tables / "bank_b.csv"), "--on", "id_number",
+                   "--listen", f"127.0.0.1:{port}", "--timeout", "2", "--quiet", *tls_args(pki, "bank-b")])
+    assert result.returncode == 3 and "timeout" in _one_line_error(result.stderr)
+    assert time.monotonic() - started < 60
 
 
 def test_protocol_mismatch_stops_both_sides(tables: Path, pki: Path, tmp_path: Path) -> None:
@@ -203,3 +251,61 @@ def test_port_in_use_is_a_transport_error(tables: Path, pki: Path) -> None:
         result = _run(["psi", "serve", "--input", str(tables / "bank_b.csv"), "--on", "id_number",
                        "--listen", f"127.0.0.1:{port}", *tls_args(pki, "bank-b")])
     assert result.returncode == 3 and "address already in use" in _one_line_error(result.stderr)
+
+
+def test_forever_server_names_outputs_per_session_and_logs_the_peer(tables: Path, pki: Path, tmp_path: Path) -> None:
+    """Issue 11.7: '--output b-{peer}-{session}.csv' gives one file per session; each session names its peer."""
+    port = free_port()
+    template = str(tmp_path / "b-{peer}-{session}.csv")
+    server = _start_server(["psi", "serve", "--input", str(tables / "bank_b.csv"), "--on", "id_number", "--forever",
+                            "--reveal", "both", "--output", template, "--listen", f"127.0.0.1:{port}",
+                            *tls_args(pki, "bank-b")])
+    try:
+        for _ in range(2):
+            client = _run(["psi", "connect", "--input", str(tables / "bank_a.csv"), "--on", "id_number", "--reveal",
+                           "both", "--peer", f"127.0.0.1:{port}", "--quiet", *tls_args(pki, "bank-a")])
+            assert client.returncode == 0, client.stderr
+    finally:
+        server.terminate()
+        s_out, s_err = server.communicate(timeout=60)
+    assert server.returncode == 143, s_err
+    expected = set(_ids(tables / "bank_a.csv")) & set(_ids(tables / "bank_b.csv"))
+    for n in (1, 2):
+        assert set(_ids(tmp_path / f"b-bank-a-{n}.csv")) == expected
+    assert s_out.count("(bank-a)") == 2, s_out
+
+
+@pytest.mark.parametrize("side", ["server", "client"])
+def test_refusing_peer_tells_the_other_side_why(side: str, tables: Path, pki: Path) -> None:
+    """Issue 11.5: the side that refuses (--max-peer-size) sends its reason; both print it, both exit 7.
+
+    The client's 10,000 keys make it send its first large message before it reads the server's
+    refusal: that send fails (the server hung up) and the reason must still be found and shown.
+    """
+    port = free_port()
+    cap = ["--max-peer-size", "10"]
+    sample = ROOT / "datasets" / "sample"
+    server = _start_server(["psi", "serve", "--input", str(sample / "bank_b.csv"), "--on", "id_number", "--quiet",
+                            "--listen", f"127.0.0.1:{port}", *tls_args(pki, "bank-b"), *(cap if side == "server" else [])])
+    client = _run(["psi", "connect", "--input", str(sample / "bank_a.csv"), "--on", "id_number", "--quiet",
+                   "--peer", f"127.0.0.1:{port}", *tls_args(pki, "bank-a"), *(cap if side == "client" else [])])
+    _s_out, s_err = server.communicate(timeout=60)
+    assert client.returncode == 7 and "max-peer-size" in _one_line_error(client.stderr), client.stderr
+    assert server.returncode == 7 and "max-peer-size" in _one_line_error(s_err), s_err
+
+
+def test_wrong_peer_name_is_told_to_the_peer(tables: Path, pki: Path) -> None:
+    """Issue 11.5: a client that refuses the server's name tells it; the server logs the reason, not 'peer closed'."""
+    port = free_port()
+    server = _start_server(["psi", "serve", "--input", str(tables / "bank_b.csv"), "--on", "id_number", "--quiet",
+                            "--listen", f"127.0.0.1:{port}", "--timeout", "30", *tls_args(pki, "bank-b")])
+    try:
+        client = _run(["psi", "connect", "--input", str(tables / "bank_a.csv"), "--on", "id_number", "--quiet",
+                       "--peer", f"127.0.0.1:{port}", "--peer-name", "bank-c", *tls_args(pki, "bank-a")])
+        assert client.returncode == 6 and "bank-c" in _one_line_error(client.stderr)
+        time.sleep(1.0)
+    finally:
+        server.terminate()
+        _s_out, s_err = server.communicate(timeout=60)
+    refused = [line for line in s_err.splitlines() if "refused a connection" in line]
+    assert len(refused) == 1 and "bank-c" in refused[0] and "closed" not in refused[0], s_err

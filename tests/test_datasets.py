@@ -129,3 +129,21 @@ def test_committed_samples_match_the_generator(tmp_path: Path) -> None:
     generate(tmp_path, expected["rows"]["bank_a"], expected["overlap"], SAMPLE_SEED, expected["rows"]["blacklist"])
     assert digest(tmp_path) == digest(sample)
     assert sum(p.stat().st_size for p in sample.iterdir()) < 5_000_000
+
+
+def test_small_banks_are_not_all_blacklisted(tmp_path) -> None:
+    """Issue 11.12: '--rows 2000' with the default 20,000-entry blacklist listed every customer."""
+    import importlib.util
+    from pathlib import Path
+
+    # this checkout's generator (an installed psiq_datasets may be another checkout's)
+    spec = importlib.util.spec_from_file_location(
+        "_psiq_generate_here", Path(__file__).resolve().parent.parent / "datasets" / "generate.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    generate = module.generate
+
+    summary = generate(tmp_path, 2000, 0.3, 1, None)
+    assert summary["intersection"]["bank_a&blacklist"] <= 2000 * 2 // 5
+    assert summary["intersection"]["bank_b&blacklist"] <= 2000 * 2 // 5
+    assert summary["rows"]["blacklist"] == 20_000

@@ -57,3 +57,21 @@ def test_record_padding_round_trip(tmp_path: Path) -> None:
     padded = pad_records(records)
     assert len({len(p) for p in padded}) == 1
     assert [unpad_record(p) for p in padded] == records
+
+
+def test_ot_send_times_out_and_is_quiet_with_q(pki) -> None:
+    """Issue 11.12: 'ot send --timeout' stops waiting for a receiver; -q prints no 'listening' line."""
+    import subprocess
+    import time
+
+    from .conftest import free_port, psiq_cmd, subprocess_env, tls_args
+
+    records = pki / "records.txt"
+    records.write_text("a\nb\n", encoding="utf-8")
+    started = time.monotonic()
+    done = subprocess.run(psiq_cmd() + ["ot", "send", "--records", str(records), "--listen", f"127.0.0.1:{free_port()}",
+                                        "--timeout", "1", "-q", *tls_args(pki, "bank-b")],
+                          capture_output=True, text=True, env=subprocess_env(), timeout=120)
+    assert done.returncode == 3 and "timeout" in done.stderr
+    assert "listening" not in done.stderr
+    assert time.monotonic() - started < 60

@@ -116,3 +116,75 @@ def test_fork_only_from_a_lone_main_thread(monkeypatch):
             assert os.getpid() not in pids
         finally:
             ex.close()
+
+
+def _inet_sockets(_arg):
+    """The AF_INET/AF_INET6 sockets open in this (worker) process."""
+    import socket
+    import stat
+
+    found = []
+    for name in os.listdir("/proc/self/fd"):
+        fd = int(name)
+        try:
+            if not stat.S_ISSOCK(os.fstat(fd).st_mode):
+                continue
+        except OSError:
+            continue
+        probe = socket.socket(fileno=fd)
+        try:
+            if probe.family in (socket.AF_INET, socket.AF_INET6):
+                found.append(fd)
+        finally:
+            probe.detach()
+    return found
+
+
+def _signal_dispositions(_arg):
+    import signal
+
+    return [signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)]
+
+
+@pytest.mark.parametrize("method", ["fork", "forkserver"])
+def test_workers_do_not_keep_the_parents_sockets(method, monkeypatch):
+    """A listening socket opened before the pool must not live on in any worker (issue 11.1)."""
+    import signal
+    import socket
+
+    monkeypatch.setenv("PSIQ_START_METHOD", method)
+    with socket.socket() as listening:
+        listening.bind(("127.0.0.1", 0))
+        listening.listen(1)
+        with Executor(2) as ex:
+            futures = [ex.submit(_inet_sockets, None) for _ in range(4)]
+            assert [f.result() for f in futures] == [[]] * 4
+            assert ex.submit(_signal_dispositions, None).result() == [signal.SIG_IGN, signal.SIG_DFL, signal.SIG_DFL]
+
+
+def test_worker_watchdog_exits_when_the_parent_pipe_closes():
+    """The fallback when PR_SET_PDEATHSIG is unavailable: EOF on the parent's pipe ends the worker."""
+    import subprocess
+    import sys
+    import time
+
+    code = (
+        "import os, threading\n"
+        "from psi import parallel\n"
+        "r, w = os.pipe()\n"
+        "pid = os.fork()\n"
+        "if pid == 0:\n"
+        "    os.close(w)\n"
+        "    parallel._watchdog(os.getppid(), r)\n"
+        "    os._exit(0)\n"
+        "os.close(r)\n"
+        "print(pid, flush=True)\n"
+        "os.close(w)\n"  # the 'parent died' event, seen by the child as EOF
+        "_, status = os.waitpid(pid, 0)\n"
+        "print(os.waitstatus_to_exitcode(status), flush=True)\n"
+    )
+    started = time.monotonic()
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=30,
+                         env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split()[1] == "1" and time.monotonic() - started < 10
