@@ -143,15 +143,30 @@ def _pair_of_processes(server_args: list[str], client_args: list[str]) -> tuple[
 
 
 def test_a_client_pinning_bank_b_refuses_bank_a_and_both_sides_exit_6(tmp_path: Path, pki: Path) -> None:
+    """The client exits 6; the one-shot server is told why (it refused our certificate), logs that one
+    line and keeps listening for its real partner (issue 11.6) until it is stopped."""
+    import signal
+    import time
+
     a, b = _tiny_inputs(tmp_path)
     port = free_port()
-    client, (s_code, _out, s_err) = _pair_of_processes(
-        ["psi", "serve", "--input", str(b), "--on", "id", "--listen", f"127.0.0.1:{port}", "--workers", "1", "--quiet",
-         *_tls_only(pki, "bank-a"), "--any-peer"],
-        ["psi", "connect", "--input", str(a), "--on", "id", "--peer", f"127.0.0.1:{port}", "--workers", "1", "--quiet",
-         *_tls_only(pki, "bank-a"), "--peer-name", "bank-b"])
-    assert client.returncode == 6 and "expected 'bank-b'" in client.stderr, client.stderr
-    assert s_code == 6 and "refused our certificate" in s_err, s_err
+    server = subprocess.Popen(psiq_cmd() + ["psi", "serve", "--input", str(b), "--on", "id", "--listen",
+                                            f"127.0.0.1:{port}", "--workers", "1", "--quiet",
+                                            *_tls_only(pki, "bank-a"), "--any-peer"],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=subprocess_env())
+    try:
+        client = subprocess.run(psiq_cmd() + ["psi", "connect", "--input", str(a), "--on", "id", "--peer",
+                                              f"127.0.0.1:{port}", "--workers", "1", "--quiet",
+                                              *_tls_only(pki, "bank-a"), "--peer-name", "bank-b"],
+                                capture_output=True, text=True, env=subprocess_env(), timeout=120)
+        assert client.returncode == 6 and "expected 'bank-b'" in client.stderr, client.stderr
+        time.sleep(0.5)
+        assert server.poll() is None, "a refused connection must not end a one-shot server"
+    finally:
+        server.send_signal(signal.SIGTERM)
+        _out, s_err = server.communicate(timeout=60)
+    refused = [line for line in s_err.splitlines() if "refused our certificate" in line]
+    assert len(refused) == 1 and server.returncode == 143, s_err
 
 
 def test_any_peer_runs_a_session(tmp_path: Path, pki: Path) -> None:
