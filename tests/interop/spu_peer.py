@@ -26,6 +26,7 @@ def main() -> int:
     parser.add_argument("--input", required=True)
     parser.add_argument("--output", required=True)
     parser.add_argument("--timeout-ms", type=int, default=60000)
+    parser.add_argument("--link-id", default="root")
     parser.add_argument("--seq-id", action="store_true", help="keep yacl's message sequence ids")
     args = parser.parse_args()
 
@@ -33,7 +34,7 @@ def main() -> int:
     import spu.psi as psi
 
     desc = link.Desc()
-    desc.id = "psiq-interop"
+    desc.id = args.link_id
     addrs = [None, None]
     addrs[args.rank] = args.self_addr
     addrs[1 - args.rank] = args.peer_addr
