@@ -93,3 +93,31 @@ def test_hash_to_curve_rehash_gives_even_y_points_and_differs_by_hash() -> None:
 def test_sm3_known_answer() -> None:
     # GB/T 32905-2016 Appendix A example 1: SM3("abc")
     assert sm2.sm3(b"abc").hex() == "66c7f0f462eeedd9d1f2d46bdc10e4e24167c4875cf2f7a2297da02b8f4ba8e0"
+
+
+# -- --group sm2 (psiq's own ECDH PSI) -------------------------------------------------------------
+def test_sm2_group_hash_is_sm3_try_and_increment_with_the_dst() -> None:
+    from psi.crypto.groups import get_group
+
+    group = get_group("sm2")
+    element = group.hash_to_group(b"dst", [b"alice"])[0]
+    for counter in range(256):  # recompute independently: first SM3(len||dst||ctr||item) on the curve
+        digest = sm2.sm3(b"\x03dst" + bytes([counter]) + b"alice")
+        if int.from_bytes(digest, "big") < sm2.P and sm2._lift_x(sm2.mpz(int.from_bytes(digest, "big")), 0):
+            break
+    assert element == digest
+    sm2.decode_x(element)
+
+
+def test_sm2_group_x_only_multiplication_matches_full_points() -> None:
+    from psi.crypto.groups import get_group
+
+    group = get_group("sm2")
+    scalar = group.generate_scalar()
+    point = sm2.multiply(sm2.generate_scalar(), sm2.G)
+    x = int(point[0]).to_bytes(32, "big")
+    assert group.multiply(scalar, [x]) == [int(sm2.multiply(int.from_bytes(scalar, "big"), point)[0]).to_bytes(32, "big")]
+    with pytest.raises(MalformedMessage):
+        group.multiply(scalar, [_off_curve_x().to_bytes(32, "big")])
+    with pytest.raises(MalformedMessage):
+        group.multiply(scalar, [int(sm2.P).to_bytes(32, "big")])
