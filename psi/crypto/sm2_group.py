@@ -13,6 +13,11 @@ Received elements must be 32 bytes, ``x < p`` and the x of a curve point (the id
 no such encoding; SM2's cofactor is 1, so there are no small-order points to reject).
 Scalars are 32 bytes big-endian in [1, n); multiplication is :func:`psi.crypto.sm2.multiply`
 (gmpy2, not constant time: see that module).
+
+Measured with bench/bench_groups.py (n = 200) on the shared 2-core machine under load average
+18, all groups in one run, µs per element: hash 347, multiply 5294, validate 79; x25519 in the
+same run 65 / 688 / 4.5 and p256 1621 / 1284 / 279. So an SM2 multiplication costs about 8
+x25519 or 4 P-256 multiplications (pure Python against OpenSSL).
 """
 
 from __future__ import annotations
