@@ -100,3 +100,11 @@ def test_a_stalling_or_malformed_peer_exits_3_or_4_and_writes_nothing(tmp_path: 
     assert rank0.returncode == code, err
     assert message in err
     assert not list(tmp_path.glob("a_out.csv*"))
+
+
+def test_composite_keys_are_joined_with_commas_as_secretflow_does() -> None:
+    from cli.interop import _secretflow_item
+    from psi.records import encode_key
+
+    assert _secretflow_item(encode_key(["138", "ab,c"]), 2) == b"138,ab,c"
+    assert _secretflow_item(encode_key(["only"]), 1) == b"only"
