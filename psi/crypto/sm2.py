@@ -132,7 +132,7 @@ def _double(X1: mpz, Y1: mpz, Z1: mpz) -> tuple[mpz, mpz, mpz]:
     beta = X1 * gamma % P
     alpha = 3 * (X1 - delta) * (X1 + delta) % P
     X3 = (alpha * alpha - 8 * beta) % P
-    Z3 = ((Y1 + Z1) ** 2 - gamma - delta) % P
+    Z3 = 2 * Y1 * Z1 % P  # = (Y1 + Z1)^2 - gamma - delta
     Y3 = (alpha * (4 * beta - X3) - 8 * gamma * gamma) % P
     return X3, Y3, Z3
 
@@ -156,7 +156,7 @@ def _add_affine(X1: mpz, Y1: mpz, Z1: mpz, x2: mpz, y2: mpz) -> tuple[mpz, mpz, 
     V = X1 * I % P
     X3 = (r * r - J - 2 * V) % P
     Y3 = (r * (V - X3) - 2 * Y1 * J) % P
-    Z3 = ((Z1 + H) ** 2 - Z1Z1 - HH) % P
+    Z3 = 2 * Z1 * H % P  # = (Z1 + H)^2 - Z1Z1 - HH
     return X3, Y3, Z3
 
 
@@ -204,10 +204,20 @@ def multiply(scalar: int, point: Point) -> Point:
         raise ValueError("SM2 scalar must be non-zero modulo n")
     table = _odd_multiples(point, 1 << (_WINDOW - 2))
     negated = [(tx, (P - ty) % P) for tx, ty in table]
-    X, Y, Z = mpz(1), mpz(1), mpz(0)
-    for d in reversed(_signed_digits(k, _WINDOW)):
-        if Z != 0:
-            X, Y, Z = _double(X, Y, Z)
+    digits = _signed_digits(k, _WINDOW)
+    top = digits.pop()  # the most significant digit is positive and non-zero
+    X, Y = table[top >> 1]
+    Z = mpz(1)
+    p = P
+    for d in reversed(digits):
+        # doubling inlined (dbl-2001-b, a = -3): most digits are zero, so this is the hot loop
+        delta = Z * Z % p
+        gamma = Y * Y % p
+        beta = X * gamma % p
+        alpha = 3 * (X - delta) * (X + delta) % p
+        Z = 2 * Y * Z % p
+        X = (alpha * alpha - 8 * beta) % p
+        Y = (alpha * (4 * beta - X) - 8 * gamma * gamma) % p
         if d > 0:
             X, Y, Z = _add_affine(X, Y, Z, *table[d >> 1])
         elif d < 0:
