@@ -112,3 +112,28 @@ def test_a_key_sent_twice_is_a_violation() -> None:
     with pytest.raises(MalformedMessage, match="twice"):
         l0.recv((MAIN, 2))
     close(l0, l1)
+
+
+def test_many_small_unrequested_messages_hit_the_cap(monkeypatch: pytest.MonkeyPatch) -> None:
+    from psi.interop.ppca import link as link_module
+
+    monkeypatch.setattr(link_module, "MAX_WAITING", 3)
+    l0, l1 = pair()
+    for n in range(2, 6):
+        raw_push(l0, sender_rank=1, key=f"t:P2P-{n}:1->0", value=b"")
+    with pytest.raises(MalformedMessage, match="receive buffer"):
+        l0.recv((MAIN, 1))
+    close(l0, l1)
+
+
+def test_too_many_partial_chunked_messages_hit_the_cap(monkeypatch: pytest.MonkeyPatch) -> None:
+    from psi.interop.ppca import link as link_module
+
+    monkeypatch.setattr(link_module, "MAX_PARTIAL", 2)
+    l0, l1 = pair()
+    for n in range(2, 5):
+        raw_push(l0, sender_rank=1, key=f"t:P2P-{n}:1->0", value=b"x", trans_type=transport_pb2.CHUNKED,
+                 chunk_info=transport_pb2.ChunkInfo(message_length=1000, chunk_offset=0))
+    with pytest.raises(MalformedMessage, match="chunked messages at once"):
+        l0.recv((MAIN, 1))
+    close(l0, l1)

@@ -38,6 +38,8 @@ SERVICE = "org.interconnection.link.ReceiverService"
 METHOD = f"/{SERVICE}/Push"
 SEQ_SEP = "\x01\x02"
 MAX_KEY = 256
+MAX_WAITING = 65536  # messages received but not yet asked for
+MAX_PARTIAL = 16  # chunked messages being reassembled at once
 
 
 @dataclass(frozen=True)
@@ -245,7 +247,7 @@ class GrpcLink:
         with self._cond:
             if base in self._seen:
                 raise MalformedMessage(f"link: message {base!r} received twice")
-            if self._buffered + len(value) > self._max_buffered:
+            if self._buffered + len(value) > self._max_buffered or len(self._mailbox) >= MAX_WAITING:
                 raise MalformedMessage("link: the peer sent more than the receive buffer allows")
             self._seen.add(base)
             self._mailbox[base] = value
@@ -267,6 +269,9 @@ class GrpcLink:
         if offset + len(request.value) > total or not request.value:
             raise MalformedMessage("link: chunk outside its message")
         with self._cond:
+            if base not in self._chunks and (len(self._chunks) >= MAX_PARTIAL
+                                             or self._buffered + total > self._max_buffered):
+                raise MalformedMessage("link: too many or too large chunked messages at once")
             buffer, received = self._chunks.get(base, (bytearray(total), 0))
             if len(buffer) != total:
                 raise MalformedMessage("link: chunks of one message disagree on its length")
