@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import enum
 import math
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any, Sequence
 
@@ -110,9 +111,10 @@ class PpcaEcdhParty:
         self._offset = 1 if config.handshake else 0
         self._declared_peer_items: int | None = None
         self._own_counts: list[int] = []
-        self._peer_enc: list[bytes] = []
+        self._enc_received = 0
+        self._pending: list[Future[bytes]] = []
+        self._dual_sent = 0
         self._peer_items = 0
-        self._peer_enc_done = False
         self._dual_received: list[bytes] = []
         self._dual_index = 0
         self._sent_own = False
@@ -141,7 +143,7 @@ class PpcaEcdhParty:
         if self._state is State.HANDSHAKE:
             return (MAIN, 1)
         if self._state is State.EXCHANGE:
-            return (MAIN, self._offset + 1 + len(self._peer_enc))
+            return (MAIN, self._offset + 1 + self._enc_received)
         if self._state is State.DUAL:
             return (SUB, 1 + self._dual_index)
         return None
@@ -239,7 +241,9 @@ class PpcaEcdhParty:
 
     def _on_enc(self, data: bytes) -> None:
         suite = self._require_suite()
-        index = len(self._peer_enc)
+        if not self._sent_own:
+            self._send_own()
+        index = self._enc_received
         batch = codec.parse_batch(data, "enc", index, suite.point_size, MAX_BATCH_COUNT)
         self._peer_items += batch.count
         limit = self._declared_peer_items if self._declared_peer_items is not None else self.config.max_peer_items
@@ -247,32 +251,42 @@ class PpcaEcdhParty:
             raise MalformedMessage(f"peer sent more than {limit} items"
                                    + (" (the count it declared in the handshake)" if self._declared_peer_items
                                       is not None else " (--max-peer-size)"))
-        self._peer_enc.append(batch.data)
+        self._enc_received += 1
+        if batch.count:  # re-mask in the background while the next batches arrive
+            self._pending.append(self._executor.submit(remask_points, (suite.name, self._secret, batch.data,
+                                                                       self._tail())))
+        self._collect_remasked(wait=batch.last)
         if batch.last:
             if self._declared_peer_items is not None and self._peer_items != self._declared_peer_items:
                 raise MalformedMessage(f"peer sent {self._peer_items} items but declared"
                                        f" {self._declared_peer_items} in the handshake")
-            self._second_stage()
+            self._end_second_stage()
 
     # -- second stage -------------------------------------------------------------------------
-    def _second_stage(self) -> None:
+    def _tail(self) -> int:
+        return 0 if self._bits == -1 else self._bits // 8
+
+    def _collect_remasked(self, wait: bool) -> None:
+        """Take finished re-maskings in batch order: queue them for the peer as "dual.enc" if it
+        gets the result, keep their tags if this rank does. ``wait``: take all, blocking."""
         suite = self._require_suite()
-        if not self._sent_own:
-            self._send_own()
-        tail = 0 if self._bits == -1 else self._bits // 8
-        width = tail or suite.point_size
-        batches = [b for b in self._peer_enc if b]
-        remasked = self._executor.map(remask_points, [(suite.name, self._secret, b, tail) for b in batches])
-        self._peer_enc = [b""] * len(self._peer_enc)  # keep only the count; the values are done with
+        width = self._tail() or suite.point_size
+        while self._pending and (wait or self._pending[0].done()):
+            blob = self._pending.pop(0).result()  # a peer value that failed validation raises here
+            if self.config.result_to in (-1, self._peer):
+                self._outbox.append(((SUB, 1 + self._dual_sent),
+                                     codec.encode_batch("dual.enc", self._dual_sent, False, len(blob) // width, blob)))
+                self._dual_sent += 1
+            if self.config.result_to in (-1, self.config.rank):
+                self._peer_tags.update(blob[i : i + width] for i in range(0, len(blob), width))
+        self._width = width
+
+    def _end_second_stage(self) -> None:
+        suite = self._require_suite()
         if self.config.result_to in (-1, self._peer):
-            for index, blob in enumerate(remasked):
-                self._outbox.append(((SUB, 1 + index),
-                                     codec.encode_batch("dual.enc", index, False, len(blob) // width, blob)))
-            closing = len(remasked)
-            self._outbox.append(((SUB, 1 + closing), codec.encode_batch("dual.enc", closing, True, 0, b"")))
+            self._outbox.append(((SUB, 1 + self._dual_sent),
+                                 codec.encode_batch("dual.enc", self._dual_sent, True, 0, b"")))
         if self.config.result_to in (-1, self.config.rank):
-            self._peer_tags = {blob[i : i + width] for blob in remasked for i in range(0, len(blob), width)}
-            self._width = width
             self._state = State.DUAL
         else:
             self._outcome = PpcaOutcome(None, suite.name, self._peer_items, self._bits)
