@@ -36,14 +36,15 @@ def _tables(tmp_path: Path) -> tuple[Path, Path, set[str]]:
     return left, right, {f"u{i:05d}" for i in range(180, 300)}
 
 
-@pytest.mark.parametrize("suite,psiq_rank,result_to,seq_ids", [
-    ("x25519", 0, -1, False),
-    ("x25519", 1, 1, True),
-    ("sm2", 0, 1, True),
-    ("sm2", 1, -1, False),
+@pytest.mark.parametrize("suite,psiq_rank,result_to,spu_seq_ids,psiq_seq_ids", [
+    ("x25519", 0, -1, False, False),
+    ("x25519", 1, 1, True, True),
+    ("sm2", 0, 1, True, True),
+    ("sm2", 1, -1, True, False),  # SecretFlow suffixes its keys, psiq does not: both read the other
 ])
 def test_psiq_and_secretflow_compute_the_plaintext_intersection(tmp_path: Path, suite: str, psiq_rank: int,
-                                                                result_to: int, seq_ids: bool) -> None:
+                                                                result_to: int, spu_seq_ids: bool,
+                                                                psiq_seq_ids: bool) -> None:
     left, right, expected = _tables(tmp_path)
     spu_rank = 1 - psiq_rank
     ports = {0: free_port(), 1: free_port()}
@@ -52,13 +53,13 @@ def test_psiq_and_secretflow_compute_the_plaintext_intersection(tmp_path: Path, 
         [str(SPU_PYTHON), str(PEER), "--rank", str(spu_rank), "--self", f"127.0.0.1:{ports[spu_rank]}",
          "--peer", f"127.0.0.1:{ports[psiq_rank]}", "--curve", suite, "--receiver", str(result_to),
          "--input", str(right), "--output", str(spu_out), "--timeout-ms", "60000", "--link-id", "root",
-         *(["--seq-id"] if seq_ids else [])],
+         *(["--seq-id"] if spu_seq_ids else [])],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     psiq_gets = result_to in (-1, psiq_rank)
     args = ["interop", "ppca-ecdh", "--rank", str(psiq_rank), "--listen", f"127.0.0.1:{ports[psiq_rank]}",
             "--peer", f"127.0.0.1:{ports[spu_rank]}", "--input", str(left), "--on", "id", "--suite", suite,
             "--no-handshake", "--result-to", "all" if result_to == -1 else str(result_to), "--insecure",
-            "--quiet", "--timeout", "60", *(["--link-seq-ids"] if seq_ids else []),
+            "--quiet", "--timeout", "60", *(["--link-seq-ids"] if psiq_seq_ids else []),
             *(["--output", str(psiq_out)] if psiq_gets else [])]
     psiq = subprocess.run(psiq_cmd() + args, capture_output=True, text=True, env=subprocess_env(), timeout=300)
     spu_stdout, spu_stderr = spu.communicate(timeout=120)
