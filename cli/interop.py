@@ -43,7 +43,8 @@ def interop_group() -> None:
                    "both sides then rely on --suite and --result-to.")
 @click.option("--link-id", default="root", show_default=True, help="Link/session id (SecretFlow's link 'id').")
 @click.option("--link-seq-ids", is_flag=True,
-              help="Append yacl's message sequence ids and ACK them (a SecretFlow peer without disable_msg_seq_id).")
+              help="Suffix psiq's own keys with yacl's message sequence ids. Received keys are read "
+                   "(and ACKed) in either form; SecretFlow 0.9.2 reads both.")
 @click.option("--timeout", type=click.FloatRange(1, 86400), default=60.0, show_default=True,
               help="Seconds to wait for the peer to connect or send its next message.")
 @click.option("--format", "input_format", type=click.Choice(["csv", "tsv", "parquet"]), default=None)

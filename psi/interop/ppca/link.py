@@ -6,8 +6,9 @@ link ``id``) for the first stage and ``{id}-0`` for the second. Around the spec'
 SecretFlow's link layer (yacl) adds control messages that psiq speaks too:
 
 * ``connect_{rank}`` (with the suffix ``\\x01\\x020``) from each side at start;
-* with sequence ids (yacl's default; ``--link-seq-ids``), ``\\x01\\x02{seq}`` appended to every
-  data key, counting from 1, and an ``ACK\\x01\\x02`` message carrying each received seq back;
+* sequence ids (yacl's default): ``\\x01\\x02{seq}`` appended to every data key, counting from
+  1, and an ``ACK\\x01\\x02`` message carrying each received seq back. psiq strips and ACKs
+  them whenever they arrive; it appends its own only with ``seq_ids`` (``--link-seq-ids``);
 * ``FIN\\x01\\x02`` with the number of sequenced messages sent, at shutdown, from each side.
 
 Received messages are checked here: the sender's rank, the key's form (channel, direction),
