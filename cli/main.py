@@ -62,6 +62,7 @@ def _register_optional() -> None:
         ("cli.ot", "ot_group"),
         ("cli.datasets", "datasets_group"),
         ("cli.demo", "demo_command"),
+        ("cli.interop", "interop_group"),
     ):
         try:
             mod = importlib.import_module(module)

@@ -49,7 +49,7 @@ def _session_options(fn: Callable[..., Any]) -> Callable[..., Any]:
                      help="Which party is the left side of a left/right/full join."),
         click.option("--format", "input_format", type=click.Choice(["csv", "tsv", "parquet"]), default=None,
                      help="Input format (default: from the file extension)."),
-        click.option("--group", type=click.Choice(["x25519", "ristretto255", "p256"]), default="x25519",
+        click.option("--group", type=click.Choice(["x25519", "ristretto255", "p256", "sm2"]), default="x25519",
                      show_default=True, help="ECDH group."),
         click.option("--compression", type=click.Choice(["auto", "raw", "bloom", "gcs"]), default="auto",
                      show_default=True, help="ECDH server-set encoding (OpenMined's raw/Bloom/GCS)."),
@@ -255,7 +255,7 @@ def _columns(on: str) -> list[str]:
 @click.option("--server-key", required=True, type=click.Path(dir_okay=False, path_type=Path),
               help="ECDH key file (created if missing, mode 0600; the command says so); pass the same to 'psi serve'.")
 @click.option("--out", required=True, type=click.Path(dir_okay=False, path_type=Path), help="Prepared-set file to write.")
-@click.option("--group", type=click.Choice(["x25519", "ristretto255", "p256"]), default="x25519", show_default=True,
+@click.option("--group", type=click.Choice(["x25519", "ristretto255", "p256", "sm2"]), default="x25519", show_default=True,
               help="ECDH group; clients must use the same.")
 @click.option("--dedup", type=click.Choice(["error", "first", "keep-all"]), default="error", show_default=True,
               help="Duplicate keys: stop with an error, keep the first row, or keep all; serve with the same.")

@@ -45,6 +45,11 @@ which is all commutative-encryption PSI needs.
     on the curve; the identity has no such encoding). Multiplication is ECDH ``exchange``,
     which returns only x: x(k*P) = x(k*(-P)), so working on {P, -P} keeps commutativity.
 
+``sm2``
+    The SM2 curve (GB/T 32918.5) for deployments that must use national algorithms: SM3
+    try-and-increment hash-to-group, x-only elements, gmpy2 arithmetic. Defined in
+    :mod:`psi.crypto.sm2_group` (imported on first use).
+
 Measured on this machine (bench/bench_groups.py, one core, best of 3 over 2000 elements,
 µs per element)::
 
@@ -508,8 +513,15 @@ _GROUPS: dict[str, Callable[[], Group]] = {
     "x25519": X25519Group,
     "ristretto255": Ristretto255Group,
     "p256": P256Group,
+    "sm2": lambda: _sm2_group(),
 }
 GROUP_NAMES = tuple(_GROUPS)
+
+
+def _sm2_group() -> Group:
+    from .sm2_group import SM2Group  # its own module: it imports Group from here
+
+    return SM2Group()
 _INSTANCES: dict[str, Group] = {}
 
 

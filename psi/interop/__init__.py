@@ -1,0 +1,1 @@
+"""Interoperation with other privacy-computing platforms (optional: ``pip install psiq[interop]``)."""

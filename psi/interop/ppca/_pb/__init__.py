@@ -1,0 +1,1 @@
+"""Generated protobuf modules for the PPCA interconnection messages (see ../proto/SOURCE.md)."""
