@@ -260,3 +260,74 @@ def test_malformed_okvs_end_to_end_exit_4_and_nothing_written(tmp_path, monkeypa
     assert isinstance(server_err, MalformedMessage) and server_err.exit_code == 4
     assert "columns" in str(server_err) and "\n" not in str(server_err)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["client.csv", "server.csv"]  # nothing written
+
+
+# -- the OT-extension consistency check (OOS17 with the BCH code) ---------------------------------
+
+
+def _flip_row_zero(body: bytes, columns: int = 64) -> bytes:
+    """Make row 0 of the batch a non-code word: flip it in ``columns`` of the 512 columns (a
+    cheating client's low-weight difference, the way to learn bits of the server's secret)."""
+    nb = 1  # the test sets fit one bin, so one counter byte precedes U
+    data = bytearray(body)
+    row_bytes = (len(body) - nb) // rr22.WIDTH
+    for j in np.random.default_rng(4).choice(rr22.WIDTH, columns, replace=False).tolist():
+        data[nb + j * row_bytes] ^= 1
+    return bytes(data)
+
+
+def test_rows_that_are_not_code_words_fail_the_check():
+    client, server = _parties([b"a%d" % i for i in range(50)], [b"a%d" % i for i in range(40)])
+    with pytest.raises(MalformedMessage, match="consistency check failed") as info:
+        run_pair(Tampered(client, "rr22.u", _flip_row_zero), server)
+    assert info.value.exit_code == 4 and server.failed
+
+
+def test_one_column_flip_is_caught_exactly_when_the_secret_bit_is_one():
+    """Flipping one column of one row is caught when the server's secret bit there is 1;
+    otherwise that column never enters the server's values and nothing is learned."""
+    column = int(np.random.default_rng(4).choice(rr22.WIDTH, 1, replace=False)[0])
+    for _ in range(4):
+        client, server = _parties([b"a%d" % i for i in range(5)], [b"a%d" % i for i in range(4)])
+        try:
+            run_pair(Tampered(client, "rr22.u", lambda b: _flip_row_zero(b, 1)), server)
+            caught = False
+        except MalformedMessage as err:
+            assert "consistency check failed" in str(err)
+            caught = True
+        assert caught == bool(server._secret_bits[column])  # noqa: SLF001
+
+
+@pytest.mark.parametrize(
+    "change, field",
+    [
+        (lambda b: b[:-1], "rr22.check: batch 0 has"),
+        (lambda b: b[:-16] + b"\xff" * 16, "out of range"),
+        (lambda b: bytes([b[0] ^ 1]) + b[1:], "consistency check failed"),
+    ],
+)
+def test_malformed_check_is_refused(change, field):
+    client, server = _parties([b"a%d" % i for i in range(50)], [b"a%d" % i for i in range(40)])
+    with pytest.raises(MalformedMessage, match=field):
+        run_pair(Tampered(client, "rr22.check", change), server)
+
+
+def test_server_sends_nothing_derived_from_its_secret_before_every_check_passed():
+    client, server = _parties([b"a%d" % i for i in range(50)], [b"a%d" % i for i in range(40)])
+    kinds = []
+
+    class Watch(Tampered):
+        def outgoing(self):
+            out = self.party.outgoing()
+            kinds.extend(m.kind for m in out)
+            return out
+
+    run_pair(client, Watch(server, "", None))
+    assert kinds.index("rr22.values") > kinds.index("rr22.ack")
+    assert server._checked == server._batches  # noqa: SLF001 - the check ran for every batch
+
+
+def test_challenge_must_have_its_length():
+    client, server = _parties([b"a%d" % i for i in range(5)], [b"a%d" % i for i in range(4)])
+    with pytest.raises(MalformedMessage, match="challenge has the wrong length"):
+        run_pair(client, Tampered(server, "rr22.ack", lambda b: b[:8]))

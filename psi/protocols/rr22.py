@@ -56,12 +56,14 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from ..crypto import okvs
+from ..crypto import bch, okvs
 from ..errors import MalformedMessage, UsageError
 from ..messages import Message
 from ..ot.aes_hash import TweakHash, derive_key
 from ..ot.base_ot import POINT_BYTES, BaseOtReceiver, BaseOtSender
-from ..ot.extension import ExtensionReceiver, ExtensionSender, PseudorandomCode
+from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
+
+from ..ot.extension import ExtensionReceiver, ExtensionSender
 from ..ot.session import HelloState
 from ..parallel import Executor
 from .base import PsiOutcome, PsiParty, Reveal, Role
@@ -74,6 +76,9 @@ WIDTH = 512  # bits per OKVS value and OT-extension row
 SIGMA = 40
 MAX_ITEMS = 1 << 31
 EVIDENCE_BYTES = 16
+CHECKS = 40  # OOS17 consistency checks per batch (statistical security 2^-40)
+_CHECK_BYTES = CHECKS * (WIDTH // 8 + 16)
+_HIGH_MASK = np.uint64((1 << (bch.MESSAGE_BITS - 64)) - 1)
 _WORDS = WIDTH // 64
 _DOMAIN_OPRF, _DOMAIN_WIRE, _DOMAIN_EVIDENCE = 0x52, 0x53, 0x54
 _MIN_PIECE = 1 << 13
@@ -100,6 +105,8 @@ class Config:
             "width": WIDTH,
             "sigma": SIGMA,
             "okvs": f"rr22-w3-binary-dense-bin{okvs.BIN_SIZE}",
+            "code": "bch-511-76",
+            "checks": CHECKS,
         }
 
 
@@ -143,44 +150,77 @@ def _second_hash(oprf: np.ndarray, digests: np.ndarray, session: bytes, domain: 
     return TweakHash(session).hash_rows(oprf, 0, out_bytes=size, domain=domain, indices=_tweaks(digests))
 
 
-def _code(code_key: bytes, digests: np.ndarray) -> np.ndarray:
-    """``C(x)`` for every digest: ``uint8 (n, 64)``."""
-    if digests.shape[0] == 0:
-        return np.zeros((0, WIDTH // 8), dtype=np.uint8)
-    return PseudorandomCode(code_key, WIDTH).encode(digests)
+def _item_hash(code_key: bytes, digests: np.ndarray) -> np.ndarray:
+    """``h(x)``: 76 bits per item (``uint64 (n, 2)``), AES under a key from the server's seed."""
+    out = np.zeros((digests.shape[0], 2), dtype=np.uint64)
+    if digests.shape[0]:
+        flat = np.ascontiguousarray(digests, dtype=np.uint8).reshape(-1)
+        buf = np.empty(flat.size + 16, dtype=np.uint8)
+        Cipher(algorithms.AES(code_key), modes.ECB()).encryptor().update_into(flat, buf)
+        out[:] = buf[: flat.size].view(np.uint64).reshape(-1, 2)
+        out[:, 1] &= _HIGH_MASK
+    return out
 
 
-def _client_batch(digests: np.ndarray, bins: np.ndarray, *, nb: int, first_bin: int, params: okvs.Params, seed: bytes,
-                  code_key: bytes, keys0: np.ndarray, keys1: np.ndarray, session: bytes) -> tuple[bytes, bytes, np.ndarray]:
-    """Encode the bins ``first_bin .. first_bin+nb-1``, extend their rows, decode at own items.
+def _challenge_bits(seed: bytes, rows: int) -> np.ndarray:
+    """``bool (CHECKS, rows)``: the check coefficients expanded from the server's seed."""
+    length = -(-rows // 8)
+    stream = np.empty(CHECKS * length + 16, dtype=np.uint8)
+    Cipher(algorithms.AES(seed), modes.CTR(bytes(16))).encryptor().update_into(np.zeros(CHECKS * length, np.uint8), stream)
+    bits = np.unpackbits(stream[: CHECKS * length].reshape(CHECKS, length), axis=1, bitorder="little")
+    return bits[:, :rows].astype(bool)
 
-    Returns (retry counters, wire ``U``, own OPRF values ``uint8 (n, 16)``).
+
+def _check_sums(rows: np.ndarray, seed: bytes) -> np.ndarray:
+    """``out_l = rows[real + l] ⊕ ⊕_{j : x_lj} rows[j]`` for the ``CHECKS`` extra rows at the end."""
+    real = rows.shape[0] - CHECKS
+    bits = _challenge_bits(seed, real)
+    out = rows[real:].copy()
+    for l in range(CHECKS):
+        picked = rows[:real][bits[l]]
+        if picked.shape[0]:
+            out[l] ^= np.bitwise_xor.reduce(picked, axis=0)
+    return out
+
+
+def _client_batch(digests: np.ndarray, bins: np.ndarray, *, nb: int, first_bin: int, batch: int, params: okvs.Params,
+                  seed: bytes, code_key: bytes, keys0: np.ndarray, keys1: np.ndarray,
+                  session: bytes) -> tuple[bytes, bytes, np.ndarray, np.ndarray, np.ndarray]:
+    """Encode the bins ``first_bin .. first_bin+nb-1``, extend their rows (and ``CHECKS`` random
+    rows for the consistency check), decode at own items.
+
+    Returns (retry counters, wire ``U``, own OPRF values ``uint8 (n, 16)``, ``T`` and the
+    messages ``P'`` of every row, kept for the check).
     """
-    values = _code(code_key, digests).view(np.uint64)
-    table, counters, cols, masks = okvs.encode(digests, bins, values, nb, seed, params)
+    table, counters, cols, masks = okvs.encode(digests, bins, _item_hash(code_key, digests), nb, seed, params)
     rows = nb * params.cols_per_bin
-    ext = ExtensionReceiver(keys0, keys1, offset=first_bin * params.cols_per_bin // 8)
-    t_rows, wire = ext.extend_codewords(table.view(np.uint8).reshape(rows, WIDTH // 8))
-    t_table = np.ascontiguousarray(t_rows).view(np.uint64).reshape(nb, params.cols_per_bin, _WORDS)
-    decoded = okvs.decode(t_table, bins, cols, masks, params)
-    return counters.tobytes(), wire, _oprf(decoded, digests, session)
+    messages = np.empty((rows + CHECKS, 2), dtype=np.uint64)
+    messages[:rows] = table.reshape(rows, 2)
+    messages[rows:] = np.frombuffer(secrets.token_bytes(16 * CHECKS), dtype=np.uint64).reshape(CHECKS, 2)
+    messages[rows:, 1] &= _HIGH_MASK
+    offset = (first_bin * params.cols_per_bin + batch * CHECKS) // 8
+    ext = ExtensionReceiver(keys0, keys1, offset=offset)
+    t_rows, wire = ext.extend_codewords(bch.encode(messages).view(np.uint8))
+    t_words = np.ascontiguousarray(t_rows).view(np.uint64).reshape(rows + CHECKS, _WORDS)
+    decoded = okvs.decode(t_words[:rows].reshape(nb, params.cols_per_bin, _WORDS), bins, cols, masks, params)
+    return counters.tobytes(), wire, _oprf(decoded, digests, session), t_words, messages
 
 
 def _server_batch(digests: np.ndarray, bins: np.ndarray, wire: bytes, *, counters: np.ndarray, nb: int, first_bin: int,
-                  params: okvs.Params, seed: bytes, code_key: bytes, keys: np.ndarray, secret_bits: np.ndarray,
-                  session: bytes, width: int) -> tuple[np.ndarray, np.ndarray]:
-    """The server's OPRF values at its items in these bins: (``F`` 16 bytes, wire ``ℓ`` bytes)."""
+                  batch: int, challenge: bytes, params: okvs.Params, seed: bytes, code_key: bytes, keys: np.ndarray,
+                  secret_bits: np.ndarray, session: bytes, width: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The server's OPRF values at its items in these bins (``F`` 16 bytes, wire ``ℓ`` bytes)
+    and its side of the consistency check (``q̃``, ``uint64 (CHECKS, 8)``)."""
     rows = nb * params.cols_per_bin
-    ext = ExtensionSender(keys, secret_bits, offset=first_bin * params.cols_per_bin // 8)
-    q_rows = ext.extend(rows, wire)
-    q_table = np.ascontiguousarray(q_rows).view(np.uint64).reshape(nb, params.cols_per_bin, _WORDS)
+    ext = ExtensionSender(keys, secret_bits, offset=(first_bin * params.cols_per_bin + batch * CHECKS) // 8)
+    q_words = np.ascontiguousarray(ext.extend(rows + CHECKS, wire)).view(np.uint64).reshape(rows + CHECKS, _WORDS)
     cols, masks = okvs.rows_of(digests, bins, seed, counters, params)
-    decoded = okvs.decode(q_table, bins, cols, masks, params)
-    code = _code(code_key, digests)
-    code &= ext.secret[None, :]
-    decoded ^= code.view(np.uint64)
+    decoded = okvs.decode(q_words[:rows].reshape(nb, params.cols_per_bin, _WORDS), bins, cols, masks, params)
+    code = bch.encode(_item_hash(code_key, digests))
+    code &= ext.secret.view(np.uint64)[None, :]
+    decoded ^= code
     oprf = _oprf(decoded, digests, session)
-    return oprf, _second_hash(oprf, digests, session, _DOMAIN_WIRE, width)
+    return oprf, _second_hash(oprf, digests, session, _DOMAIN_WIRE, width), _check_sums(q_words, challenge)
 
 
 # -- the parties --------------------------------------------------------------------------------
@@ -266,11 +306,8 @@ class Client(_Common):
             self._set_phase("base-ot")
         elif state is _State.BASE and message.kind == "rr22.base.b":
             self._base_done(message.body)
-        elif state is _State.CORRECTIONS and message.kind == "rr22.ack" and not message.body and self._acked < self._sent:
-            self._acked += 1
-            self._advance(1)
-            if self._acked == self._batches:
-                self._enter_values()
+        elif state is _State.CORRECTIONS and message.kind == "rr22.ack" and self._acked < self._sent:
+            self._answer_challenge(message.body)
         elif state is _State.VALUES and message.kind == "rr22.values":
             self._take_values(message.body)
         else:
@@ -293,6 +330,7 @@ class Client(_Common):
                                            keys0=keys0, keys1=keys1, session=self._session)
         self._own = np.empty((self._n, 16), dtype=np.uint8)  # OPRF values, in bin order
         self._pending: dict[int, Future] = {}
+        self._kept: dict[int, tuple[np.ndarray, np.ndarray]] = {}  # T and P' of sent batches until checked
         self._submitted = self._sent = self._acked = 0
         self._state = _State.CORRECTIONS
         self._set_phase("okvs-ot", self._batches)
@@ -306,14 +344,27 @@ class Client(_Common):
             first, nb, items = self._batch_slice(k)
             bins = self._sorted_bins[items] - first
             self._pending[k] = self._executor.submit(
-                functools.partial(self._batch_fn, nb=nb, first_bin=first), self._sorted_digests[items], bins)
+                functools.partial(self._batch_fn, nb=nb, first_bin=first, batch=k), self._sorted_digests[items], bins)
             self._submitted += 1
         while self._sent < self._batches and self._sent - self._acked < self._config.window:
             _first, _nb, items = self._batch_slice(self._sent)
-            counters, wire, own = self._pending.pop(self._sent).result()
+            counters, wire, own, t_words, messages = self._pending.pop(self._sent).result()
             self._own[items] = own
+            self._kept[self._sent] = (t_words, messages)
             self._send("rr22.u", counters + wire)
             self._sent += 1
+
+    def _answer_challenge(self, body: bytes) -> None:
+        """The server's challenge for the next unacknowledged batch: answer the OOS17 check."""
+        if len(body) != 16:
+            raise MalformedMessage("rr22.ack: the check challenge has the wrong length")
+        t_words, messages = self._kept.pop(self._acked)
+        t_sum, w_sum = _check_sums(t_words, body), _check_sums(messages, body)
+        self._send("rr22.check", t_sum.tobytes() + w_sum.tobytes())
+        self._acked += 1
+        self._advance(1)
+        if self._acked == self._batches:
+            self._enter_values()
 
     def _enter_values(self) -> None:
         self._values = np.empty((self._n_server, self._width), dtype=np.uint8)
@@ -373,8 +424,10 @@ class Server(_Common):
             self._base(message.body)
         elif state is _State.OKVS and message.kind == "rr22.okvs":
             self._okvs(message.body)
-        elif state is _State.CORRECTIONS and message.kind == "rr22.u":
+        elif state is _State.CORRECTIONS and message.kind == "rr22.u" and self._received < self._batches:
             self._correction(message.body)
+        elif state is _State.CORRECTIONS and message.kind == "rr22.check" and self._checked < self._received:
+            self._check(message.body)
         elif state is _State.VALUES and message.kind == "rr22.ack" and not message.body and self._acked < self._sent:
             self._acked += 1
             if self._acked == self._value_batches:
@@ -388,6 +441,7 @@ class Server(_Common):
         if len(body) != POINT_BYTES:
             raise MalformedMessage("rr22.base.a has the wrong length")
         self._secret_bits = np.frombuffer(secrets.token_bytes(WIDTH), dtype=np.uint8) & 1
+        self._secret_words = np.packbits(self._secret_bits, bitorder="little").view(np.uint64)
         reply, self._keys = BaseOtReceiver(self._secret_bits, self._session).reply(body)
         code_seed = secrets.token_bytes(16)
         self._code_key = derive_key(b"rr22-code", self._session, code_seed)
@@ -410,33 +464,56 @@ class Server(_Common):
                                            keys=self._keys, secret_bits=self._secret_bits, session=self._session,
                                            width=self._width)
         self._futures: list[Future] = []
-        self._received = 0
+        self._received = self._checked = 0
         self._state = _State.CORRECTIONS
         self._set_phase("okvs-ot", self._batches)
 
     def _correction(self, body: bytes) -> None:
         k = self._received
         first, nb, items = self._batch_slice(k)
-        expected = nb + nb * self._params.cols_per_bin * WIDTH // 8
+        expected = nb + (nb * self._params.cols_per_bin + CHECKS) * WIDTH // 8
         if len(body) != expected:
             raise MalformedMessage(f"rr22.u: OKVS batch {k} has {len(body)} bytes, {expected} expected")
         counters = np.frombuffer(body[:nb], dtype=np.uint8)
         if counters.size and counters.max() >= okvs.MAX_RETRIES:
             raise MalformedMessage(f"rr22.u: bin retry counter out of range (0..{okvs.MAX_RETRIES - 1})")
         bins = self._sorted_bins[items] - first
-        fn = functools.partial(self._batch_fn, counters=counters.copy(), nb=nb, first_bin=first)
+        challenge = secrets.token_bytes(16)  # drawn after the batch's rows are fixed
+        fn = functools.partial(self._batch_fn, counters=counters.copy(), nb=nb, first_bin=first, batch=k,
+                               challenge=challenge)
         if self._executor.workers > 1 and k >= self._executor.workers:  # bound the work in flight
             self._futures[k - self._executor.workers].result()
         self._futures.append(self._executor.submit(fn, self._sorted_digests[items], bins, body[nb:]))
         self._received += 1
         self._advance(1)
-        self._send("rr22.ack")
-        if self._received == self._batches:
+        self._send("rr22.ack", challenge)
+
+    def _check(self, body: bytes) -> None:
+        """OOS17 check of one batch: ``t̃_l ⊕ q̃_l = C(w̃_l) ∧ s`` for every challenge ``l``.
+
+        A client whose rows are not all codewords of the BCH code fails it (except with
+        probability about 2^-c for c bits of ``s`` learned); nothing derived from ``s`` leaves
+        this side before every batch has passed.
+        """
+        k = self._checked
+        if len(body) != _CHECK_BYTES:
+            raise MalformedMessage(f"rr22.check: batch {k} has {len(body)} bytes, {_CHECK_BYTES} expected")
+        t_sum = np.frombuffer(body[: CHECKS * WIDTH // 8], dtype=np.uint64).reshape(CHECKS, _WORDS)
+        w_sum = np.frombuffer(body[CHECKS * WIDTH // 8 :], dtype=np.uint64).reshape(CHECKS, 2)
+        if (w_sum[:, 1] & ~_HIGH_MASK).any():
+            raise MalformedMessage(f"rr22.check: batch {k} holds a message out of range (more than {bch.MESSAGE_BITS} bits)")
+        q_sum = self._futures[k].result()[2]
+        expected = (bch.encode(w_sum) & self._secret_words[None, :]) ^ q_sum
+        if not hmac.compare_digest(expected.tobytes(), t_sum.tobytes()):
+            raise MalformedMessage(f"rr22.check: OT-extension consistency check failed for batch {k}"
+                                   " (the peer's OKVS rows are not code words)")
+        self._checked += 1
+        if self._checked == self._batches:
             self._compute_values()
 
     def _compute_values(self) -> None:
         self._set_phase("values")
-        results = [f.result() for f in self._futures]
+        results = [f.result()[:2] for f in self._futures]
         self._futures = []
         if results:
             self._oprf = np.concatenate([r[0] for r in results])
