@@ -7,39 +7,46 @@ Message flow (client = PSI receiver, learns the result; server = PSI sender)::
       rr22.base.a  base-OT point A          ───▶
                                             ◀───            rr22.base.b  512 points ‖ code seed
       rr22.okvs    seed ‖ bins ‖ columns    ───▶
-      rr22.u       retry counters ‖ U, whole bins ───▶      (≤ ``window`` unacknowledged)
-                                            ◀───            rr22.ack  per batch
+      rr22.u       retry counters ‖ U (whole bins + 40 check rows) ───▶   (≤ ``window`` ahead)
+                                            ◀───            rr22.ack  the batch's check challenge
+      rr22.check   t̃ ‖ w̃ (40 combinations) ───▶            (verified; values only after all)
                                             ◀───            rr22.values  n_S values, shuffled, batched
       rr22.ack     per values batch         ───▶
       rr22.matches positions ‖ evidence (``both``) ───▶
 
-1. Both sides hash every item to 128 bits (BLAKE2b keyed with the session id). ``C(x)`` is
-   KKRT's 512-bit pseudorandom code (AES under keys from the session and the server's seed).
-2. The client encodes ``P = Encode({(x, C(x))})`` in the RR22 OKVS (:mod:`psi.crypto.okvs`:
-   binned, 3-hash rows plus a binary dense part; ``≈ 1.35 n_R`` rows at 2^20) under a fresh
-   seed chosen after its items are fixed.
-3. 512 base OTs (the server is the base-OT *receiver* with secret ``s``), then one
-   OT-extension row per OKVS row with the client's row ``P_i`` as the chosen word
-   (:mod:`psi.ot.extension`): the client gets ``t_i``, the server ``q_i = t_i ⊕ (P_i ∧ s)``.
-   This is a VOLE over GF(2)^512 with the product ``a ∧ s`` — the "subspace VOLE" that
-   PaXoS PSI (Pinkas–Rosulek–Trieu–Yanai 2020) builds on; the OKVS being GF(2)-linear,
-   ``Decode(Q, y) ⊕ (C(y) ∧ s) = Decode(T, y) ⊕ ((Decode(P, y) ⊕ C(y)) ∧ s)``.
-4. OPRF: ``F(y) = H(y, Decode(Q, y) ⊕ (C(y) ∧ s))`` (fixed-key AES tweakable hash,
+1. Both sides hash every item to 128 bits (BLAKE2b keyed with the session id) and then to a
+   76-bit ``h(x)`` (AES under a key from the session and the server's seed).
+2. The client encodes ``P' = Encode({(x, h(x))})`` in the RR22 OKVS (:mod:`psi.crypto.okvs`:
+   binned 3-hash rows plus a binary dense part, ``≈ 1.35 n_R`` rows at 2^20) under a fresh seed
+   chosen after its items are fixed.
+3. 512 base OTs (the server is the base-OT *receiver* with secret ``s``), then one OT-extension
+   row per OKVS row with the code word ``C(P'_i)`` of the linear [511, 76, ≥171] BCH code
+   (:mod:`psi.crypto.bch`) as the chosen word: the client gets ``t_i``, the server
+   ``q_i = t_i ⊕ (C(P'_i) ∧ s)`` — a VOLE over GF(2)^76 with the product ``C(a) ∧ s``
+   (PaXoS PSI, Pinkas–Rosulek–Trieu–Yanai 2020). OKVS and code being GF(2)-linear,
+   ``Decode(Q, y) ⊕ (C(h(y)) ∧ s) = Decode(T, y) ⊕ (C(Decode(P', y) ⊕ h(y)) ∧ s)``.
+4. Consistency check (OOS17, as libOTe realises it): every batch carries 40 extra random rows;
+   after the batch the server sends a fresh challenge (40 × rows random bits), the client
+   returns ``t̃_l = t*_l ⊕ ⊕_j x_lj t_j`` and ``w̃_l = w*_l ⊕ ⊕_j x_lj P'_j``, and the server
+   checks ``t̃_l ⊕ q̃_l = C(w̃_l) ∧ s``. Rows that are not code words fail it; the server sends
+   nothing derived from ``s`` before every batch has passed.
+5. OPRF: ``F(y) = H(y, Decode(Q, y) ⊕ (C(h(y)) ∧ s))`` (fixed-key AES tweakable hash,
    :mod:`psi.ot.aes_hash`, 16 bytes); for ``x`` in the client's set the client computes it as
    ``H(x, Decode(T, x))``. The server sends ``H'(F(y))`` truncated to
    ``ℓ = ⌈(40 + log2(n_S·n_R))/8⌉`` bytes for all its items in a fresh random order.
-5. ``both``: the client sends, for each match, the wire position and the evidence
+6. ``both``: the client sends, for each match, the wire position and the evidence
    ``H''(F(y))`` (16 bytes, another domain of the hash), sorted by evidence; the server
    recomputes the evidence of every claimed position and refuses the whole claim list
    (exit 4) unless all of it matches (one constant-time comparison).
 
 What each party learns: the client the intersection and ``n_S``; the server ``n_R`` (and the
-intersection in ``both`` mode). Security: semi-honest (as KKRT16: the base OTs of
-:mod:`psi.ot.base_ot`, no OT-extension consistency check). For ``y`` outside the client's set
-``Decode(P, y) ⊕ C(y)`` is a fresh random 512-bit string, of weight ≥ 128 except with
-probability 2^-97. A cheating client can choose any ``P``; it then learns ``F`` at the points
-where ``Decode(P, ·) = C(·)``, at most ``columns ≈ 1.35 n_R`` of them (the rows of more points
-are linearly dependent), never the server's whole set. See docs/SECURITY.md.
+intersection in ``both`` mode). Security: semi-honest base OTs (:mod:`psi.ot.base_ot`); against
+a cheating client the BCH code and the check: for ``y`` the client did not program,
+``Decode(P', y) ⊕ h(y) ≠ 0`` so ``C(…)`` has weight ≥ 171, of which the check lets at most
+about 40 bits of ``s`` leak (failing with probability 1 − 2^-c for c bits). A cheating client
+chooses ``P'`` freely and so learns ``F`` at the points where ``Decode(P', ·) = h(·)``: about
+``columns ≈ 1.35 n_R`` points of its choice (each point beyond needs 2^76 tries), never the
+server's whole set. See docs/SECURITY.md.
 """
 
 from __future__ import annotations
