@@ -331,3 +331,4 @@ def test_challenge_must_have_its_length():
     client, server = _parties([b"a%d" % i for i in range(5)], [b"a%d" % i for i in range(4)])
     with pytest.raises(MalformedMessage, match="challenge has the wrong length"):
         run_pair(client, Tampered(server, "rr22.ack", lambda b: b[:8]))
+

@@ -39,6 +39,7 @@ from dataclasses import dataclass
 import numpy as np
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
+from ..errors import LocalError
 from ..ot.aes_hash import derive_key
 
 __all__ = ["Params", "params_for", "expansion", "gap_bound", "bin_capacity", "bin_of", "rows_of", "encode", "decode",
@@ -50,8 +51,9 @@ MAX_RETRIES = 64
 _E_STAR = 1.223  # peeling threshold expansion for w = 3 (RR22)
 
 
-class EncodeFailure(Exception):
-    """The keys could not be encoded with this seed (probability ≤ 2^-40); re-seed."""
+class EncodeFailure(LocalError):
+    """The keys could not be encoded (a bin over capacity: re-seed; every retry failed: the keys
+    hold duplicates, or an event of probability ≤ 2^-40)."""
 
 
 @dataclass(frozen=True)
@@ -314,7 +316,7 @@ def encode(digests: np.ndarray, bins: np.ndarray, values: np.ndarray, nb: int, s
         redo = np.flatnonzero(failed)
         counters[redo] += 1
         if counters.max() >= MAX_RETRIES:
-            raise EncodeFailure("OKVS encoding failed on every retry")
+            raise EncodeFailure("OKVS encoding failed on every retry (duplicate keys?)")
         remap = np.full(nb, -1, dtype=np.int64)
         remap[redo] = np.arange(redo.size)
         sel = np.flatnonzero(failed[bins])
