@@ -401,7 +401,8 @@ class Client(_Common):
         self._values = None
         if self._reveal is Reveal.BOTH:
             evidence = _second_hash(self._own[own_rows], digests[own_rows], self._session, _DOMAIN_EVIDENCE, EVIDENCE_BYTES)
-            order = np.lexsort(evidence.T[::-1]) if own_rows.size else np.zeros(0, dtype=np.int64)
+            # an order independent of either input order (the server follows the message order)
+            order = np.argsort(np.ascontiguousarray(evidence[:, :8]).view(np.uint64).reshape(-1), kind="stable")
             own_rows, wire_rows, evidence = own_rows[order], wire_rows[order], evidence[order]
             body = np.concatenate([wire_rows.astype(">u4").view(np.uint8).reshape(-1, 4), evidence], axis=1)
             self._send("rr22.matches", body.tobytes())
