@@ -332,3 +332,20 @@ def test_challenge_must_have_its_length():
     with pytest.raises(MalformedMessage, match="challenge has the wrong length"):
         run_pair(client, Tampered(server, "rr22.ack", lambda b: b[:8]))
 
+
+
+def test_server_values_are_sent_in_a_random_order():
+    """Without the shuffle, wire position p would hold the server's p-th key of its bin (input
+    order within a bin): the client would learn where its matches sit in the server's file."""
+    items = [b"k%d" % i for i in range(200)]
+    client, server = _parties(items, items, Reveal.BOTH)
+    seen = {}
+
+    def record(body: bytes) -> bytes:
+        seen["positions"] = [int.from_bytes(body[i : i + 4], "big") for i in range(0, len(body), 20)]
+        return body
+
+    run_pair(Tampered(client, "rr22.matches", record), server)
+    indices = server.result().indices
+    assert sorted(indices) == list(range(200))
+    assert sum(p == i for p, i in zip(seen["positions"], indices)) < 20  # a random permutation: ~1 fixed point
