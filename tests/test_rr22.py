@@ -40,6 +40,9 @@ class Tampered:
     def finished(self):
         return self.party.finished
 
+    def __getattr__(self, name):  # everything else (e.g. the driver's receive limits) as the party's
+        return getattr(self.party, name)
+
 
 def _parties(client_items, server_items, reveal=Reveal.RECEIVER, batch_rows=1 << 17, executor=EXECUTOR):
     config = rr22.Config(reveal=reveal, batch_rows=batch_rows)
