@@ -524,7 +524,7 @@ def _int_list(text: str) -> list[int]:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0], formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--protocols", default="rsa,ecdh,kkrt", help="comma-separated: rsa,ecdh,kkrt")
+    ap.add_argument("--protocols", default="rsa,ecdh,kkrt", help="comma-separated: rsa,ecdh,kkrt,rr22")
     ap.add_argument("--sizes", default="10000,100000", help="keys per side, comma-separated")
     ap.add_argument("--large", action="store_true", help="add 10^6 keys per side")
     ap.add_argument("--overlap", type=float, default=0.5)
@@ -566,7 +566,7 @@ def main(argv: list[str] | None = None) -> int:
         except BenchError as err:
             ap.error(str(err))
     for p in args.protocols:
-        if p not in ("rsa", "ecdh", "kkrt"):
+        if p not in ("rsa", "ecdh", "kkrt", "rr22"):
             ap.error(f"unknown protocol {p!r}")
     sizes = _int_list(args.sizes) + ([1_000_000] if args.large else [])
     sizes = sorted(set(sizes))

@@ -27,7 +27,7 @@ def sample_dir() -> Path:
 @handles_errors
 @click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), default=Path("psiq-demo"),
               show_default=True, help="Folder for the trial certificates and the two output files.")
-@click.option("--protocol", type=click.Choice(["ecdh", "rsa", "kkrt"]), default="ecdh", show_default=True)
+@click.option("--protocol", type=click.Choice(["ecdh", "rsa", "kkrt", "rr22"]), default="ecdh", show_default=True)
 @click.option("--on", default="id_number", show_default=True, help="Key column(s) of the sample tables.")
 @click.option("--workers", type=click.IntRange(1, 512), default=None, help="Worker processes (default: all cores).")
 @click.option("--json", "as_json", is_flag=True, help="Print both parties' summaries as JSON.")

@@ -18,12 +18,12 @@ __all__ = ["psi_group"]
 
 @click.group("psi")
 def psi_group() -> None:
-    """Private set intersection between two parties (RSA, ECDH or KKRT)."""
+    """Private set intersection between two parties (RSA, ECDH, KKRT or RR22)."""
 
 
 def _session_options(fn: Callable[..., Any]) -> Callable[..., Any]:
     decorators = [
-        click.option("--protocol", type=click.Choice(["rsa", "ecdh", "kkrt"]), default=api.DEFAULT_PROTOCOL,
+        click.option("--protocol", type=click.Choice(["rsa", "ecdh", "kkrt", "rr22"]), default=api.DEFAULT_PROTOCOL,
                      show_default=True, help="PSI protocol; both sides must agree."),
         click.option("--input", "input_path", required=True, type=click.Path(dir_okay=False, path_type=Path),
                      help="CSV/TSV/Parquet file with this party's records."),

@@ -378,7 +378,7 @@ def serve(
 
 def _warm(executor: Executor, options: PsiOptions) -> None:
     """Start the worker processes in the background (overlapping the input read and handshake)."""
-    if options.protocol in ("ecdh", "rsa"):  # kkrt does its work in the main process
+    if options.protocol in ("ecdh", "rsa", "rr22"):  # kkrt does its work in the main process
         executor.warm(protocol_module(options.protocol).__name__)
 
 

@@ -1,7 +1,7 @@
 """One session over a channel: the hello exchange, then a protocol party run to completion.
 
 This is the only place that knows every PSI protocol module by name. Each protocol module
-(``psi.protocols.rsa``, ``.ecdh``, ``.kkrt``) exposes ``NAME``, ``VERSION``, a frozen ``Config``
+(``psi.protocols.rsa``, ``.ecdh``, ``.kkrt``, ``.rr22``) exposes ``NAME``, ``VERSION``, a frozen ``Config``
 with ``reveal`` and ``hello_params()``, and ``Client``/``Server`` party classes.
 """
 
@@ -20,7 +20,7 @@ from .transport.base import Channel
 
 __all__ = ["PROTOCOLS", "DEFAULT_MAX_PEER_SIZE", "protocol_module", "exchange_hello"]
 
-PROTOCOLS = ("rsa", "ecdh", "kkrt")
+PROTOCOLS = ("rsa", "ecdh", "kkrt", "rr22")
 #: Default cap on the set size a peer may announce. Measured peak memory per side, with both
 #: sets of size n, is at most about 0.6 KB times n (README: ECDH 10^6 x 10^6 493 MB, KKRT
 #: 2^20 x 2^20 574 MB), so 3 * 10^7 keys on each side stay near 17 GB: within a 24 GiB machine.

@@ -1,0 +1,608 @@
+"""OKVS-based PSI (RR22's OKVS, PaXoS-style OPRF from OT extension): ``--protocol rr22``.
+
+Message flow (client = PSI receiver, learns the result; server = PSI sender)::
+
+    client                                                 server
+      hello (size, nonce)                  ───▶ ◀───        hello (size, nonce)
+      rr22.base.a  base-OT point A          ───▶
+                                            ◀───            rr22.base.b  512 points ‖ code seed
+      rr22.okvs    seed ‖ bins ‖ columns    ───▶
+      rr22.u       retry counters ‖ U (whole bins + 40 check rows) ───▶   (≤ ``window`` ahead)
+                                            ◀───            rr22.ack  the batch's check challenge
+      rr22.check   t̃ ‖ w̃ (40 combinations) ───▶            (verified; values only after all)
+                                            ◀───            rr22.values  n_S values, shuffled, batched
+      rr22.ack     per values batch         ───▶
+      rr22.matches positions ‖ evidence (``both``) ───▶
+
+1. Both sides hash every item to 128 bits (BLAKE2b keyed with the session id) and then to a
+   76-bit ``h(x)`` (AES under a key from the session and the server's seed).
+2. The client encodes ``P' = Encode({(x, h(x))})`` in the RR22 OKVS (:mod:`psi.crypto.okvs`:
+   binned 3-hash rows plus a binary dense part, ``≈ 1.35 n_R`` rows at 2^20) under a fresh seed
+   chosen after its items are fixed.
+3. 512 base OTs (the server is the base-OT *receiver* with secret ``s``), then one OT-extension
+   row per OKVS row with the code word ``C(P'_i)`` of the linear [511, 76, ≥171] BCH code
+   (:mod:`psi.crypto.bch`) as the chosen word: the client gets ``t_i``, the server
+   ``q_i = t_i ⊕ (C(P'_i) ∧ s)`` — a VOLE over GF(2)^76 with the product ``C(a) ∧ s``
+   (PaXoS PSI, Pinkas–Rosulek–Trieu–Yanai 2020). OKVS and code being GF(2)-linear,
+   ``Decode(Q, y) ⊕ (C(h(y)) ∧ s) = Decode(T, y) ⊕ (C(Decode(P', y) ⊕ h(y)) ∧ s)``.
+4. Consistency check (OOS17, as libOTe realises it): every batch carries 40 extra random rows;
+   after the batch the server sends a fresh challenge (40 × rows random bits), the client
+   returns ``t̃_l = t*_l ⊕ ⊕_j x_lj t_j`` and ``w̃_l = w*_l ⊕ ⊕_j x_lj P'_j``, and the server
+   checks ``t̃_l ⊕ q̃_l = C(w̃_l) ∧ s``. Rows that are not code words fail it; the server sends
+   nothing derived from ``s`` before every batch has passed.
+5. OPRF: ``F(y) = H(y, Decode(Q, y) ⊕ (C(h(y)) ∧ s))`` (fixed-key AES tweakable hash,
+   :mod:`psi.ot.aes_hash`, 16 bytes); for ``x`` in the client's set the client computes it as
+   ``H(x, Decode(T, x))``. The server sends ``H'(F(y))`` truncated to
+   ``ℓ = ⌈(40 + log2(n_S·n_R))/8⌉`` bytes for all its items in a fresh random order.
+6. ``both``: the client sends, for each match, the wire position and the evidence
+   ``H''(F(y))`` (16 bytes, another domain of the hash), sorted by evidence; the server
+   recomputes the evidence of every claimed position and refuses the whole claim list
+   (exit 4) unless all of it matches (one constant-time comparison).
+
+What each party learns: the client the intersection and ``n_S``; the server ``n_R`` (and the
+intersection in ``both`` mode). Security: semi-honest base OTs (:mod:`psi.ot.base_ot`); against
+a cheating client the BCH code and the check: for ``y`` the client did not program,
+``Decode(P', y) ⊕ h(y) ≠ 0`` so ``C(…)`` has weight ≥ 171, of which the check lets at most
+about 40 bits of ``s`` leak (failing with probability 1 − 2^-c for c bits). A cheating client
+chooses ``P'`` freely and so learns ``F`` at the points where ``Decode(P', ·) = h(·)``: about
+``columns ≈ 1.35 n_R`` points of its choice (each point beyond needs 2^76 tries), never the
+server's whole set. See docs/SECURITY.md.
+"""
+
+from __future__ import annotations
+
+import enum
+import functools
+import hashlib
+import hmac
+import math
+import secrets
+from concurrent.futures import Future
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+import numpy as np
+
+from ..crypto import bch, okvs
+from ..errors import MalformedMessage, UsageError
+from ..messages import Message
+from ..ot.aes_hash import TweakHash, derive_key
+from ..ot.base_ot import POINT_BYTES, BaseOtReceiver, BaseOtSender
+from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
+
+from ..ot.extension import ExtensionReceiver, ExtensionSender
+from ..ot.session import HelloState
+from ..parallel import Executor
+from .base import PsiOutcome, PsiParty, Reveal, Role
+
+__all__ = ["NAME", "VERSION", "Config", "Client", "Server", "value_bytes", "WIDTH"]
+
+NAME = "rr22"
+VERSION = 1
+WIDTH = 512  # bits per OKVS value and OT-extension row
+SIGMA = 40
+MAX_ITEMS = 1 << 31
+EVIDENCE_BYTES = 16
+CHECKS = 40  # OOS17 consistency checks per batch (statistical security 2^-40)
+_CHECK_BYTES = CHECKS * (WIDTH // 8 + 16)
+_HIGH_MASK = np.uint64((1 << (bch.MESSAGE_BITS - 64)) - 1)
+_WORDS = WIDTH // 64
+_DOMAIN_OPRF, _DOMAIN_WIRE, _DOMAIN_EVIDENCE = 0x52, 0x53, 0x54
+_MIN_PIECE = 1 << 13
+
+
+@dataclass(frozen=True)
+class Config:
+    """``batch_rows``: OKVS rows per correction batch (whole bins; agreed); ``window`` local."""
+
+    reveal: Reveal = Reveal.RECEIVER
+    batch_rows: int = 1 << 17
+    window: int = 4
+
+    def __post_init__(self) -> None:
+        if Reveal(self.reveal) is Reveal.CARDINALITY:
+            raise UsageError("rr22 does not offer cardinality mode (use the ECDH protocol)")
+        if not 8 <= self.batch_rows <= 1 << 22 or self.window < 1:
+            raise UsageError("rr22 batch_rows must be in 8..2^22 and window at least 1")
+
+    def hello_params(self) -> dict:
+        return {
+            "reveal": Reveal(self.reveal).value,
+            "batch_rows": self.batch_rows,
+            "width": WIDTH,
+            "sigma": SIGMA,
+            "okvs": f"rr22-w3-binary-dense-bin{okvs.BIN_SIZE}",
+            "code": "bch-511-76",
+            "checks": CHECKS,
+        }
+
+
+def value_bytes(server_size: int, client_size: int) -> int:
+    """``ℓ``: bytes of each server value on the wire (false match ≤ 2^-40 overall)."""
+    return math.ceil((SIGMA + math.log2(max(1, server_size) * max(1, client_size))) / 8)
+
+
+class _State(enum.Enum):
+    HELLO = "hello"
+    BASE = "base"
+    OKVS = "okvs"
+    CORRECTIONS = "corrections"
+    VALUES = "values"
+    MATCHES = "matches"
+    DONE = "done"
+# Client: HELLO → BASE → CORRECTIONS → VALUES → DONE.  Server: HELLO → BASE → OKVS →
+# CORRECTIONS → VALUES [→ MATCHES in both mode] → DONE.  Any error → failed (Party base).
+
+
+# -- per-item work, top-level so the executor can ship it to workers ---------------------------
+
+
+def _digest_piece(items: Sequence[bytes], key: bytes) -> np.ndarray:
+    blake = hashlib.blake2b
+    joined = b"".join([blake(item, digest_size=16, key=key).digest() for item in items])
+    return np.frombuffer(joined, dtype=np.uint8).reshape(len(items), 16)
+
+
+def _tweaks(digests: np.ndarray) -> np.ndarray:
+    return np.ascontiguousarray(digests[:, :8]).view(np.uint64).reshape(-1)
+
+
+def _oprf(decoded: np.ndarray, digests: np.ndarray, session: bytes) -> np.ndarray:
+    """``F = H(x, value)``: ``uint8 (n, 16)`` from 512-bit decoded values."""
+    rows = np.ascontiguousarray(decoded).view(np.uint8).reshape(-1, WIDTH // 8)
+    return TweakHash(session).hash_rows(rows, 0, out_bytes=16, domain=_DOMAIN_OPRF, indices=_tweaks(digests))
+
+
+def _second_hash(oprf: np.ndarray, digests: np.ndarray, session: bytes, domain: int, size: int) -> np.ndarray:
+    return TweakHash(session).hash_rows(oprf, 0, out_bytes=size, domain=domain, indices=_tweaks(digests))
+
+
+def _item_hash(code_key: bytes, digests: np.ndarray) -> np.ndarray:
+    """``h(x)``: 76 bits per item (``uint64 (n, 2)``), AES under a key from the server's seed."""
+    out = np.zeros((digests.shape[0], 2), dtype=np.uint64)
+    if digests.shape[0]:
+        flat = np.ascontiguousarray(digests, dtype=np.uint8).reshape(-1)
+        buf = np.empty(flat.size + 16, dtype=np.uint8)
+        Cipher(algorithms.AES(code_key), modes.ECB()).encryptor().update_into(flat, buf)
+        out[:] = buf[: flat.size].view(np.uint64).reshape(-1, 2)
+        out[:, 1] &= _HIGH_MASK
+    return out
+
+
+def _challenge_bits(seed: bytes, rows: int) -> np.ndarray:
+    """``bool (CHECKS, rows)``: the check coefficients expanded from the server's seed."""
+    length = -(-rows // 8)
+    stream = np.empty(CHECKS * length + 16, dtype=np.uint8)
+    Cipher(algorithms.AES(seed), modes.CTR(bytes(16))).encryptor().update_into(np.zeros(CHECKS * length, np.uint8), stream)
+    bits = np.unpackbits(stream[: CHECKS * length].reshape(CHECKS, length), axis=1, bitorder="little")
+    return bits[:, :rows].astype(bool)
+
+
+def _check_sums(rows: np.ndarray, seed: bytes) -> np.ndarray:
+    """``out_l = rows[real + l] ⊕ ⊕_{j : x_lj} rows[j]`` for the ``CHECKS`` extra rows at the end."""
+    real = rows.shape[0] - CHECKS
+    bits = _challenge_bits(seed, real)
+    out = rows[real:].copy()
+    for l in range(CHECKS):
+        picked = rows[:real][bits[l]]
+        if picked.shape[0]:
+            out[l] ^= np.bitwise_xor.reduce(picked, axis=0)
+    return out
+
+
+def _client_batch(digests: np.ndarray, bins: np.ndarray, *, nb: int, first_bin: int, batch: int, params: okvs.Params,
+                  seed: bytes, code_key: bytes, keys0: np.ndarray, keys1: np.ndarray,
+                  session: bytes) -> tuple[bytes, bytes, np.ndarray, np.ndarray, np.ndarray]:
+    """Encode the bins ``first_bin .. first_bin+nb-1``, extend their rows (and ``CHECKS`` random
+    rows for the consistency check), decode at own items.
+
+    Returns (retry counters, wire ``U``, own OPRF values ``uint8 (n, 16)``, ``T`` and the
+    messages ``P'`` of every row, kept for the check).
+    """
+    table, counters, cols, masks = okvs.encode(digests, bins, _item_hash(code_key, digests), nb, seed, params)
+    rows = nb * params.cols_per_bin
+    messages = np.empty((rows + CHECKS, 2), dtype=np.uint64)
+    messages[:rows] = table.reshape(rows, 2)
+    messages[rows:] = np.frombuffer(secrets.token_bytes(16 * CHECKS), dtype=np.uint64).reshape(CHECKS, 2)
+    messages[rows:, 1] &= _HIGH_MASK
+    offset = (first_bin * params.cols_per_bin + batch * CHECKS) // 8
+    ext = ExtensionReceiver(keys0, keys1, offset=offset)
+    t_rows, wire = ext.extend_codewords(bch.encode(messages).view(np.uint8))
+    t_words = np.ascontiguousarray(t_rows).view(np.uint64).reshape(rows + CHECKS, _WORDS)
+    decoded = okvs.decode(t_words[:rows].reshape(nb, params.cols_per_bin, _WORDS), bins, cols, masks, params)
+    return counters.tobytes(), wire, _oprf(decoded, digests, session), t_words, messages
+
+
+def _server_batch(digests: np.ndarray, bins: np.ndarray, wire: bytes, *, counters: np.ndarray, nb: int, first_bin: int,
+                  batch: int, challenge: bytes, params: okvs.Params, seed: bytes, code_key: bytes, keys: np.ndarray,
+                  secret_bits: np.ndarray, session: bytes, width: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The server's OPRF values at its items in these bins (``F`` 16 bytes, wire ``ℓ`` bytes)
+    and its side of the consistency check (``q̃``, ``uint64 (CHECKS, 8)``)."""
+    rows = nb * params.cols_per_bin
+    ext = ExtensionSender(keys, secret_bits, offset=(first_bin * params.cols_per_bin + batch * CHECKS) // 8)
+    q_words = np.ascontiguousarray(ext.extend(rows + CHECKS, wire)).view(np.uint64).reshape(rows + CHECKS, _WORDS)
+    cols, masks = okvs.rows_of(digests, bins, seed, counters, params)
+    decoded = okvs.decode(q_words[:rows].reshape(nb, params.cols_per_bin, _WORDS), bins, cols, masks, params)
+    code = bch.encode(_item_hash(code_key, digests))
+    code &= ext.secret.view(np.uint64)[None, :]
+    decoded ^= code
+    oprf = _oprf(decoded, digests, session)
+    return oprf, _second_hash(oprf, digests, session, _DOMAIN_WIRE, width), _check_sums(q_words, challenge)
+
+
+# -- the parties --------------------------------------------------------------------------------
+
+
+class _Common(PsiParty):
+    def __init__(self, items: Sequence[bytes], config: Config, peer_size: int, executor: Executor, role: Role) -> None:
+        super().__init__()
+        if len(items) > MAX_ITEMS or not 0 <= peer_size <= MAX_ITEMS:
+            raise UsageError("set size out of range for rr22")
+        self._items = items
+        self._config = config
+        self._reveal = Reveal(config.reveal)
+        self._peer_size = peer_size
+        self._executor = executor
+        self._hello = HelloState(NAME, VERSION, role, config.hello_params(), {"size": len(items)})
+        self._state = _State.HELLO
+        self._set_phase("hello")
+        self._send(self._hello.own_message.kind, self._hello.own_message.body)
+
+    def _accept_hello(self, message: Message) -> None:
+        self._hello.accept(message)
+        self._hello.check_peer_size(self._peer_size)
+        self._session = self._hello.session
+        key = derive_key(b"rr22-item-digest", self._session, size=32)
+        fn = functools.partial(_digest_piece, key=key)
+        if self._executor.workers == 1 or len(self._items) < 2 * _MIN_PIECE:
+            self._digest_futures = [_done(fn(self._items))]
+        else:
+            self._digest_futures = self._executor.scatter(fn, self._items)
+
+    def _digests(self) -> np.ndarray:
+        parts = [f.result() for f in self._digest_futures]
+        self._digest_futures = []
+        if not parts:
+            return np.zeros((0, 16), dtype=np.uint8)
+        return parts[0] if len(parts) == 1 else np.concatenate(parts)
+
+    def _layout(self, digests: np.ndarray, seed: bytes) -> None:
+        """Bin every own item; ``_order`` sorts items by bin, ``_starts[b]`` is bin b's first."""
+        params = self._params
+        bins = okvs.bin_of(digests, seed, params.bins)
+        self._order = np.argsort(bins, kind="stable")
+        self._sorted_digests = digests[self._order]
+        self._sorted_bins = bins[self._order]
+        self._starts = np.searchsorted(self._sorted_bins, np.arange(params.bins + 1))
+        self._bins_per_batch = max(1, self._config.batch_rows // params.cols_per_bin)
+        self._batches = -(-params.bins // self._bins_per_batch)
+
+    def _batch_slice(self, k: int) -> tuple[int, int, slice]:
+        first = k * self._bins_per_batch
+        last = min(first + self._bins_per_batch, self._params.bins)
+        return first, last - first, slice(int(self._starts[first]), int(self._starts[last]))
+
+    def _done_with(self, outcome: PsiOutcome) -> None:
+        self._outcome = outcome
+        self._state = _State.DONE
+        self._finish()
+
+
+def _done(value: Any) -> "Future[Any]":
+    fut: Future[Any] = Future()
+    fut.set_result(value)
+    return fut
+
+
+class Client(_Common):
+    """The PSI receiver: learns which of its items the server also holds."""
+
+    def __init__(self, items: Sequence[bytes], config: Config, *, peer_size: int, executor: Executor) -> None:
+        super().__init__(items, config, peer_size, executor, Role.CLIENT)
+        self._n, self._n_server = len(items), peer_size
+        self._width = value_bytes(peer_size, len(items))
+        self._params = okvs.params_for(len(items))
+
+    def _handle(self, message: Message) -> None:
+        state = self._state
+        if state is _State.HELLO:
+            self._accept_hello(message)
+            self._base = BaseOtSender(WIDTH, self._session)
+            self._send("rr22.base.a", self._base.first_message())
+            self._state = _State.BASE
+            self._set_phase("base-ot")
+        elif state is _State.BASE and message.kind == "rr22.base.b":
+            self._base_done(message.body)
+        elif state is _State.CORRECTIONS and message.kind == "rr22.ack" and self._acked < self._sent:
+            self._answer_challenge(message.body)
+        elif state is _State.VALUES and message.kind == "rr22.values":
+            self._take_values(message.body)
+        else:
+            raise self._unexpected(message, state.value)
+
+    def _base_done(self, body: bytes) -> None:
+        if len(body) != WIDTH * POINT_BYTES + 16:
+            raise MalformedMessage("rr22.base.b has the wrong length")
+        keys0, keys1 = self._base.finish(body[: WIDTH * POINT_BYTES])
+        code_key = derive_key(b"rr22-code", self._session, body[-16:])
+        self._set_phase("okvs-hash")
+        digests = self._digests()
+        while True:  # a seed under which some bin is over capacity is replaced (≤ 2^-42)
+            seed = secrets.token_bytes(16)
+            self._layout(digests, seed)
+            if self._n == 0 or np.diff(self._starts).max() <= self._params.capacity:
+                break
+        self._send("rr22.okvs", seed + self._params.bins.to_bytes(4, "big") + self._params.total.to_bytes(4, "big"))
+        self._batch_fn = functools.partial(_client_batch, params=self._params, seed=seed, code_key=code_key,
+                                           keys0=keys0, keys1=keys1, session=self._session)
+        self._own = np.empty((self._n, 16), dtype=np.uint8)  # OPRF values, in bin order
+        self._pending: dict[int, Future] = {}
+        self._kept: dict[int, tuple[np.ndarray, np.ndarray]] = {}  # T and P' of sent batches until checked
+        self._submitted = self._sent = self._acked = 0
+        self._state = _State.CORRECTIONS
+        self._set_phase("okvs-ot", self._batches)
+
+    def _produce(self) -> None:
+        if self._state is not _State.CORRECTIONS:
+            return
+        ahead = self._config.window + self._executor.workers
+        while self._submitted < self._batches and self._submitted < self._sent + ahead:
+            k = self._submitted
+            first, nb, items = self._batch_slice(k)
+            bins = self._sorted_bins[items] - first
+            self._pending[k] = self._executor.submit(
+                functools.partial(self._batch_fn, nb=nb, first_bin=first, batch=k), self._sorted_digests[items], bins)
+            self._submitted += 1
+        while self._sent < self._batches and self._sent - self._acked < self._config.window:
+            _first, _nb, items = self._batch_slice(self._sent)
+            counters, wire, own, t_words, messages = self._pending.pop(self._sent).result()
+            self._own[items] = own
+            self._kept[self._sent] = (t_words, messages)
+            self._send("rr22.u", counters + wire)
+            self._sent += 1
+
+    def _answer_challenge(self, body: bytes) -> None:
+        """The server's challenge for the next unacknowledged batch: answer the OOS17 check."""
+        if len(body) != 16:
+            raise MalformedMessage("rr22.ack: the check challenge has the wrong length")
+        t_words, messages = self._kept.pop(self._acked)
+        t_sum, w_sum = _check_sums(t_words, body), _check_sums(messages, body)
+        self._send("rr22.check", t_sum.tobytes() + w_sum.tobytes())
+        self._acked += 1
+        self._advance(1)
+        if self._acked == self._batches:
+            self._enter_values()
+
+    def _enter_values(self) -> None:
+        self._values = np.empty((self._n_server, self._width), dtype=np.uint8)
+        self._filled = 0
+        self._state = _State.VALUES
+        self._set_phase("values", self._n_server)
+        if self._n_server == 0:
+            self._match()
+
+    def _take_values(self, body: bytes) -> None:
+        step = max(1, self._config.batch_rows)
+        expected = min(step, self._n_server - self._filled)
+        if len(body) != expected * self._width:
+            raise MalformedMessage("rr22.values batch has the wrong length")
+        self._values[self._filled : self._filled + expected] = np.frombuffer(body, dtype=np.uint8).reshape(expected, self._width)
+        self._filled += expected
+        self._advance(expected)
+        self._send("rr22.ack")
+        if self._filled == self._n_server:
+            self._match()
+
+    def _match(self) -> None:
+        self._set_phase("match")
+        digests = self._sorted_digests
+        mine = _second_hash(self._own, digests, self._session, _DOMAIN_WIRE, self._width)
+        own_rows, wire_rows = _lookup(mine, self._values)
+        self._values = None
+        if self._reveal is Reveal.BOTH:
+            evidence = _second_hash(self._own[own_rows], digests[own_rows], self._session, _DOMAIN_EVIDENCE, EVIDENCE_BYTES)
+            # an order independent of either input order (the server follows the message order)
+            order = np.argsort(np.ascontiguousarray(evidence[:, :8]).view(np.uint64).reshape(-1), kind="stable")
+            own_rows, wire_rows, evidence = own_rows[order], wire_rows[order], evidence[order]
+            body = np.concatenate([wire_rows.astype(">u4").view(np.uint8).reshape(-1, 4), evidence], axis=1)
+            self._send("rr22.matches", body.tobytes())
+            indices = self._order[own_rows].tolist()
+        else:
+            indices = np.sort(self._order[own_rows]).tolist()
+        self._done_with(PsiOutcome(indices, len(indices), {"protocol": NAME, "okvs_rows": self._params.total,
+                                                           "value_bytes": self._width}))
+
+
+class Server(_Common):
+    """The PSI sender: answers with OPRF values; learns the match only in ``both`` mode."""
+
+    def __init__(self, items: Sequence[bytes], config: Config, *, peer_size: int, executor: Executor) -> None:
+        super().__init__(items, config, peer_size, executor, Role.SERVER)
+        self._n, self._n_client = len(items), peer_size
+        self._width = value_bytes(len(items), peer_size)
+        self._params = okvs.params_for(peer_size)
+
+    def _handle(self, message: Message) -> None:
+        state = self._state
+        if state is _State.HELLO:
+            self._accept_hello(message)
+            self._state = _State.BASE
+            self._set_phase("base-ot")
+        elif state is _State.BASE and message.kind == "rr22.base.a":
+            self._base(message.body)
+        elif state is _State.OKVS and message.kind == "rr22.okvs":
+            self._okvs(message.body)
+        elif state is _State.CORRECTIONS and message.kind == "rr22.u" and self._received < self._batches:
+            self._correction(message.body)
+        elif state is _State.CORRECTIONS and message.kind == "rr22.check" and self._checked < self._received:
+            self._check(message.body)
+        elif state is _State.VALUES and message.kind == "rr22.ack" and not message.body and self._acked < self._sent:
+            self._acked += 1
+            if self._acked == self._value_batches:
+                self._after_values()
+        elif state is _State.MATCHES and message.kind == "rr22.matches":
+            self._matches(message.body)
+        else:
+            raise self._unexpected(message, state.value)
+
+    def _base(self, body: bytes) -> None:
+        if len(body) != POINT_BYTES:
+            raise MalformedMessage("rr22.base.a has the wrong length")
+        self._secret_bits = np.frombuffer(secrets.token_bytes(WIDTH), dtype=np.uint8) & 1
+        self._secret_words = np.packbits(self._secret_bits, bitorder="little").view(np.uint64)
+        reply, self._keys = BaseOtReceiver(self._secret_bits, self._session).reply(body)
+        code_seed = secrets.token_bytes(16)
+        self._code_key = derive_key(b"rr22-code", self._session, code_seed)
+        self._send("rr22.base.b", reply + code_seed)
+        self._state = _State.OKVS
+        self._set_phase("okvs")
+
+    def _okvs(self, body: bytes) -> None:
+        if len(body) != 24:
+            raise MalformedMessage("rr22.okvs has the wrong length")
+        seed = body[:16]
+        bins, columns = int.from_bytes(body[16:20], "big"), int.from_bytes(body[20:24], "big")
+        if bins != self._params.bins:
+            raise MalformedMessage(f"rr22.okvs: bins {bins} does not match the peer's set size ({self._params.bins} expected)")
+        if columns != self._params.total:
+            raise MalformedMessage(f"rr22.okvs: columns {columns} does not match the peer's set size"
+                                   f" ({self._params.total} expected)")
+        self._layout(self._digests(), seed)
+        self._batch_fn = functools.partial(_server_batch, params=self._params, seed=seed, code_key=self._code_key,
+                                           keys=self._keys, secret_bits=self._secret_bits, session=self._session,
+                                           width=self._width)
+        self._futures: list[Future] = []
+        self._received = self._checked = 0
+        self._state = _State.CORRECTIONS
+        self._set_phase("okvs-ot", self._batches)
+
+    def _correction(self, body: bytes) -> None:
+        k = self._received
+        first, nb, items = self._batch_slice(k)
+        expected = nb + (nb * self._params.cols_per_bin + CHECKS) * WIDTH // 8
+        if len(body) != expected:
+            raise MalformedMessage(f"rr22.u: OKVS batch {k} has {len(body)} bytes, {expected} expected")
+        counters = np.frombuffer(body[:nb], dtype=np.uint8)
+        if counters.size and counters.max() >= okvs.MAX_RETRIES:
+            raise MalformedMessage(f"rr22.u: bin retry counter out of range (0..{okvs.MAX_RETRIES - 1})")
+        bins = self._sorted_bins[items] - first
+        challenge = secrets.token_bytes(16)  # drawn after the batch's rows are fixed
+        fn = functools.partial(self._batch_fn, counters=counters.copy(), nb=nb, first_bin=first, batch=k,
+                               challenge=challenge)
+        if self._executor.workers > 1 and k >= self._executor.workers:  # bound the work in flight
+            self._futures[k - self._executor.workers].result()
+        self._futures.append(self._executor.submit(fn, self._sorted_digests[items], bins, body[nb:]))
+        self._received += 1
+        self._advance(1)
+        self._send("rr22.ack", challenge)
+
+    def _check(self, body: bytes) -> None:
+        """OOS17 check of one batch: ``t̃_l ⊕ q̃_l = C(w̃_l) ∧ s`` for every challenge ``l``.
+
+        A client whose rows are not all codewords of the BCH code fails it (except with
+        probability about 2^-c for c bits of ``s`` learned); nothing derived from ``s`` leaves
+        this side before every batch has passed.
+        """
+        k = self._checked
+        if len(body) != _CHECK_BYTES:
+            raise MalformedMessage(f"rr22.check: batch {k} has {len(body)} bytes, {_CHECK_BYTES} expected")
+        t_sum = np.frombuffer(body[: CHECKS * WIDTH // 8], dtype=np.uint64).reshape(CHECKS, _WORDS)
+        w_sum = np.frombuffer(body[CHECKS * WIDTH // 8 :], dtype=np.uint64).reshape(CHECKS, 2)
+        if (w_sum[:, 1] & ~_HIGH_MASK).any():
+            raise MalformedMessage(f"rr22.check: batch {k} holds a message out of range (more than {bch.MESSAGE_BITS} bits)")
+        q_sum = self._futures[k].result()[2]
+        expected = (bch.encode(w_sum) & self._secret_words[None, :]) ^ q_sum
+        if not hmac.compare_digest(expected.tobytes(), t_sum.tobytes()):
+            raise MalformedMessage(f"rr22.check: OT-extension consistency check failed for batch {k}"
+                                   " (the peer's OKVS rows are not code words)")
+        self._checked += 1
+        if self._checked == self._batches:
+            self._compute_values()
+
+    def _compute_values(self) -> None:
+        self._set_phase("values")
+        results = [f.result()[:2] for f in self._futures]
+        self._futures = []
+        if results:
+            self._oprf = np.concatenate([r[0] for r in results])
+            wire = np.concatenate([r[1] for r in results])
+        else:
+            self._oprf, wire = np.zeros((0, 16), dtype=np.uint8), np.zeros((0, self._width), dtype=np.uint8)
+        self._perm = np.random.default_rng(secrets.randbits(128)).permutation(self._n)
+        self._wire = wire[self._perm]  # wire position i holds sorted item perm[i]
+        step = self._config.batch_rows
+        self._value_batches = -(-self._n // step)
+        self._sent = self._acked = 0
+        self._state = _State.VALUES
+        self._set_phase("values", self._n)
+        if self._value_batches == 0:
+            self._after_values()
+
+    def _produce(self) -> None:
+        if self._state is not _State.VALUES:
+            return
+        step = self._config.batch_rows
+        while self._sent < self._value_batches and self._sent - self._acked < self._config.window:
+            chunk = self._wire[self._sent * step : (self._sent + 1) * step]
+            self._send("rr22.values", chunk.tobytes())
+            self._advance(chunk.shape[0])
+            self._sent += 1
+
+    def _after_values(self) -> None:
+        self._wire = None
+        if self._reveal is Reveal.BOTH:
+            self._state = _State.MATCHES
+            self._set_phase("matches")
+        else:
+            self._oprf = None
+            self._done_with(PsiOutcome(None, None, {"protocol": NAME}))
+
+    def _matches(self, body: bytes) -> None:
+        record = 4 + EVIDENCE_BYTES
+        if len(body) % record or len(body) // record > min(self._n, self._n_client):
+            raise MalformedMessage("rr22.matches has a bad length")
+        data = np.frombuffer(body, dtype=np.uint8).reshape(-1, record)
+        wire = data[:, :4].copy().view(">u4").reshape(-1).astype(np.int64)
+        if wire.size and wire.max() >= self._n:
+            raise MalformedMessage("rr22.matches holds an out-of-range position")
+        if np.unique(wire).size != wire.size:
+            raise MalformedMessage("rr22.matches names one item twice")
+        rows = self._perm[wire]
+        expected = _second_hash(self._oprf[rows], self._sorted_digests[rows], self._session, _DOMAIN_EVIDENCE, EVIDENCE_BYTES)
+        if not hmac.compare_digest(expected.tobytes(), data[:, 4:].tobytes()):
+            raise MalformedMessage("rr22.matches: match evidence does not verify (the peer claims items it did not match)")
+        self._oprf = None
+        indices = self._order[rows].tolist()
+        self._done_with(PsiOutcome(indices, len(indices), {"protocol": NAME}))
+
+
+def _lookup(queries: np.ndarray, table: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Pairs (query row, table row) of equal byte rows (table rows are unique w.h.p.)."""
+    empty = np.zeros(0, dtype=np.int64)
+    if queries.shape[0] == 0 or table.shape[0] == 0:
+        return empty, empty
+    head = min(table.shape[1], 8)
+
+    def key(rows: np.ndarray) -> np.ndarray:
+        padded = np.zeros((rows.shape[0], 8), dtype=np.uint8)
+        padded[:, :head] = rows[:, :head]
+        return padded.view(np.uint64).reshape(-1)
+
+    table_keys = key(table)
+    order = np.argsort(table_keys)
+    sorted_keys = table_keys[order]
+    query_keys = key(queries)
+    left = np.searchsorted(sorted_keys, query_keys, "left")
+    right = np.searchsorted(sorted_keys, query_keys, "right")
+    q_out: list[np.ndarray] = []
+    s_out: list[np.ndarray] = []
+    span = right - left
+    for extra in range(int(span.max(initial=0))):  # prefix collisions: rare, a few passes
+        hit = np.flatnonzero(span > extra)
+        cand = order[left[hit] + extra]
+        same = (queries[hit] == table[cand]).all(axis=1)
+        q_out.append(hit[same])
+        s_out.append(cand[same])
+    if not q_out:
+        return empty, empty
+    return np.concatenate(q_out), np.concatenate(s_out)
