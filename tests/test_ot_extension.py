@@ -141,6 +141,10 @@ def test_one_of_n_tampered_ciphertext_fails_opaquely():
     receiver, sender = OneOfNReceiver([1]), OneOfNSender([b"x" * 8, b"y" * 8])
     batch = _to_extension(receiver, sender)
     sender.receive(batch[0])
+    (challenge,) = sender.outgoing()
+    receiver.receive(challenge)
+    (check,) = receiver.outgoing()
+    sender.receive(check)
     (y,) = sender.outgoing()
     tampered = bytearray(y.body)
     tampered[-1] ^= 1

@@ -60,8 +60,12 @@ class ExtensionReceiver:
         u_cols[:, : packed.size] ^= packed[None, :]
         return transpose(t_cols)[:rows], u_cols.tobytes()
 
-    def extend_codewords(self, codewords: np.ndarray) -> tuple[np.ndarray, bytes]:
-        """General code: ``codewords`` ``uint8 (rows, w/8)`` → (``t`` rows, wire ``U``)."""
+    def extend_codewords(self, codewords: np.ndarray, *, columns: bool = False):
+        """General code: ``codewords`` ``uint8 (rows, w/8)`` → (``t`` rows, wire ``U``).
+
+        With ``columns=True`` also the ``T`` columns ``uint8 (w, padded/8)`` (for the OOS17
+        check of :mod:`psi.ot.oos`) as a third element.
+        """
         rows = codewords.shape[0]
         if codewords.shape[1] * 8 != self.width:
             raise ValueError("code word width does not match the extension width")
@@ -69,6 +73,8 @@ class ExtensionReceiver:
         padded = np.zeros((padded_rows(rows), self.width // 8), dtype=np.uint8)
         padded[:rows] = codewords
         np.bitwise_xor(u_cols, transpose(padded), out=u_cols)
+        if columns:
+            return transpose(t_cols)[:rows], u_cols.tobytes(), t_cols
         return transpose(t_cols)[:rows], u_cols.tobytes()
 
 
@@ -88,13 +94,17 @@ class ExtensionSender:
 
     def extend(self, rows: int, wire: bytes) -> np.ndarray:
         """Rows ``q`` (``uint8 (rows, w/8)``) from the receiver's correction message."""
+        return transpose(self.extend_columns(rows, wire))[:rows]
+
+    def extend_columns(self, rows: int, wire: bytes) -> np.ndarray:
+        """The ``Q`` columns ``uint8 (w, padded/8)`` (padding rows included) of a batch."""
         if len(wire) != self.wire_size(rows):
             raise MalformedMessage("OT extension correction has the wrong length")
         length = padded_rows(rows) // 8
         u_cols = np.frombuffer(wire, dtype=np.uint8).reshape(self.width, length)
         q_cols = self._prg.fill(np.empty((self.width, length), dtype=np.uint8))
         q_cols[self._mask] ^= u_cols[self._mask]
-        return transpose(q_cols)[:rows]
+        return q_cols
 
 
 class PseudorandomCode:
