@@ -143,10 +143,16 @@ class BchCode:
 
     def masked(self, mask: np.ndarray) -> "BchCode":
         """An encoder of ``C(m) ∧ mask`` (``mask``: 64 bytes), still linear in ``m``."""
-        other = object.__new__(BchCode)
-        tables = self.tables & np.frombuffer(np.ascontiguousarray(mask, dtype=np.uint8).tobytes(), dtype=np.uint64)
-        tables.setflags(write=False)
-        other.tables = tables
+        return BchCode.from_tables(self.tables & np.frombuffer(np.ascontiguousarray(mask, dtype=np.uint8).tobytes(), dtype=np.uint64))
+
+    @classmethod
+    def from_tables(cls, tables: np.ndarray) -> "BchCode":
+        """An encoder over given tables (e.g. masked ones shipped to a worker)."""
+        if tables.shape != (_CHUNKS, 256, WIDTH // 64) or tables.dtype != np.uint64:
+            raise ValueError("BCH tables have the wrong shape")
+        other = object.__new__(cls)
+        other.tables = np.array(tables, copy=True)
+        other.tables.setflags(write=False)
         return other
 
     def encode(self, messages: np.ndarray, chunk: int = 1 << 14) -> np.ndarray:
