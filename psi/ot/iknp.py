@@ -27,6 +27,7 @@ a malicious receiver could learn bits of ``s``.
 from __future__ import annotations
 
 import enum
+import secrets
 from typing import Sequence
 
 import numpy as np
@@ -234,7 +235,7 @@ class OtSender(Party):
             self._hash = TweakHash(self._hello.session)
             self._state = _State.BASE
         elif self._state is _State.BASE and message.kind == "iknp.base.a":
-            secret = np.frombuffer(np.random.default_rng(_entropy()).bytes(WIDTH), dtype=np.uint8) & 1
+            secret = np.frombuffer(secrets.token_bytes(WIDTH), dtype=np.uint8) & 1  # Δ: from the OS
             base = BaseOtReceiver(secret, self._hello.session)
             reply, keys = base.reply(message.body)
             self._ext = ExtensionSender(keys, secret)
@@ -273,12 +274,6 @@ class OtSender(Party):
         if self._received == self._batches:
             self._state = _State.DONE
             self._finish()
-
-
-def _entropy() -> int:
-    import secrets
-
-    return secrets.randbits(256)
 
 
 def _as_matrix(messages: np.ndarray | Sequence[bytes], count: int, length: int) -> np.ndarray:

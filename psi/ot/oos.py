@@ -40,6 +40,7 @@ of challenge combinations per 8 rows, one gather per column byte).
 from __future__ import annotations
 
 import hmac
+import secrets
 
 import numpy as np
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
@@ -78,8 +79,6 @@ class CheatingDetected(MalformedMessage):
 
 def random_words(count: int) -> np.ndarray:
     """``count`` uniform 76-bit words from the OS, ``uint64 (count, 2)`` (check rows, dummies)."""
-    import secrets
-
     words = np.frombuffer(secrets.token_bytes(16 * count), dtype=np.uint64).reshape(count, 2).copy()
     words[:, 1] &= np.uint64((1 << (DIMENSION - 64)) - 1)
     return words

@@ -240,11 +240,16 @@ def _server_values(
         masked = bch.BchCode.from_tables(masked_tables)
         hasher = TweakHash(session)
         values = np.empty((cuckoo.HASHES, n, width), dtype=np.uint8)
+        # C is linear: C(d_R‖h) ∧ Δ = (C(d_R‖0) ∧ Δ) ⊕ (C(0‖h) ∧ Δ), so encode each item once
+        offsets = masked.encode(cuckoo.code_inputs(np.zeros((cuckoo.HASHES, cuckoo.DIGEST_BYTES), dtype=np.uint8), np.arange(cuckoo.HASHES)))
         for start in range(0, n, step):
             stop = min(start + step, n)
+            base = masked.encode(cuckoo.code_inputs(digests[start:stop], 0))
             for h in range(cuckoo.HASHES):
                 idx = indices[start:stop, h]
-                rows = _server_rows(q, masked, digests[start:stop], idx, h)
+                rows = q[idx]
+                rows ^= base
+                rows ^= offsets[h]
                 values[h, start:stop] = hasher.hash_rows(rows, 0, out_bytes=width, domain=_DOMAIN, indices=idx)
         return values
     finally:
