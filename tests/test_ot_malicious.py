@@ -358,3 +358,40 @@ def test_secure_permutation_is_a_permutation_and_varies():
         assert sorted(p.tolist()) == list(range(1000))
     assert not np.array_equal(perms[0], perms[1])
     assert kkrt.secure_permutation(0).size == 0 and kkrt.secure_permutation(1).tolist() == [0]
+
+
+# -- IKNP (chosen-message 1-out-of-2, psi.ot.OtSender/OtReceiver) ------------------------------
+
+
+def test_iknp_receiver_with_inconsistent_rows_is_caught_before_any_message():
+    """Row 0's correction differs from t ⊕ x·1 in 64 of the 128 columns: the sender's two pads
+    for that OT would no longer be 'one known, one hidden by all of Δ'. The check stops it."""
+    count = 50
+    receiver = OtReceiver([1] * count, kind="chosen")
+    sender = OtSender(count, kind="chosen", messages0=[b"0" * 16] * count, messages1=[b"1" * 16] * count)
+    seen = []
+    with pytest.raises(oos.CheatingDetected) as caught:
+        for _ in range(20):
+            for m in receiver.outgoing():
+                if m.kind == "iknp.u":
+                    body = bytearray(m.body)
+                    length = len(body) // 128
+                    for column in range(64):
+                        body[column * length] ^= 1
+                    m = Message("iknp.u", bytes(body))
+                sender.receive(m)
+            for m in sender.outgoing():
+                seen.append(m.kind)
+                receiver.receive(m)
+    assert caught.value.exit_code == 4
+    assert "iknp.y" not in seen and not any(m.kind == "iknp.y" for m in sender._outbox)
+
+
+def test_iknp_honest_parties_pass_the_check_over_many_batches():
+    rng = np.random.default_rng(8)
+    choices = rng.integers(0, 2, 1000)
+    m0 = rng.integers(0, 256, (1000, 16), dtype=np.uint8)
+    m1 = rng.integers(0, 256, (1000, 16), dtype=np.uint8)
+    receiver = OtReceiver(choices, kind="chosen", batch_size=96, window=3)
+    run_pair(receiver, OtSender(1000, kind="chosen", messages0=m0, messages1=m1, batch_size=96, window=3))
+    assert np.array_equal(receiver.result(), np.where(choices[:, None] == 1, m1, m0))

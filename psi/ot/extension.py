@@ -52,12 +52,15 @@ class ExtensionReceiver:
         np.bitwise_xor(u_cols, t_cols, out=u_cols)
         return t_cols, u_cols
 
-    def extend_choices(self, choice_bits: np.ndarray) -> tuple[np.ndarray, bytes]:
-        """Repetition code: ``choice_bits`` (0/1, one per row) → (``t`` rows, wire ``U``)."""
+    def extend_choices(self, choice_bits: np.ndarray, *, columns: bool = False):
+        """Repetition code: ``choice_bits`` (0/1, one per row) → (``t`` rows, wire ``U``)
+        [, ``T`` columns with ``columns=True``]."""
         rows = choice_bits.size
         t_cols, u_cols = self._expand(rows)
         packed = np.packbits(choice_bits.astype(np.uint8), bitorder="little")
         u_cols[:, : packed.size] ^= packed[None, :]
+        if columns:
+            return transpose(t_cols)[:rows], u_cols.tobytes(), t_cols
         return transpose(t_cols)[:rows], u_cols.tobytes()
 
     def extend_codewords(self, codewords: np.ndarray, *, columns: bool = False):

@@ -62,6 +62,9 @@ __all__ = [
     "receiver_response",
     "sender_expected",
     "verify",
+    "repetition_response",
+    "repetition_verify",
+    "REPETITION_RESPONSE_BYTES",
 ]
 
 S = 40  # statistical security of the check (40 binary combinations per batch)
@@ -69,6 +72,7 @@ SEED_BYTES = 16
 WORD_BYTES = 10  # a 76-bit code input on the wire (the top 4 bits must be zero)
 ROW_BYTES = 64
 RESPONSE_BYTES = S * (ROW_BYTES + WORD_BYTES)
+REPETITION_RESPONSE_BYTES = S * (16 + 1)  # IKNP: t̃ (128 bits) and the combined choice bit
 _MASK = np.uint64((1 << S) - 1)
 _SPAN = 256  # column bytes (8-row groups) per gather pass: tables stay in L1/L2
 
@@ -173,3 +177,33 @@ def verify(expected_q: np.ndarray, response: bytes, masked_code: BchCode) -> Non
     rhs = masked_code.encode(messages).tobytes()
     if not hmac.compare_digest(lhs, rhs):
         raise CheatingDetected("peer failed the OT-extension consistency check (OOS17): its rows are not code words")
+
+
+# -- the same check for IKNP's repetition code (C(b) = b·1^128), as in KOS15 ----------------------
+
+
+def repetition_response(t_columns: np.ndarray, choices: np.ndarray, words: np.ndarray) -> bytes:
+    """IKNP receiver's answer: ``t̃_l`` (16 bytes) and ``x̃_l`` (one byte, 0 or 1) per check.
+
+    ``t_columns``: ``uint8 (128, L)``; ``choices``: the batch's choice bits (check rows included).
+    """
+    length = t_columns.shape[1]
+    choice_columns = np.zeros((8, length), dtype=np.uint8)
+    packed = np.packbits(np.asarray(choices, dtype=np.uint8), bitorder="little")
+    choice_columns[0, : packed.size] = packed
+    return combine_columns(np.concatenate([t_columns, choice_columns]), words).tobytes()
+
+
+def repetition_verify(expected_q: np.ndarray, response: bytes, delta: np.ndarray) -> None:
+    """Check ``t̃_l ⊕ q̃_l = x̃_l·Δ`` for every ``l`` (``delta``: 16 bytes); raise
+    :class:`CheatingDetected` if not."""
+    if len(response) != REPETITION_RESPONSE_BYTES:
+        raise MalformedMessage("OT check answer has the wrong length")
+    answer = np.frombuffer(response, dtype=np.uint8).reshape(S, 17)
+    bits = answer[:, 16]
+    if (bits > 1).any():
+        raise CheatingDetected("OT check answer holds a malformed choice bit")
+    lhs = (answer[:, :16] ^ expected_q).tobytes()
+    rhs = (bits[:, None] * np.asarray(delta, dtype=np.uint8)[None, :]).astype(np.uint8).tobytes()
+    if not hmac.compare_digest(lhs, rhs):
+        raise CheatingDetected("peer failed the OT-extension consistency check (KOS15): its rows are not consistent")
