@@ -11,22 +11,23 @@ Roles are those of the extension, the reverse of the base OTs:
   ``q_r = t_r ⊕ (C_r ∧ s)``.
 
 IKNP uses the repetition code (``C_r`` = all ones when the choice bit is 1, else zeros), so a
-row pad is ``H(r, q_r)`` or ``H(r, q_r ⊕ s)``; KK13/KKRT use a pseudorandom code
-``C(x) = AES_{k_1}(x) ‖ … ‖ AES_{k_4}(x)`` (:class:`PseudorandomCode`), and ``H(r, q_r ⊕
-(C(x) ∧ s))`` is the OPRF of ``x`` at row ``r``. Batch row counts are rounded up to a multiple
-of 8 (whole bytes); both sides round identically and drop the extra rows.
+row pad is ``H(r, q_r)`` or ``H(r, q_r ⊕ s)``; KK13/KKRT use the linear [511, 76] BCH code of
+:mod:`psi.ot.bch`, and ``H(r, q_r ⊕ (C(x) ∧ s))`` is the OPRF of ``x`` at row ``r``. Both
+need the consistency check of :mod:`psi.ot.oos` against a receiver that sends non-code words
+(the ``columns=`` options return the column form that check works on). Batch row counts are
+rounded up to a multiple of 8 (whole bytes); both sides round identically and drop the extra
+rows.
 """
 
 from __future__ import annotations
 
 import numpy as np
-from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
 from ..errors import MalformedMessage
-from .aes_hash import BLOCK, RowPrg, derive_key
+from .aes_hash import RowPrg
 from .bitmatrix import round_up, transpose
 
-__all__ = ["ExtensionReceiver", "ExtensionSender", "PseudorandomCode", "padded_rows"]
+__all__ = ["ExtensionReceiver", "ExtensionSender", "padded_rows"]
 
 
 def padded_rows(rows: int) -> int:
@@ -108,32 +109,3 @@ class ExtensionSender:
         q_cols = self._prg.fill(np.empty((self.width, length), dtype=np.uint8))
         q_cols[self._mask] ^= u_cols[self._mask]
         return q_cols
-
-
-class PseudorandomCode:
-    """``C(x) = AES_{k_1}(x) ‖ … ‖ AES_{k_{w/128}}(x)`` on 128-bit inputs, keys from a public seed.
-
-    Random-looking code words have pairwise distance near ``w/2``; at ``w = 512`` the chance that
-    two of 2^40 inputs are closer than 128 bits is far below 2^-40 (libOTe and SecretFlow use the
-    same width).
-    """
-
-    def __init__(self, seed: bytes, width: int = 512) -> None:
-        if width % 128:
-            raise ValueError("code width must be a multiple of 128")
-        self.width = width
-        self._ciphers = [
-            Cipher(algorithms.AES(derive_key(b"pseudorandom-code", seed, bytes([k]))), modes.ECB()).encryptor()
-            for k in range(width // 128)
-        ]
-
-    def encode(self, inputs: np.ndarray) -> np.ndarray:
-        """``inputs`` ``uint8 (n, 16)`` → code words ``uint8 (n, w/8)``."""
-        flat = np.ascontiguousarray(inputs, dtype=np.uint8).reshape(-1)
-        count = flat.size // BLOCK
-        out = np.empty((count, self.width // 8), dtype=np.uint8)
-        scratch = np.empty(flat.size + BLOCK, dtype=np.uint8)
-        for k, cipher in enumerate(self._ciphers):
-            cipher.update_into(flat, scratch)
-            out[:, k * BLOCK : (k + 1) * BLOCK] = scratch[: flat.size].reshape(count, BLOCK)
-        return out

@@ -41,10 +41,9 @@ intersection in ``both`` mode). A false match needs two items with the same dige
 collision of ℓ-byte values: below 2^-40 per session (:func:`false_match_log2`). Malicious client:
 caught by the check except with probability 2^-40; it still chooses freely what to put in each
 bin (one OPRF query per bin, ``≈1.32·n_R`` queries instead of ``n_R``), so it can test that many
-candidates of its choice. Malicious server: not covered — it can send values for items it does
-not hold only if it can compute them (it cannot learn the client's set from the OT), but it can
-e.g. answer with a wrong set size or garbage (the client then sees fewer matches), and in
-``both`` mode it may lie about its own output. ``cardinality`` mode is not offered: the client
+candidates of its choice. Malicious server: not covered (it picks its set freely, can send
+garbage so the client misses matches, and may lie about its own "both" output); it learns
+nothing about the client's items from the OT. ``cardinality`` mode is not offered: the client
 learns matched positions.
 """
 
