@@ -51,10 +51,8 @@ from __future__ import annotations
 
 import enum
 import functools
-import hashlib
 import hmac
 import math
-import mmap
 import os
 import secrets
 import weakref
@@ -68,7 +66,7 @@ import numpy as np
 from ..errors import MalformedMessage, UsageError
 from ..messages import Message
 from ..ot import bch, oos
-from ..ot.aes_hash import TweakHash, derive_key
+from ..ot.aes_hash import TweakHash
 from ..ot.base_ot import POINT_BYTES, BaseOtReceiver, BaseOtSender
 from ..ot.bitmatrix import transpose
 from ..ot.extension import ExtensionReceiver, ExtensionSender, padded_rows
@@ -76,7 +74,7 @@ from ..ot.session import HelloState
 from ..parallel import Executor
 from .. import cuckoo
 from .base import PsiOutcome, PsiParty, Reveal, Role
-from .kkrt_match import lookup_block, value_order
+from . import kkrt_work
 
 __all__ = ["NAME", "VERSION", "Config", "Client", "Server", "value_bytes", "false_match_log2", "secure_permutation"]
 
@@ -86,7 +84,6 @@ CODE_WIDTH = bch.WIDTH
 SIGMA = 40
 MAX_ITEMS = 1 << 31
 EVIDENCE_BYTES = 16
-_DOMAIN = 0x4B  # hash-tweak domain byte for KKRT OPRF outputs (block 0: value, block 1: evidence)
 _MIN_PIECE = 1 << 13  # below ~2 pieces of this many items, per-item work stays in-process
 
 
@@ -159,22 +156,7 @@ class _State(enum.Enum):
 # [→ MATCHES in both mode] → DONE.  Any error → failed (Party base).
 
 
-# -- work cut by rows, run on the executor (top-level, picklable; bit-identical to one piece) --
-
-
-def _digest_piece(items: Sequence[bytes], key: bytes) -> np.ndarray:
-    """BLAKE2b-192 of each item keyed with ``key``: ``uint8 (len(items), 24)``."""
-    blake, size = hashlib.blake2b, cuckoo.DIGEST_BYTES
-    joined = b"".join([blake(item, digest_size=size, key=key).digest() for item in items])
-    return np.frombuffer(joined, dtype=np.uint8).reshape(len(items), size)
-
-
-def _digest_key(session: bytes) -> bytes:
-    return derive_key(b"kkrt-item-digest", session, size=32)
-
-
-def _digests(items: Sequence[bytes], session: bytes) -> np.ndarray:
-    return _digest_piece(items, _digest_key(session))
+# -- spreading work over the executor (the work itself: psi.protocols.kkrt_work) --
 
 
 def _done_future(value: Any) -> "Future[Any]":
@@ -193,91 +175,6 @@ def _scatter(executor: Executor, fn: Callable[[Any], Any], items: Sequence[Any])
 def _gather(futures: "list[Future[np.ndarray]]", axis: int = 0) -> np.ndarray:
     parts = [fut.result() for fut in futures]
     return parts[0] if len(parts) == 1 else np.concatenate(parts, axis=axis)
-
-
-def _client_batch(
-    inputs: np.ndarray, *, keys0: np.ndarray, keys1: np.ndarray, offset: int, session: bytes, start: int, out_bytes: int
-) -> tuple[np.ndarray, bytes, np.ndarray]:
-    """One correction batch from scratch (``inputs``: its bins' code inputs, then the check
-    rows'): (hashes of its bins, wire ``U``, ``T`` columns for the check)."""
-    ext = ExtensionReceiver(keys0, keys1, offset)
-    t_rows, wire, t_cols = ext.extend_codewords(bch.code().encode(inputs), columns=True)
-    rows = inputs.shape[0] - oos.S
-    return TweakHash(session).hash_rows(t_rows[:rows], start, out_bytes=out_bytes, domain=_DOMAIN), wire, t_cols
-
-
-def _server_rows(q: np.ndarray, masked: bch.BchCode, digests: np.ndarray, bins: np.ndarray, hash_index: np.ndarray | int) -> np.ndarray:
-    """``q_b ⊕ (C(d_R‖h) ∧ Δ)`` for items with these digests, bins and hash functions."""
-    rows = masked.encode(cuckoo.code_inputs(digests, hash_index))
-    rows ^= q[bins]
-    return rows
-
-
-def _server_values(
-    digests: np.ndarray,
-    *,
-    q: "np.ndarray | tuple[str, tuple[int, int]]",
-    cuckoo_seed: bytes,
-    bins: int,
-    masked_tables: np.ndarray,
-    session: bytes,
-    width: int,
-    step: int,
-) -> np.ndarray:
-    """``uint8 (HASHES, len(digests), width)``: the server's OPRF values of these items.
-
-    ``q`` is the extension matrix, or (name, shape) of a shared-memory block holding it;
-    ``masked_tables`` encode ``C(·) ∧ Δ`` (:meth:`psi.ot.bch.BchCode.masked`).
-    """
-    shm = None
-    if isinstance(q, tuple):
-        shm = _attach(q[0], q[1][0] * q[1][1])
-        q = np.frombuffer(shm, dtype=np.uint8, count=q[1][0] * q[1][1]).reshape(q[1])
-    try:
-        n = digests.shape[0]
-        indices = cuckoo.bin_indices(digests, cuckoo_seed, bins)
-        masked = bch.BchCode.from_tables(masked_tables)
-        hasher = TweakHash(session)
-        values = np.empty((cuckoo.HASHES, n, width), dtype=np.uint8)
-        # C is linear: C(d_R‖h) ∧ Δ = (C(d_R‖0) ∧ Δ) ⊕ (C(0‖h) ∧ Δ), so encode each item once
-        offsets = masked.encode(cuckoo.code_inputs(np.zeros((cuckoo.HASHES, cuckoo.DIGEST_BYTES), dtype=np.uint8), np.arange(cuckoo.HASHES)))
-        for start in range(0, n, step):
-            stop = min(start + step, n)
-            base = masked.encode(cuckoo.code_inputs(digests[start:stop], 0))
-            for h in range(cuckoo.HASHES):
-                idx = indices[start:stop, h]
-                rows = q[idx]
-                rows ^= base
-                rows ^= offsets[h]
-                values[h, start:stop] = hasher.hash_rows(rows, 0, out_bytes=width, domain=_DOMAIN, indices=idx)
-        return values
-    finally:
-        if shm is not None:
-            del q
-            shm.close()
-
-
-def _attach(name: str, size: int) -> "mmap.mmap":
-    """Map the parent's shared block read-only, without registering it with a resource tracker
-    (``SharedMemory(name=...)`` does in 3.11, and a worker's tracker then reports a leak)."""
-    import _posixshmem
-
-    fd = _posixshmem.shm_open("/" + name, os.O_RDONLY, mode=0o600)
-    try:
-        return mmap.mmap(fd, size, prot=mmap.PROT_READ)
-    finally:
-        os.close(fd)
-
-
-def _release_shm(shm: shared_memory.SharedMemory) -> None:
-    try:
-        shm.unlink()
-    except FileNotFoundError:  # pragma: no cover - already gone
-        pass
-    try:
-        shm.close()
-    except BufferError:  # pragma: no cover - a view is still alive; the mapping goes at exit
-        pass
 
 
 def _check_items(items: Sequence[bytes], peer_size: int) -> None:
@@ -335,8 +232,8 @@ class Client(_Common):
 
     def _start(self) -> None:
         self._set_phase("cuckoo")
-        key = _digest_key(self._session)
-        digests = _gather(_scatter(self._executor, functools.partial(_digest_piece, key=key), self._items))
+        key = kkrt_work.digest_key(self._session)
+        digests = _gather(_scatter(self._executor, functools.partial(kkrt_work.digest_piece, key=key), self._items))
         self._table = cuckoo.build(digests)
         bins = self._table.bins
         inputs = oos.random_words(bins)  # empty bins: random code inputs
@@ -367,7 +264,7 @@ class Client(_Common):
         self._parallel = self._executor.workers > 1 and self._table.bins >= 2 * _MIN_PIECE
         if self._parallel:
             self._batch_fn = functools.partial(
-                _client_batch, keys0=keys0, keys1=keys1, session=self._session, out_bytes=self._out_bytes
+                kkrt_work.client_batch, keys0=keys0, keys1=keys1, session=self._session, out_bytes=self._out_bytes
             )
             self._pending: dict[int, Future] = {}
             self._submitted = 0
@@ -403,7 +300,7 @@ class Client(_Common):
                 hashed, wire, t_cols = self._pending.pop(k).result()
             else:
                 t_rows, wire, t_cols = self._ext.extend_codewords(bch.code().encode(inputs), columns=True)
-                hashed = self._hash.hash_rows(t_rows[: stop - start], start, out_bytes=self._out_bytes, domain=_DOMAIN)
+                hashed = self._hash.hash_rows(t_rows[: stop - start], start, out_bytes=self._out_bytes, domain=kkrt_work.DOMAIN)
             self._oprf[start:stop] = hashed[:, : self._width]
             if self._evidence is not None:
                 self._evidence[start:stop] = hashed[:, 16 : 16 + EVIDENCE_BYTES]
@@ -465,7 +362,7 @@ class Client(_Common):
                 for p in range(parts):
                     q_sel, s_rows = q_part == p, np.flatnonzero(s_part == p)
                     pieces.append((query_ids[q_sel], queries[q_sel], server[s_rows], s_rows + h * n))
-            self._lookups.append([self._executor.submit(lookup_block, *piece) for piece in pieces])
+            self._lookups.append([self._executor.submit(kkrt_work.lookup_block, *piece) for piece in pieces])
 
     def _match(self) -> None:
         self._set_phase("match")
@@ -477,7 +374,7 @@ class Client(_Common):
         matched = np.concatenate([b[0] for b in blocks])
         wire = np.concatenate([b[1] for b in blocks])
         if self._reveal is Reveal.BOTH:
-            order = value_order(mine[matched])
+            order = kkrt_work.value_order(mine[matched])
             matched, wire = matched[order], wire[order]
             evidence = self._evidence[table.bin_of()[matched]]
             claims = np.empty((matched.size, 4 + EVIDENCE_BYTES), dtype=np.uint8)
@@ -503,8 +400,8 @@ class Server(_Common):
         if state is _State.HELLO:
             self._accept_hello(message)
             # pre-hash in the background (workers) while the base OTs and corrections run
-            key = _digest_key(self._session)
-            self._digest_futures = _scatter(self._executor, functools.partial(_digest_piece, key=key), self._items)
+            key = kkrt_work.digest_key(self._session)
+            self._digest_futures = _scatter(self._executor, functools.partial(kkrt_work.digest_piece, key=key), self._items)
             self._state = _State.BASE
             self._set_phase("base-ot")
         elif state is _State.BASE and message.kind == "kkrt.base.a":
@@ -539,7 +436,7 @@ class Server(_Common):
             # q lives in shared memory so the value workers read it without a copy
             name = "psiq-kkrt-" + os.urandom(8).hex()  # not ``secrets``: keep its draws as single-core
             self._shm = shared_memory.SharedMemory(name=name, create=True, size=bins * (CODE_WIDTH // 8))
-            self._shm_release = weakref.finalize(self, _release_shm, self._shm)
+            self._shm_release = weakref.finalize(self, kkrt_work.release_shm, self._shm)
             self._q = np.ndarray(shape, dtype=np.uint8, buffer=self._shm.buf)
         else:
             self._q = np.empty(shape, dtype=np.uint8)
@@ -576,7 +473,7 @@ class Server(_Common):
         step = self._config.batch_size
         q_ref = self._q if self._shm is None else (self._shm.name, self._q.shape)
         fn = functools.partial(
-            _server_values,
+            kkrt_work.server_values,
             q=q_ref,
             cuckoo_seed=self._cuckoo_seed,
             bins=self._bins,
@@ -641,8 +538,8 @@ class Server(_Common):
         if items.size:
             digests = self._digests[items]
             bins = cuckoo.bin_indices(digests, self._cuckoo_seed, self._bins)[np.arange(items.size), h]
-            rows = _server_rows(self._q, self._masked, digests, bins, h)
-            expected = self._hash.hash_rows(rows, 0, out_bytes=16 + EVIDENCE_BYTES, domain=_DOMAIN, indices=bins)
+            rows = kkrt_work.server_rows(self._q, self._masked, digests, bins, h)
+            expected = self._hash.hash_rows(rows, 0, out_bytes=16 + EVIDENCE_BYTES, domain=kkrt_work.DOMAIN, indices=bins)
             if not hmac.compare_digest(expected[:, 16:].tobytes(), claims[:, 4:].tobytes()):
                 raise MalformedMessage("kkrt.matches claims an item the client did not match (bad evidence)")
         self._digests = None
