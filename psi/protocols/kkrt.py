@@ -140,7 +140,7 @@ def secure_permutation(count: int) -> np.ndarray:
     ``secrets``; drawn again in the rare case of equal keys, so ties never bias it)."""
     while True:
         keys = np.frombuffer(secrets.token_bytes(8 * count), dtype=np.uint64)
-        order = np.argsort(keys, kind="stable")
+        order = np.argsort(keys)  # ties are redrawn below, so the sort need not be stable
         if count < 2 or (np.diff(keys[order]) != 0).all():
             return order
 
