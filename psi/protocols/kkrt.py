@@ -257,8 +257,9 @@ class Client(_Common):
         both = self._reveal is Reveal.BOTH
         self._evidence = np.empty((self._table.bins, EVIDENCE_BYTES), dtype=np.uint8) if both else None
         self._out_bytes = 16 + EVIDENCE_BYTES if both else self._width
-        self._sent = self._acked = 0
+        self._sent = self._acked = self._answered = 0
         self._unchecked: dict[int, tuple[np.ndarray, np.ndarray]] = {}  # batch → (T columns, code inputs)
+        self._answers: dict[int, Future] = {}  # batch → check answer being computed by a worker
         # Several workers: every batch is expanded from scratch in a worker (the PRG streams
         # are started at the batch's offset), a few batches ahead of the flow-control window.
         self._parallel = self._executor.workers > 1 and self._table.bins >= 2 * _MIN_PIECE
@@ -266,6 +267,9 @@ class Client(_Common):
             self._batch_fn = functools.partial(
                 kkrt_work.client_batch, keys0=keys0, keys1=keys1, session=self._session, out_bytes=self._out_bytes
             )
+            # the check answer is computed in a worker too, from the batch's T columns expanded
+            # again there (cheaper than shipping them back and forth)
+            self._check_fn = functools.partial(kkrt_work.client_check, keys0=keys0, session=self._session)
             self._pending: dict[int, Future] = {}
             self._submitted = 0
         else:
@@ -281,6 +285,10 @@ class Client(_Common):
     def _produce(self) -> None:
         if self._state is not _State.OPRF:
             return
+        while self._answered in self._answers:  # check answers, in batch order
+            self._send_answer(self._answers.pop(self._answered).result())
+            if self._state is not _State.OPRF:
+                return
         size = self._config.batch_size
         if self._parallel:
             ahead = self._config.window + self._executor.workers
@@ -297,7 +305,8 @@ class Client(_Common):
             stop = min(start + size, self._table.bins)
             inputs = self._batch_inputs(k)
             if self._parallel:
-                hashed, wire, t_cols = self._pending.pop(k).result()
+                hashed, wire = self._pending.pop(k).result()
+                t_cols = None
             else:
                 t_rows, wire, t_cols = self._ext.extend_codewords(bch.code().encode(inputs), columns=True)
                 hashed = self._hash.hash_rows(t_rows[: stop - start], start, out_bytes=self._out_bytes, domain=kkrt_work.DOMAIN)
@@ -311,11 +320,19 @@ class Client(_Common):
     def _answer_challenge(self, seed: bytes) -> None:
         k = self._acked
         t_cols, inputs = self._unchecked.pop(k)
-        words = oos.challenge_words(self._session, k, seed, inputs.shape[0] - oos.S)
-        self._send("kkrt.check", oos.receiver_response(t_cols, inputs, words))
         self._acked += 1
+        if self._parallel:
+            stride = padded_rows(self._config.batch_size + oos.S) // 8
+            self._answers[k] = self._executor.submit(functools.partial(self._check_fn, offset=k * stride, batch=k, seed=seed), inputs)
+        else:
+            words = oos.challenge_words(self._session, k, seed, inputs.shape[0] - oos.S)
+            self._send_answer(oos.receiver_response(t_cols, inputs, words))
+
+    def _send_answer(self, answer: bytes) -> None:
+        self._send("kkrt.check", answer)
+        self._answered += 1
         self._advance(1)
-        if self._acked == self._batches:
+        if self._answered == self._batches:
             self._enter_values()
 
     def _enter_values(self) -> None:

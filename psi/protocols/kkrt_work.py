@@ -17,10 +17,10 @@ import numpy as np
 
 from .. import cuckoo
 from ..ot import bch, oos
-from ..ot.aes_hash import TweakHash, derive_key
-from ..ot.extension import ExtensionReceiver
+from ..ot.aes_hash import RowPrg, TweakHash, derive_key
+from ..ot.extension import ExtensionReceiver, padded_rows
 
-__all__ = ["DOMAIN", "digest_piece", "digest_key", "client_batch", "server_rows", "server_values", "release_shm",
+__all__ = ["DOMAIN", "digest_piece", "digest_key", "client_batch", "client_check", "server_rows", "server_values", "release_shm",
            "lookup_block", "lookup", "value_order"]
 
 DOMAIN = 0x4B  # hash-tweak domain byte for KKRT OPRF outputs (block 0: value, block 1: evidence)
@@ -43,13 +43,20 @@ def digests_of(items: Sequence[bytes], session: bytes) -> np.ndarray:
 
 def client_batch(
     inputs: np.ndarray, *, keys0: np.ndarray, keys1: np.ndarray, offset: int, session: bytes, start: int, out_bytes: int
-) -> tuple[np.ndarray, bytes, np.ndarray]:
+) -> tuple[np.ndarray, bytes]:
     """One correction batch from scratch (``inputs``: its bins' code inputs, then the check
-    rows'): (hashes of its bins, wire ``U``, ``T`` columns for the check)."""
+    rows'): (hashes of its bins, wire ``U``)."""
     ext = ExtensionReceiver(keys0, keys1, offset)
-    t_rows, wire, t_cols = ext.extend_codewords(bch.code().encode(inputs), columns=True)
+    t_rows, wire = ext.extend_codewords(bch.code().encode(inputs))
     rows = inputs.shape[0] - oos.S
-    return TweakHash(session).hash_rows(t_rows[:rows], start, out_bytes=out_bytes, domain=DOMAIN), wire, t_cols
+    return TweakHash(session).hash_rows(t_rows[:rows], start, out_bytes=out_bytes, domain=DOMAIN), wire
+
+
+def client_check(inputs: np.ndarray, *, keys0: np.ndarray, offset: int, session: bytes, batch: int, seed: bytes) -> bytes:
+    """The client's OOS17 answer for one batch, its ``T`` columns expanded again from the seeds."""
+    rows = inputs.shape[0] - oos.S
+    t_cols = RowPrg(keys0, offset).fill(np.empty((keys0.shape[0], padded_rows(inputs.shape[0]) // 8), dtype=np.uint8))
+    return oos.receiver_response(t_cols, inputs, oos.challenge_words(session, batch, seed, rows))
 
 
 def server_rows(q: np.ndarray, masked: bch.BchCode, digests: np.ndarray, bins: np.ndarray, hash_index: np.ndarray | int) -> np.ndarray:
