@@ -458,7 +458,7 @@ class Server(_Common):
         else:
             self._q = np.empty(shape, dtype=np.uint8)
         self._received = self._checked = 0
-        self._expected: dict[int, np.ndarray] = {}  # batch → q̃ awaiting the client's answer
+        self._expected: dict[int, Future] = {}  # batch → q̃ awaiting the client's answer
         self._corrections = -(-bins // self._config.batch_size)
         self._send("kkrt.base.b", reply)
         self._state = _State.OPRF
@@ -472,12 +472,16 @@ class Server(_Common):
         self._q[start:stop] = transpose(q_cols)[: stop - start]
         # the batch's rows are fixed now: only then draw its challenge
         seed = secrets.token_bytes(oos.SEED_BYTES)
-        self._expected[self._received] = oos.sender_expected(q_cols, oos.challenge_words(self._session, self._received, seed, stop - start))
+        words = oos.challenge_words(self._session, self._received, seed, stop - start)
+        if self._shm is not None:  # several workers: combine there, the next batch's rows meanwhile here
+            self._expected[self._received] = self._executor.submit(oos.sender_expected, q_cols, words)
+        else:
+            self._expected[self._received] = _done_future(oos.sender_expected(q_cols, words))
         self._received += 1
         self._send("kkrt.challenge", seed)
 
     def _check(self, body: bytes) -> None:
-        oos.verify(self._expected.pop(self._checked), body, self._masked)
+        oos.verify(self._expected.pop(self._checked).result(), body, self._masked)
         self._checked += 1
         self._advance(1)
         if self._checked == self._corrections:  # every row is consistent: values may leave now
