@@ -124,8 +124,8 @@ def test_server_rejects_bad_match_positions():
         if held:
             break
     assert client.finished and client.result().indices == [1]
-    with pytest.raises(MalformedMessage):
-        server.receive(Message("kkrt.matches", (6).to_bytes(4, "big")))  # 3 hashes × 2 items: max 5
+    with pytest.raises(MalformedMessage, match="out-of-range"):  # 3 hashes × 2 items: max 5
+        server.receive(Message("kkrt.matches", (6).to_bytes(4, "big") + bytes(kkrt.EVIDENCE_BYTES)))
 
 
 def test_cuckoo_insert_failure_is_reported_and_build_reseeds():
