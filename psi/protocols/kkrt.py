@@ -12,7 +12,7 @@ Message flow (client = PSI receiver, learns the result; server = PSI sender)::
       kkrt.check  40 × 74-byte answer per batch ───▶      (verified before any value is computed)
                                            ◀───           kkrt.values  3·n_S OPRF values, batched
       kkrt.ack  per values batch           ───▶
-      kkrt.matches  (``both`` only)        ───▶           positions ‖ 16-byte evidence each
+      kkrt.matches  (``both`` only)        ───▶           positions ‖ 8-byte evidence each
 
 1. Both sides pre-hash every item to 192 bits (BLAKE2b keyed with the session id). The client
    cuckoo-hashes its digests into ``m = ceil(e·n_R)`` bins with three hash functions and no
@@ -31,7 +31,7 @@ Message flow (client = PSI receiver, learns the result; server = PSI sender)::
    truncated to ``ℓ`` bytes (:func:`value_bytes`), in a fresh random order per ``h`` (drawn from
    the OS). The client looks up each of its items in the list for the hash function that placed it.
 4. ``both``: the client sends, per match, the wire position of the server value and the second
-   output block of the same hash (16 bytes; never sent by the server, so only a client whose
+   output block of the same hash (its first 8 bytes; never sent by the server, so only a client whose
    bin holds that item's code input can compute it), sorted by the matched OPRF value; the
    server recomputes each block and refuses the whole claim (exit 4, nothing written) on any
    mismatch, then lists its matched indices in that order.
@@ -83,7 +83,7 @@ VERSION = 2  # 2: BCH code, phasing, OOS17 check, evidence in "both" (1: pseudor
 CODE_WIDTH = bch.WIDTH
 SIGMA = 40
 MAX_ITEMS = 1 << 31
-EVIDENCE_BYTES = 16
+EVIDENCE_BYTES = 8  # per claimed match: an online guess passes with probability 2^-64, and the first wrong one aborts
 _MIN_PIECE = 1 << 13  # below ~2 pieces of this many items, per-item work stays in-process
 
 
@@ -561,7 +561,7 @@ class Server(_Common):
             bins = cuckoo.bin_indices(digests, self._cuckoo_seed, self._bins)[np.arange(items.size), h]
             rows = kkrt_work.server_rows(self._q, self._masked, digests, bins, h)
             expected = self._hash.hash_rows(rows, 0, out_bytes=16 + EVIDENCE_BYTES, domain=kkrt_work.DOMAIN, indices=bins)
-            if not hmac.compare_digest(expected[:, 16:].tobytes(), claims[:, 4:].tobytes()):
+            if not hmac.compare_digest(expected[:, 16 : 16 + EVIDENCE_BYTES].tobytes(), claims[:, 4:].tobytes()):
                 raise MalformedMessage("kkrt.matches claims an item the client did not match (bad evidence)")
         self._digests = None
         self._release_q()
