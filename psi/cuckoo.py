@@ -71,8 +71,10 @@ def bin_indices(digests: np.ndarray, seed: bytes, bins: int) -> np.ndarray:
         cipher.update_into(flat, scratch)
         words[:, 2 * k : 2 * k + 2] = scratch[: flat.size].view(np.uint64).reshape(count, 2)
     m = np.uint64(bins)
-    shift = (left % m)[:, None]
-    return ((words[:, :HASHES] % m + shift) % m).astype(np.int64)
+    out = (words[:, :HASHES] % m).astype(np.int64)
+    out += (left % m).astype(np.int64)[:, None]
+    out[out >= bins] -= bins  # (f_h + d_L) mod m, both already below m
+    return out
 
 
 def code_inputs(digests: np.ndarray, hash_index: np.ndarray | int) -> np.ndarray:
