@@ -3,7 +3,9 @@
 ``send`` serves a file of records (one per line) to one receiver; ``receive`` asks for record
 ``--index`` and prints it. Every record travels padded to the longest one (with a length
 prefix), so the receiver learns nothing about the lengths of the others and the sender learns
-nothing about the index (1-out-of-N OT, :mod:`psi.ot.kk13`).
+nothing about the index (1-out-of-N OT, :mod:`psi.ot.kk13`). A receiver that deviates from the
+protocol to open more than its record fails the OOS17 check before any record leaves: the
+sender stops with exit 4.
 """
 
 from __future__ import annotations

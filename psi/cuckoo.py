@@ -7,8 +7,15 @@ one of its bins, one claimant per bin wins, the displaced occupants and the lose
 of their three bins at random and try again. If the round limit is hit, the caller re-seeds the
 hash functions and starts over (:func:`build`), so a failure costs time, never correctness.
 
-Bin indices come from a keyed AES permutation of each item's 128-bit digest: two blocks give
-four 64-bit words, three of which are reduced modulo the table size (bias below 2^-40).
+Bins come from permutation-based hashing ("phasing", as in Pinkas–Schneider–Zohner and
+RR17): an item's 192-bit digest ``d`` is split into ``d_L`` (its first 64-bit word modulo the
+table size ``m``) and ``d_R`` (74 further bits); hash function ``h`` puts the item in bin
+``(f_h(d_R) + d_L) mod m``, where ``f_0, f_1, f_2`` are three 64-bit words of a keyed AES
+permutation of ``d_R`` reduced modulo ``m``. The OT code input is then only ``d_R ‖ h``
+(76 bits, the BCH code's dimension; :func:`code_inputs`): in a given bin, ``f_h(d_R)`` and
+the bin fix ``d_L``, so two items with the same bin, hash function and ``d_R`` have the same
+digest. Distinct items therefore share a code input in a bin only with probability
+``1/(m·2^74)`` per pair (the digest is a PRF of the item under the session key).
 """
 
 from __future__ import annotations
@@ -21,12 +28,17 @@ from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
 from .errors import UsageError
 
-__all__ = ["HASHES", "table_size", "bin_indices", "insert", "build", "CuckooTable"]
+__all__ = [
+    "HASHES", "DIGEST_BYTES", "PHASE_BITS", "table_size", "bin_indices", "code_inputs", "insert", "build", "CuckooTable",
+]
 
 HASHES = 3
 SIGMA = 40
 MAX_ROUNDS = 2000
 MAX_ATTEMPTS = 16
+DIGEST_BYTES = 24  # d_L word, then d_R (64 + 10 bits), 6 unused bits
+PHASE_BITS = 74
+_HIGH = np.uint64((1 << (PHASE_BITS - 64)) - 1)
 
 
 def table_size(items: int, sigma: int = SIGMA) -> int:
@@ -36,12 +48,21 @@ def table_size(items: int, sigma: int = SIGMA) -> int:
     return max(8, items + 8, math.ceil(factor * n))
 
 
+def _split(digests: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(``d_L`` words ``uint64 (n,)``, ``d_R`` ``uint64 (n, 2)``) of ``uint8 (n, 24)`` digests."""
+    words = np.ascontiguousarray(digests, dtype=np.uint8).reshape(-1, DIGEST_BYTES).view(np.uint64)
+    right = words[:, 1:3].copy()
+    right[:, 1] &= _HIGH
+    return words[:, 0], right
+
+
 def bin_indices(digests: np.ndarray, seed: bytes, bins: int) -> np.ndarray:
-    """``int64 (n, 3)`` bin numbers for ``digests`` (``uint8 (n, 16)``) under ``seed``."""
+    """``int64 (n, 3)`` bin numbers for ``digests`` (``uint8 (n, 24)``) under ``seed``."""
     if len(seed) != 16:
         raise ValueError("cuckoo seed must be 16 bytes")
-    flat = np.ascontiguousarray(digests, dtype=np.uint8).reshape(-1)
-    count = flat.size // 16
+    left, right = _split(digests)
+    count = left.size
+    flat = right.view(np.uint8).reshape(-1)
     words = np.empty((count, 4), dtype=np.uint64)
     scratch = np.empty(flat.size + 16, dtype=np.uint8)
     for k in range(2):
@@ -49,7 +70,18 @@ def bin_indices(digests: np.ndarray, seed: bytes, bins: int) -> np.ndarray:
         cipher = Cipher(algorithms.AES(key), modes.ECB()).encryptor()
         cipher.update_into(flat, scratch)
         words[:, 2 * k : 2 * k + 2] = scratch[: flat.size].view(np.uint64).reshape(count, 2)
-    return (words[:, :HASHES] % np.uint64(bins)).astype(np.int64)
+    m = np.uint64(bins)
+    out = (words[:, :HASHES] % m).astype(np.int64)
+    out += (left % m).astype(np.int64)[:, None]
+    out[out >= bins] -= bins  # (f_h + d_L) mod m, both already below m
+    return out
+
+
+def code_inputs(digests: np.ndarray, hash_index: np.ndarray | int) -> np.ndarray:
+    """``d_R ‖ h`` as 76-bit code inputs ``uint64 (n, 2)`` (``h`` in bits 74–75)."""
+    _, right = _split(digests)
+    right[:, 1] |= np.asarray(hash_index, dtype=np.uint64) << np.uint64(PHASE_BITS - 64)
+    return right
 
 
 def insert(indices: np.ndarray, bins: int, rng: np.random.Generator, max_rounds: int = MAX_ROUNDS):
@@ -94,7 +126,9 @@ class CuckooTable:
 
 
 def build(digests: np.ndarray, *, bins: int | None = None, attempts: int = MAX_ATTEMPTS) -> CuckooTable:
-    """Hash ``digests`` into a fresh table, re-seeding on failure (raise after ``attempts``)."""
+    """Hash ``digests`` (``uint8 (n, 24)``) into a fresh table, re-seeding on failure (raise
+    after ``attempts``). The insertion walk's coin flips (numpy, seeded from the OS) only
+    decide which of its bins an item takes; they never leave the client."""
     bins = table_size(digests.shape[0]) if bins is None else bins
     rng = np.random.default_rng(secrets.randbits(128))
     for _ in range(attempts):

@@ -124,21 +124,21 @@ def test_server_rejects_bad_match_positions():
         if held:
             break
     assert client.finished and client.result().indices == [1]
-    with pytest.raises(MalformedMessage):
-        server.receive(Message("kkrt.matches", (6).to_bytes(4, "big")))  # 3 hashes × 2 items: max 5
+    with pytest.raises(MalformedMessage, match="out-of-range"):  # 3 hashes × 2 items: max 5
+        server.receive(Message("kkrt.matches", (6).to_bytes(4, "big") + bytes(kkrt.EVIDENCE_BYTES)))
 
 
 def test_cuckoo_insert_failure_is_reported_and_build_reseeds():
     rng = np.random.default_rng(0)
     crowded = np.zeros((5, 3), dtype=np.int64)  # five items, all hashing to bin 0
     assert cuckoo.insert(crowded, 8, rng, max_rounds=50) is None
-    digests = np.frombuffer(np.random.default_rng(1).bytes(16 * 5000), dtype=np.uint8).reshape(5000, 16)
+    digests = np.frombuffer(np.random.default_rng(1).bytes(24 * 5000), dtype=np.uint8).reshape(5000, 24)
     table = cuckoo.build(digests)
     placed = table.table[table.table >= 0]
     assert sorted(placed.tolist()) == list(range(5000))
     assert np.array_equal(table.table[table.bin_of()], np.arange(5000))
     with pytest.raises(UsageError):
-        cuckoo.build(np.zeros((3, 16), dtype=np.uint8), bins=2, attempts=2)  # 3 items, 2 bins
+        cuckoo.build(np.zeros((3, 24), dtype=np.uint8), bins=2, attempts=2)  # 3 items, 2 bins
 
 
 @settings(max_examples=60, deadline=None)
@@ -157,8 +157,11 @@ def test_cuckoo_insert_places_every_item_in_one_of_its_bins(n, spare, seed):
 
 
 def test_value_width_formula():
-    assert kkrt.value_bytes(1 << 20, 1 << 20) == 10
-    assert kkrt.value_bytes(0, 0) == 5
+    # 2^40 pairs need 80 bits for the truncation alone; phasing adds 2^-54.4, so 81 bits → 11 bytes
+    assert kkrt.value_bytes(1 << 20, 1 << 20) == 11
+    assert kkrt.value_bytes(1 << 16, 1 << 16) == 10  # same: 72 bits sit exactly on the bound
+    assert kkrt.value_bytes(1 << 20, 1000) == 9  # 40 + 29.9 bits: room to spare
+    assert kkrt.value_bytes(0, 0) == 6  # one pair: 40 bits, plus the phasing term
     assert cuckoo.table_size(1 << 20) == int(np.ceil((40 + 20 + 256) / 240 * (1 << 20)))
 
 

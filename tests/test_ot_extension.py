@@ -69,8 +69,19 @@ def test_malformed_extension_messages_rejected():
         sender.receive(Message("iknp.u", batch[0].body[:-1]))
     with pytest.raises(ProtocolStateError):
         sender.receive(batch[0])  # the failed party stays failed
+    receiver, sender = OtReceiver([1] * 100), OtSender(100)
+    _through_check(receiver, sender, _to_extension(receiver, sender))
     with pytest.raises(MalformedMessage):
         receiver.receive(Message("iknp.ack", b"x"))
+
+
+def _through_check(receiver, sender, batch):
+    """Deliver the receiver's first batch, the sender's challenge and the receiver's answer."""
+    sender.receive(batch[0])
+    (challenge,) = sender.outgoing()
+    receiver.receive(challenge)
+    (check,) = receiver.outgoing()
+    sender.receive(check)
 
 
 def test_malformed_base_messages_rejected():
@@ -99,8 +110,7 @@ def test_chosen_y_length_checked():
     choices = [0, 1, 1]
     receiver = OtReceiver(choices, kind="chosen")
     sender = OtSender(3, kind="chosen", messages0=[b"a" * 16] * 3, messages1=[b"b" * 16] * 3)
-    batch = _to_extension(receiver, sender)
-    sender.receive(batch[0])
+    _through_check(receiver, sender, _to_extension(receiver, sender))
     y = sender.outgoing()[0]
     with pytest.raises(MalformedMessage):
         receiver.receive(Message("iknp.y", y.body + b"\x00"))
@@ -141,6 +151,10 @@ def test_one_of_n_tampered_ciphertext_fails_opaquely():
     receiver, sender = OneOfNReceiver([1]), OneOfNSender([b"x" * 8, b"y" * 8])
     batch = _to_extension(receiver, sender)
     sender.receive(batch[0])
+    (challenge,) = sender.outgoing()
+    receiver.receive(challenge)
+    (check,) = receiver.outgoing()
+    sender.receive(check)
     (y,) = sender.outgoing()
     tampered = bytearray(y.body)
     tampered[-1] ^= 1

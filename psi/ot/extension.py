@@ -11,22 +11,23 @@ Roles are those of the extension, the reverse of the base OTs:
   ``q_r = t_r ⊕ (C_r ∧ s)``.
 
 IKNP uses the repetition code (``C_r`` = all ones when the choice bit is 1, else zeros), so a
-row pad is ``H(r, q_r)`` or ``H(r, q_r ⊕ s)``; KK13/KKRT use a pseudorandom code
-``C(x) = AES_{k_1}(x) ‖ … ‖ AES_{k_4}(x)`` (:class:`PseudorandomCode`), and ``H(r, q_r ⊕
-(C(x) ∧ s))`` is the OPRF of ``x`` at row ``r``. Batch row counts are rounded up to a multiple
-of 8 (whole bytes); both sides round identically and drop the extra rows.
+row pad is ``H(r, q_r)`` or ``H(r, q_r ⊕ s)``; KK13/KKRT use the linear [511, 76] BCH code of
+:mod:`psi.ot.bch`, and ``H(r, q_r ⊕ (C(x) ∧ s))`` is the OPRF of ``x`` at row ``r``. Both
+need the consistency check of :mod:`psi.ot.oos` against a receiver that sends non-code words
+(the ``columns=`` options return the column form that check works on). Batch row counts are
+rounded up to a multiple of 8 (whole bytes); both sides round identically and drop the extra
+rows.
 """
 
 from __future__ import annotations
 
 import numpy as np
-from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
 from ..errors import MalformedMessage
-from .aes_hash import BLOCK, RowPrg, derive_key
+from .aes_hash import RowPrg
 from .bitmatrix import round_up, transpose
 
-__all__ = ["ExtensionReceiver", "ExtensionSender", "PseudorandomCode", "padded_rows"]
+__all__ = ["ExtensionReceiver", "ExtensionSender", "padded_rows"]
 
 
 def padded_rows(rows: int) -> int:
@@ -52,16 +53,23 @@ class ExtensionReceiver:
         np.bitwise_xor(u_cols, t_cols, out=u_cols)
         return t_cols, u_cols
 
-    def extend_choices(self, choice_bits: np.ndarray) -> tuple[np.ndarray, bytes]:
-        """Repetition code: ``choice_bits`` (0/1, one per row) → (``t`` rows, wire ``U``)."""
+    def extend_choices(self, choice_bits: np.ndarray, *, columns: bool = False):
+        """Repetition code: ``choice_bits`` (0/1, one per row) → (``t`` rows, wire ``U``)
+        [, ``T`` columns with ``columns=True``]."""
         rows = choice_bits.size
         t_cols, u_cols = self._expand(rows)
         packed = np.packbits(choice_bits.astype(np.uint8), bitorder="little")
         u_cols[:, : packed.size] ^= packed[None, :]
+        if columns:
+            return transpose(t_cols)[:rows], u_cols.tobytes(), t_cols
         return transpose(t_cols)[:rows], u_cols.tobytes()
 
-    def extend_codewords(self, codewords: np.ndarray) -> tuple[np.ndarray, bytes]:
-        """General code: ``codewords`` ``uint8 (rows, w/8)`` → (``t`` rows, wire ``U``)."""
+    def extend_codewords(self, codewords: np.ndarray, *, columns: bool = False):
+        """General code: ``codewords`` ``uint8 (rows, w/8)`` → (``t`` rows, wire ``U``).
+
+        With ``columns=True`` also the ``T`` columns ``uint8 (w, padded/8)`` (for the OOS17
+        check of :mod:`psi.ot.oos`) as a third element.
+        """
         rows = codewords.shape[0]
         if codewords.shape[1] * 8 != self.width:
             raise ValueError("code word width does not match the extension width")
@@ -69,6 +77,8 @@ class ExtensionReceiver:
         padded = np.zeros((padded_rows(rows), self.width // 8), dtype=np.uint8)
         padded[:rows] = codewords
         np.bitwise_xor(u_cols, transpose(padded), out=u_cols)
+        if columns:
+            return transpose(t_cols)[:rows], u_cols.tobytes(), t_cols
         return transpose(t_cols)[:rows], u_cols.tobytes()
 
 
@@ -88,39 +98,14 @@ class ExtensionSender:
 
     def extend(self, rows: int, wire: bytes) -> np.ndarray:
         """Rows ``q`` (``uint8 (rows, w/8)``) from the receiver's correction message."""
+        return transpose(self.extend_columns(rows, wire))[:rows]
+
+    def extend_columns(self, rows: int, wire: bytes) -> np.ndarray:
+        """The ``Q`` columns ``uint8 (w, padded/8)`` (padding rows included) of a batch."""
         if len(wire) != self.wire_size(rows):
             raise MalformedMessage("OT extension correction has the wrong length")
         length = padded_rows(rows) // 8
         u_cols = np.frombuffer(wire, dtype=np.uint8).reshape(self.width, length)
         q_cols = self._prg.fill(np.empty((self.width, length), dtype=np.uint8))
         q_cols[self._mask] ^= u_cols[self._mask]
-        return transpose(q_cols)[:rows]
-
-
-class PseudorandomCode:
-    """``C(x) = AES_{k_1}(x) ‖ … ‖ AES_{k_{w/128}}(x)`` on 128-bit inputs, keys from a public seed.
-
-    Random-looking code words have pairwise distance near ``w/2``; at ``w = 512`` the chance that
-    two of 2^40 inputs are closer than 128 bits is far below 2^-40 (libOTe and SecretFlow use the
-    same width).
-    """
-
-    def __init__(self, seed: bytes, width: int = 512) -> None:
-        if width % 128:
-            raise ValueError("code width must be a multiple of 128")
-        self.width = width
-        self._ciphers = [
-            Cipher(algorithms.AES(derive_key(b"pseudorandom-code", seed, bytes([k]))), modes.ECB()).encryptor()
-            for k in range(width // 128)
-        ]
-
-    def encode(self, inputs: np.ndarray) -> np.ndarray:
-        """``inputs`` ``uint8 (n, 16)`` → code words ``uint8 (n, w/8)``."""
-        flat = np.ascontiguousarray(inputs, dtype=np.uint8).reshape(-1)
-        count = flat.size // BLOCK
-        out = np.empty((count, self.width // 8), dtype=np.uint8)
-        scratch = np.empty(flat.size + BLOCK, dtype=np.uint8)
-        for k, cipher in enumerate(self._ciphers):
-            cipher.update_into(flat, scratch)
-            out[:, k * BLOCK : (k + 1) * BLOCK] = scratch[: flat.size].reshape(count, BLOCK)
-        return out
+        return q_cols

@@ -6,7 +6,9 @@ Message flow (the OT receiver is the session *client*, the sender the *server*):
       hello                      ───▶ ◀───              hello
       iknp.base.a  (base OT sender point A)  ───▶
                                              ◀───       iknp.base.b  (128 points; s = choices)
-      iknp.u  batch 0 .. (128 × m bits each) ───▶       (at most ``window`` unanswered)
+      iknp.u  batch 0 .. (128 × (m + 40) bits each) ───▶   (at most ``window`` unanswered)
+                                             ◀───       iknp.challenge  (16-byte seed) per batch
+      iknp.check  (40 × 17 bytes)            ───▶
                                              ◀───       iknp.ack | iknp.y  per batch
 
 Kinds of OT (all 1-out-of-2, messages of ``message_length`` bytes):
@@ -19,30 +21,42 @@ Kinds of OT (all 1-out-of-2, messages of ``message_length`` bytes):
   hash of its row.
 
 What each party learns: the receiver its chosen messages and nothing about the others; the
-sender nothing about the choices. Secure against semi-honest parties (IKNP 2003 with the
-GKWY20 tweakable correlation-robust hash; base OTs per :mod:`psi.ot.base_ot`). No KOS check:
-a malicious receiver could learn bits of ``s``.
+sender nothing about the choices (IKNP 2003 with the GKWY20 tweakable correlation-robust hash;
+base OTs per :mod:`psi.ot.base_ot`).
+
+Consistency check (KOS15 idea, realised as in :mod:`psi.ot.oos` with IKNP's repetition code):
+every batch carries 40 extra rows with random choice bits; after the batch has arrived the
+sender sends a fresh seed, the receiver answers 40 random binary combinations
+``(t̃_l, x̃_l)`` and the sender checks ``t̃_l ⊕ q̃_l = x̃_l·Δ`` before it sends or keeps anything
+of that batch (:class:`~psi.ot.oos.CheatingDetected`, exit 4). A receiver whose rows are not
+of the form ``t ⊕ x·1`` is caught except with probability 2^-40; the check still lets a
+cheater learn ``c`` bits of ``Δ`` with probability ``2^-c`` (128 − c unknown bits remain for
+every message it did not choose). This is the binary-combination form of the check, not
+KOS15's GF(2^128) form (whose original proof Roy22 found flawed).
 """
 
 from __future__ import annotations
 
 import enum
+import secrets
 from typing import Sequence
 
 import numpy as np
 
 from ..errors import MalformedMessage, UsageError
+from . import oos
 from ..messages import Message
 from ..protocols.base import Party, Role
 from .aes_hash import TweakHash
 from .base_ot import BaseOtReceiver, BaseOtSender
+from .bitmatrix import transpose
 from .extension import ExtensionReceiver, ExtensionSender
 from .session import HelloState
 
 __all__ = ["OtKind", "OtSender", "OtReceiver", "NAME", "VERSION", "WIDTH"]
 
 NAME = "iknp"
-VERSION = 1
+VERSION = 2  # 2: consistency check per batch (1: none)
 WIDTH = 128
 MAX_COUNT = 1 << 32
 MAX_MESSAGE = 1 << 16
@@ -72,7 +86,8 @@ def _check_common(count: int, message_length: int, batch_size: int, window: int)
 
 
 def _params(kind: OtKind, count: int, message_length: int, batch_size: int) -> dict:
-    return {"kind": kind.value, "count": count, "message_length": message_length, "batch_size": batch_size}
+    return {"kind": kind.value, "count": count, "message_length": message_length, "batch_size": batch_size,
+            "check": f"kos15-binary-s{oos.S}"}
 
 
 class OtReceiver(Party):
@@ -102,7 +117,9 @@ class OtReceiver(Party):
         self._output = np.empty((bits.size, message_length), dtype=np.uint8)
         self._pads: dict[int, np.ndarray] = {}
         self._next = 0        # next batch to send
+        self._challenged = 0  # batches whose check challenge has been answered
         self._answered = 0    # batches the sender has answered
+        self._unchecked: dict[int, tuple[np.ndarray, np.ndarray]] = {}  # batch → (T columns, choices)
         self._batches = -(-bits.size // batch_size)
         self._send(self._hello.own_message.kind, self._hello.own_message.body)
 
@@ -123,7 +140,13 @@ class OtReceiver(Party):
             self._state = _State.EXTEND
             self._set_phase("extend", self._choices.size)
             self._maybe_finish()
-        elif self._state is _State.EXTEND and self._answered < self._next:
+        elif self._state is _State.EXTEND and message.kind == "iknp.challenge" and self._challenged < self._next:
+            batch = self._challenged
+            t_cols, bits = self._unchecked.pop(batch)
+            words = oos.challenge_words(self._hello.session, batch, message.body, bits.size - oos.S)
+            self._send("iknp.check", oos.repetition_response(t_cols, bits, words))
+            self._challenged += 1
+        elif self._state is _State.EXTEND and self._answered < self._challenged:
             self._answer(message)
         else:
             raise self._unexpected(message, self._state.value)
@@ -134,8 +157,11 @@ class OtReceiver(Party):
         while self._next < self._batches and self._next - self._answered < self._window:
             start = self._next * self._batch
             stop = min(start + self._batch, self._choices.size)
-            t_rows, wire = self._ext.extend_choices(self._choices[start:stop])
-            pad = self._hash.hash_rows(t_rows, start, out_bytes=self._length)
+            check_bits = np.frombuffer(secrets.token_bytes(oos.S), dtype=np.uint8) & 1
+            bits = np.concatenate([self._choices[start:stop], check_bits])
+            t_rows, wire, t_cols = self._ext.extend_choices(bits, columns=True)
+            self._unchecked[self._next] = (t_cols, bits)
+            pad = self._hash.hash_rows(t_rows[: stop - start], start, out_bytes=self._length)
             if self.kind is OtKind.RANDOM:
                 self._output[start:stop] = pad
             else:
@@ -221,7 +247,8 @@ class OtSender(Party):
         self._hello = HelloState(NAME, VERSION, Role.SERVER, _params(self.kind, count, message_length, batch_size), {})
         self._state = _State.HELLO
         self._batches = -(-count // batch_size)
-        self._received = 0
+        self._received = self._checked = 0
+        self._unchecked: dict[int, tuple[np.ndarray, np.ndarray]] = {}  # batch → (q rows, expected q̃)
         self._send(self._hello.own_message.kind, self._hello.own_message.body)
 
     def result(self) -> tuple[np.ndarray, np.ndarray] | None:
@@ -234,7 +261,7 @@ class OtSender(Party):
             self._hash = TweakHash(self._hello.session)
             self._state = _State.BASE
         elif self._state is _State.BASE and message.kind == "iknp.base.a":
-            secret = np.frombuffer(np.random.default_rng(_entropy()).bytes(WIDTH), dtype=np.uint8) & 1
+            secret = np.frombuffer(secrets.token_bytes(WIDTH), dtype=np.uint8) & 1  # Δ: from the OS
             base = BaseOtReceiver(secret, self._hello.session)
             reply, keys = base.reply(message.body)
             self._ext = ExtensionSender(keys, secret)
@@ -244,15 +271,29 @@ class OtSender(Party):
             if self._batches == 0:
                 self._state = _State.DONE
                 self._finish()
-        elif self._state is _State.EXTEND and message.kind == "iknp.u":
-            self._extend(message.body)
+        elif self._state is _State.EXTEND and message.kind == "iknp.u" and self._received < self._batches:
+            self._challenge(message.body)
+        elif self._state is _State.EXTEND and message.kind == "iknp.check" and self._checked < self._received:
+            q, expected = self._unchecked.pop(self._checked)
+            oos.repetition_verify(expected, message.body, self._ext.secret)  # before anything of the batch
+            self._extend(q)
         else:
             raise self._unexpected(message, self._state.value)
 
-    def _extend(self, wire: bytes) -> None:
-        start = self._received * self._batch
-        stop = min(start + self._batch, self._count)
-        q = self._ext.extend(stop - start, wire)
+    def _challenge(self, wire: bytes) -> None:
+        batch = self._received
+        start = batch * self._batch
+        rows = min(start + self._batch, self._count) - start
+        q_cols = self._ext.extend_columns(rows + oos.S, wire)
+        seed = secrets.token_bytes(oos.SEED_BYTES)  # drawn only now that the batch is fixed
+        words = oos.challenge_words(self._hello.session, batch, seed, rows)
+        self._unchecked[batch] = (transpose(q_cols)[:rows], oos.sender_expected(q_cols, words))
+        self._received += 1
+        self._send("iknp.challenge", seed)
+
+    def _extend(self, q: np.ndarray) -> None:
+        start = self._checked * self._batch
+        stop = start + q.shape[0]
         x0 = self._hash.hash_rows(q, start, out_bytes=self._length)
         q ^= self._ext.secret[None, :]
         x1 = self._hash.hash_rows(q, start, out_bytes=self._length)
@@ -268,17 +309,11 @@ class OtSender(Party):
             x0 ^= self._m0[start:stop]
             x1 ^= self._m1[start:stop]
             self._send("iknp.y", x0.tobytes() + x1.tobytes())
-        self._received += 1
+        self._checked += 1
         self._advance(stop - start)
-        if self._received == self._batches:
+        if self._checked == self._batches:
             self._state = _State.DONE
             self._finish()
-
-
-def _entropy() -> int:
-    import secrets
-
-    return secrets.randbits(256)
 
 
 def _as_matrix(messages: np.ndarray | Sequence[bytes], count: int, length: int) -> np.ndarray:

@@ -1,23 +1,33 @@
-"""1-out-of-N OT with chosen messages (Kolesnikov–Kumaresan 2013 style), as sans-IO parties.
+"""1-out-of-N OT with chosen messages (KK13 with the OOS17 check), as sans-IO parties.
 
-The OT-extension matrix of :mod:`psi.ot.extension` with width 512 and the pseudorandom code
-``C`` (as in KKRT's 1-out-of-∞ OT, so ``N`` has no upper bound besides the wire): for OT ``i``
+The OT-extension matrix of :mod:`psi.ot.extension` with width 512 and the linear [511, 76]
+BCH code ``C`` of :mod:`psi.ot.bch` (message index ``j`` < 2^32 is the code input): for OT ``i``
 with choice ``c_i`` the receiver gets ``t_i`` and the sender can compute
-``q_i ⊕ (C(j) ∧ s)`` for every ``j``, which equals ``t_i`` exactly for ``j = c_i``.
-The pad for ``(i, j)`` is ``E(H(i, q_i ⊕ (C(j) ∧ s)))`` where ``H`` is the tweakable fixed-key
+``q_i ⊕ (C(j) ∧ Δ)`` for every ``j``, which equals ``t_i`` exactly for ``j = c_i``.
+The pad for ``(i, j)`` is ``E(H(i, q_i ⊕ (C(j) ∧ Δ)))`` where ``H`` is the tweakable fixed-key
 AES hash and ``E`` stretches the 16-byte key to ``L + 16`` bytes (TCCR in counter mode).
 The sender sends ``(m_{i,j} ‖ 0^16) ⊕ pad_{i,j}``; the receiver opens only ``j = c_i`` and checks
 the 16 zero bytes, so any other index fails with the opaque :class:`~psi.errors.InvalidToken`.
 
 Message flow (receiver = client, sender = server)::
 
-    hello ⇄ hello; kk13.base.a ─▶; ◀─ kk13.base.b (512 points ‖ code seed);
-    kk13.u (one batch of OTs) ─▶; ◀─ kk13.y … (that batch's ciphertexts, in pieces)
+    hello ⇄ hello; kk13.base.a ─▶; ◀─ kk13.base.b (512 points);
+    per batch: kk13.u (its OTs + 40 check rows) ─▶; ◀─ kk13.challenge (16-byte seed);
+               kk13.check (40 × 74 bytes) ─▶; ◀─ kk13.y … (that batch's ciphertexts, in pieces)
 
+The sender sends a batch's ciphertexts only after that batch has passed the OOS17 consistency
+check (:mod:`psi.ot.oos`); a receiver whose rows are not code words is stopped with
+:class:`~psi.ot.oos.CheatingDetected` (exit 4) before any ciphertext of the batch leaves.
 The receiver learns ``N`` and ``L`` from the sender's hello (so a CLI receiver need not know
 them beforehand) and stops with :class:`~psi.errors.UsageError` if a choice is ``≥ N``.
-Security: semi-honest (KK13 / KKRT16 argument with a random code of minimum distance ≥ 128
-w.h.p.; base OTs per :mod:`psi.ot.base_ot`). The sender learns nothing about the choices.
+
+Security: the sender learns nothing about the choices (the check answer is masked by the
+random check rows). Against a malicious receiver: except with probability 2^-40 per session,
+a receiver that passes every check has at least 128 unknown bits of ``Δ`` between its chosen
+index and any other, so it opens one message per OT (OOS17; the base OTs per
+:mod:`psi.ot.base_ot`). A malicious sender can still send garbage for some indices (the
+receiver then fails with ``InvalidToken``, which tells the sender that index was chosen:
+selective failure, not prevented here).
 """
 
 from __future__ import annotations
@@ -32,20 +42,23 @@ import numpy as np
 from ..errors import InvalidToken, MalformedMessage, ProtocolStateError, UsageError
 from ..messages import Message
 from ..protocols.base import Party, Role
-from .aes_hash import TweakHash, derive_key
+from . import bch, oos
+from .aes_hash import TweakHash
+from .bitmatrix import transpose
 from .base_ot import POINT_BYTES, BaseOtReceiver, BaseOtSender
-from .extension import ExtensionReceiver, ExtensionSender, PseudorandomCode
+from .extension import ExtensionReceiver, ExtensionSender
 from .session import HelloState
 
 __all__ = ["OneOfNSender", "OneOfNReceiver", "NAME", "VERSION"]
 
 NAME = "kk13"
-VERSION = 1
+VERSION = 2  # 2: BCH code + OOS17 check (1: pseudorandom code, no check)
 WIDTH = 512
 TAG = 16
 PIECE_BYTES = 1 << 22
 MAX_N = 1 << 32
 _KEY_DOMAIN, _PAD_DOMAIN = 0x31, 0x32
+_CHECK_PARAMS = {"code": "bch-511-76", "check": f"oos17-s{oos.S}"}  # both sides must agree
 
 
 class _State(enum.Enum):
@@ -57,10 +70,10 @@ class _State(enum.Enum):
 
 
 def _code_inputs(values: np.ndarray) -> np.ndarray:
+    """Message indices (< 2^32) as 76-bit BCH inputs ``uint64 (n, 2)``."""
     out = np.zeros((values.size, 2), dtype=np.uint64)
     out[:, 0] = values
-    out[:, 1] = 0x6B6B3133  # domain constant: 1-of-N message index
-    return out.view(np.uint8).reshape(values.size, 16)
+    return out
 
 
 def _layout(count: int, n: int, length: int) -> tuple[int, int]:
@@ -86,7 +99,7 @@ class OneOfNReceiver(Party):
         self._window = window
         self._keep = keep_ciphertexts
         self._ciphertexts: dict[int, np.ndarray] = {}
-        self._hello = HelloState(NAME, VERSION, Role.CLIENT, {"count": int(self._choices.size)}, {})
+        self._hello = HelloState(NAME, VERSION, Role.CLIENT, {"count": int(self._choices.size), **_CHECK_PARAMS}, {})
         self._state = _State.HELLO
         self._send(self._hello.own_message.kind, self._hello.own_message.body)
 
@@ -126,19 +139,21 @@ class OneOfNReceiver(Party):
             self._send("kk13.base.a", self._base.first_message())
             self._state = _State.BASE
         elif self._state is _State.BASE and message.kind == "kk13.base.b":
-            if len(message.body) != WIDTH * POINT_BYTES + 16:
+            if len(message.body) != WIDTH * POINT_BYTES:
                 raise MalformedMessage("kk13.base.b has the wrong length")
-            keys0, keys1 = self._base.finish(message.body[:-16])
+            keys0, keys1 = self._base.finish(message.body)
             self._ext = ExtensionReceiver(keys0, keys1)
-            self._code = PseudorandomCode(derive_key(b"kk13-code", self._hello.session, message.body[-16:]), WIDTH)
             self._output = np.empty((self._choices.size, self._length), dtype=np.uint8)
             self._pad_of: dict[int, np.ndarray] = {}
+            self._pending: dict[int, tuple[np.ndarray, np.ndarray]] = {}  # batch → (T columns, code inputs)
             self._batches = -(-self._choices.size // self._batch)
-            self._next = self._answered = 0
+            self._next = self._challenged = self._answered = 0
             self._got = 0  # ciphertexts of the oldest open batch received so far
             self._state = _State.EXTEND
             self._set_phase("extend", self._choices.size)
-        elif self._state is _State.EXTEND and message.kind == "kk13.y" and self._answered < self._next:
+        elif self._state is _State.EXTEND and message.kind == "kk13.challenge" and self._challenged < self._next:
+            self._answer_challenge(message.body)
+        elif self._state is _State.EXTEND and message.kind == "kk13.y" and self._answered < self._challenged:
             self._piece_in(message.body)
         else:
             raise self._unexpected(message, self._state.value)
@@ -149,13 +164,21 @@ class OneOfNReceiver(Party):
         while self._next < self._batches and self._next - self._answered < self._window:
             start = self._next * self._batch
             stop = min(start + self._batch, self._choices.size)
-            codewords = self._code.encode(_code_inputs(self._choices[start:stop].astype(np.uint64)))
-            t_rows, wire = self._ext.extend_codewords(codewords)
-            pads = _pads(self._hash, t_rows, np.arange(start, stop), self._length)
+            inputs = np.concatenate([_code_inputs(self._choices[start:stop].astype(np.uint64)), oos.random_words(oos.S)])
+            t_rows, wire, t_cols = self._ext.extend_codewords(bch.code().encode(inputs), columns=True)
+            pads = _pads(self._hash, t_rows[: stop - start], np.arange(start, stop), self._length)
             for ot in range(start, stop):
                 self._pad_of[ot] = pads[ot - start]
+            self._pending[self._next] = (t_cols, inputs)
             self._send("kk13.u", wire)
             self._next += 1
+
+    def _answer_challenge(self, seed: bytes) -> None:
+        batch = self._challenged
+        t_cols, inputs = self._pending.pop(batch)
+        words = oos.challenge_words(self._hello.session, batch, seed, inputs.shape[0] - oos.S)
+        self._send("kk13.check", oos.receiver_response(t_cols, inputs, words))
+        self._challenged += 1
 
     def _piece_in(self, body: bytes) -> None:
         start = self._answered * self._batch
@@ -209,7 +232,7 @@ class OneOfNSender(Party):
         self._count, self._n, self._length = matrix.shape
         self._batch, self._piece = _layout(self._count, self._n, self._length)
         info = {"messages": self._n, "message_length": self._length}
-        self._hello = HelloState(NAME, VERSION, Role.SERVER, {"count": self._count}, info)
+        self._hello = HelloState(NAME, VERSION, Role.SERVER, {"count": self._count, **_CHECK_PARAMS}, info)
         self._state = _State.HELLO
         self._send(self._hello.own_message.kind, self._hello.own_message.body)
 
@@ -225,36 +248,50 @@ class OneOfNSender(Party):
         elif self._state is _State.BASE and message.kind == "kk13.base.a":
             secret = np.frombuffer(secrets.token_bytes(WIDTH), dtype=np.uint8) & 1
             reply, keys = BaseOtReceiver(secret, self._hello.session).reply(message.body)
-            code_seed = secrets.token_bytes(16)
             self._ext = ExtensionSender(keys, secret)
-            self._code = PseudorandomCode(derive_key(b"kk13-code", self._hello.session, code_seed), WIDTH)
-            self._send("kk13.base.b", reply + code_seed)
-            self._received = 0
+            self._masked = bch.code().masked(self._ext.secret)  # C(·) ∧ Δ, linear
+            self._send("kk13.base.b", reply)
+            self._received = self._checked = 0
+            self._unchecked: dict[int, tuple[np.ndarray, np.ndarray]] = {}  # batch → (q rows, expected q̃)
             self._batches = -(-self._count // self._batch)
             self._state = _State.EXTEND
             self._set_phase("extend", self._count)
-        elif self._state is _State.EXTEND and message.kind == "kk13.u":
+        elif self._state is _State.EXTEND and message.kind == "kk13.u" and self._received < self._batches:
+            self._challenge(message.body)
+        elif self._state is _State.EXTEND and message.kind == "kk13.check" and self._checked < self._received:
             self._answer(message.body)
         else:
             raise self._unexpected(message, self._state.value)
 
-    def _answer(self, wire: bytes) -> None:
-        start = self._received * self._batch
-        stop = min(start + self._batch, self._count)
-        q = self._ext.extend(stop - start, wire)
+    def _challenge(self, wire: bytes) -> None:
+        """A batch's rows are all here: fix them, then draw the check challenge."""
+        batch = self._received
+        start = batch * self._batch
+        rows = min(start + self._batch, self._count) - start
+        q_cols = self._ext.extend_columns(rows + oos.S, wire)
+        seed = secrets.token_bytes(oos.SEED_BYTES)
+        words = oos.challenge_words(self._hello.session, batch, seed, rows)
+        self._unchecked[batch] = (transpose(q_cols)[:rows], oos.sender_expected(q_cols, words))
+        self._received += 1
+        self._send("kk13.challenge", seed)
+
+    def _answer(self, response: bytes) -> None:
+        batch = self._checked
+        q, expected = self._unchecked.pop(batch)
+        oos.verify(expected, response, self._masked)  # raises before any ciphertext of the batch
+        self._checked += 1
+        start = batch * self._batch
+        stop = start + q.shape[0]
         total = (stop - start) * self._n
-        secret = self._ext.secret[None, :]
         for lo in range(0, total, self._piece):
             flat = np.arange(lo, min(lo + self._piece, total))
             ots, js = np.divmod(flat, self._n)
-            rows = self._code.encode(_code_inputs(js.astype(np.uint64)))
-            rows &= secret
+            rows = self._masked.encode(_code_inputs(js.astype(np.uint64)))
             rows ^= q[ots]
             pads = _pads(self._hash, rows, ots + start, self._length)
             pads[:, : self._length] ^= self._messages[ots + start, js]
             self._send("kk13.y", pads.tobytes())
-        self._received += 1
         self._advance(stop - start)
-        if self._received == self._batches:
+        if self._checked == self._batches:
             self._state = _State.DONE
             self._finish()

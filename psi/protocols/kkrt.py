@@ -1,46 +1,58 @@
-"""KKRT16 PSI: a batched OPRF from 1-out-of-∞ OT extension, with cuckoo hashing.
+"""KKRT16 PSI: a batched OPRF from 1-out-of-∞ OT extension, with cuckoo hashing, made
+robust against a malicious client with the OOS17 check.
 
 Message flow (client = PSI receiver, learns the result; server = PSI sender)::
 
     client                                               server
       hello (size, nonce)                  ───▶ ◀───       hello (size, nonce)
       kkrt.base.a  A ‖ cuckoo seed ‖ bins  ───▶
-                                           ◀───           kkrt.base.b  512 points ‖ code seed
-      kkrt.u  corrections, ``batch_size`` bins each ───▶   (≤ ``window`` unacknowledged)
-                                           ◀───           kkrt.ack  per batch
+                                           ◀───           kkrt.base.b  512 points
+      kkrt.u  corrections, ``batch_size`` bins + 40 check rows each ───▶  (≤ ``window`` open)
+                                           ◀───           kkrt.challenge  16-byte seed per batch
+      kkrt.check  40 × 74-byte answer per batch ───▶      (verified before any value is computed)
                                            ◀───           kkrt.values  3·n_S OPRF values, batched
       kkrt.ack  per values batch           ───▶
-      kkrt.matches  (``both`` only)        ───▶
+      kkrt.matches  (``both`` only)        ───▶           positions ‖ 8-byte evidence each
 
-1. Both sides pre-hash every item to 128 bits (BLAKE2b keyed with the session id). The client
+1. Both sides pre-hash every item to 192 bits (BLAKE2b keyed with the session id). The client
    cuckoo-hashes its digests into ``m = ceil(e·n_R)`` bins with three hash functions and no
-   stash (``e = (40 + log2 n_R + 256)/240``; :mod:`psi.cuckoo`), re-seeding on failure.
-2. 512 base OTs (the server is the base-OT *receiver* with secret ``s``), then one OT-extension
-   row per bin with the pseudorandom code ``C`` of width 512 (:mod:`psi.ot.extension`): for the
-   item ``x`` placed in bin ``b`` by hash function ``h`` the client obtains
-   ``F(b, x‖h) = H(b, t_b)``; the server can evaluate ``F(b, y‖h) = H(b, q_b ⊕ (C(y‖h) ∧ s))``
-   for any ``y``. ``H`` is the fixed-key-AES tweakable hash of :mod:`psi.ot.aes_hash` with the bin
-   number as tweak.
-3. For each hash function ``h`` the server sends ``F(h_h(y), y‖h)`` for all its items, truncated
-   to ``ℓ = ⌈(40 + log2(n_S·n_R))/8⌉`` bytes, in a fresh random order per ``h``. The client
-   looks up each of its items in the list for the hash function that placed it.
-4. ``both``: the client sends the wire positions of the matched server values, sorted by the
-   matched OPRF value (pseudorandom, known to both, independent of either input order); both
-   sides list their matched indices in that order.
+   stash (``e = (40 + log2 n_R + 256)/240``; :mod:`psi.cuckoo`), re-seeding on failure. Bins use
+   permutation-based hashing, so the code input of an item placed by hash function ``h`` is
+   only ``d_R ‖ h`` (76 bits) and the bin determines the rest of the digest.
+2. 512 base OTs (the server is the base-OT *receiver* with secret ``Δ``), then one OT-extension
+   row per bin with the linear [511, 76] BCH code ``C`` (:mod:`psi.ot.bch`): for the item in bin
+   ``b`` with code input ``w`` the client obtains ``F(b, w) = H(b, t_b)``; the server can evaluate
+   ``F(b, w') = H(b, q_b ⊕ (C(w') ∧ Δ))`` for any ``w'``. ``H`` is the fixed-key-AES tweakable
+   hash of :mod:`psi.ot.aes_hash` with the bin number as tweak. Every correction batch ends with
+   40 check rows; after a batch has arrived the server sends a fresh challenge and verifies the
+   client's answer (:mod:`psi.ot.oos`); a client whose rows are not code words is stopped with
+   :class:`~psi.ot.oos.CheatingDetected` before the server computes a single OPRF value.
+3. For each hash function ``h`` the server sends ``F(bin_h(y), d_R(y)‖h)`` for all its items,
+   truncated to ``ℓ`` bytes (:func:`value_bytes`), in a fresh random order per ``h`` (drawn from
+   the OS). The client looks up each of its items in the list for the hash function that placed it.
+4. ``both``: the client sends, per match, the wire position of the server value and the second
+   output block of the same hash (its first 8 bytes; never sent by the server, so only a client whose
+   bin holds that item's code input can compute it), sorted by the matched OPRF value; the
+   server recomputes each block and refuses the whole claim (exit 4, nothing written) on any
+   mismatch, then lists its matched indices in that order.
 
 What each party learns: the client the intersection and ``n_S``; the server ``n_R`` (and the
-intersection in ``both`` mode). Security: semi-honest (KKRT16 with the base OTs of
-:mod:`psi.ot.base_ot`); a false match needs a collision of ℓ-byte values (probability below
-2^-40 overall). ``cardinality`` mode is not offered: the client learns matched positions.
+intersection in ``both`` mode). A false match needs two items with the same digest in a bin or a
+collision of ℓ-byte values: below 2^-40 per session (:func:`false_match_log2`). Malicious client:
+caught by the check except with probability 2^-40; it still chooses freely what to put in each
+bin (one OPRF query per bin, ``≈1.32·n_R`` queries instead of ``n_R``), so it can test that many
+candidates of its choice. Malicious server: not covered (it picks its set freely, can send
+garbage so the client misses matches, and may lie about its own "both" output); it learns
+nothing about the client's items from the OT. ``cardinality`` mode is not offered: the client
+learns matched positions.
 """
 
 from __future__ import annotations
 
 import enum
 import functools
-import hashlib
+import hmac
 import math
-import mmap
 import os
 import secrets
 import weakref
@@ -53,22 +65,25 @@ import numpy as np
 
 from ..errors import MalformedMessage, UsageError
 from ..messages import Message
-from ..ot.aes_hash import TweakHash, derive_key
+from ..ot import bch, oos
+from ..ot.aes_hash import TweakHash
 from ..ot.base_ot import POINT_BYTES, BaseOtReceiver, BaseOtSender
-from ..ot.extension import ExtensionReceiver, ExtensionSender, PseudorandomCode, padded_rows
+from ..ot.bitmatrix import transpose
+from ..ot.extension import ExtensionReceiver, ExtensionSender, padded_rows
 from ..ot.session import HelloState
 from ..parallel import Executor
 from .. import cuckoo
 from .base import PsiOutcome, PsiParty, Reveal, Role
+from . import kkrt_work
 
-__all__ = ["NAME", "VERSION", "Config", "Client", "Server", "value_bytes"]
+__all__ = ["NAME", "VERSION", "Config", "Client", "Server", "value_bytes", "false_match_log2", "secure_permutation"]
 
 NAME = "kkrt"
-VERSION = 1
-CODE_WIDTH = 512
+VERSION = 2  # 2: BCH code, phasing, OOS17 check, evidence in "both" (1: pseudorandom code)
+CODE_WIDTH = bch.WIDTH
 SIGMA = 40
 MAX_ITEMS = 1 << 31
-_DOMAIN = 0x4B  # hash-tweak domain byte for KKRT OPRF outputs
+EVIDENCE_BYTES = 8  # per claimed match: an online guess passes with probability 2^-64, and the first wrong one aborts
 _MIN_PIECE = 1 << 13  # below ~2 pieces of this many items, per-item work stays in-process
 
 
@@ -91,14 +106,43 @@ class Config:
             "reveal": Reveal(self.reveal).value,
             "batch_size": self.batch_size,
             "code_width": CODE_WIDTH,
+            "code": "bch-511-76",
+            "check": f"oos17-s{oos.S}",
+            "phasing_bits": cuckoo.PHASE_BITS,
             "sigma": SIGMA,
             "hashes": cuckoo.HASHES,
         }
 
 
+def false_match_log2(server_size: int, client_size: int, width: int) -> float:
+    """log2 of the bound on the chance of any false match in a session.
+
+    Each client item is compared with the ``n_S`` server values of its hash function:
+    ``n_S·n_R`` pairs. A pair of distinct items matches if their ``width``-byte values collide
+    (``2^-8ℓ``) or if they share bin, hash function and ``d_R`` — which with phasing means equal
+    192-bit digests placed in ``m`` bins, ``1/(m·2^74)``.
+    """
+    pairs = max(1, server_size) * max(1, client_size)
+    bins = cuckoo.table_size(client_size)
+    return math.log2(pairs * 2.0 ** (-8 * width) + pairs / (bins * 2.0**cuckoo.PHASE_BITS))
+
+
 def value_bytes(server_size: int, client_size: int) -> int:
-    """``ℓ``: bytes of each OPRF value on the wire."""
-    return math.ceil((SIGMA + math.log2(max(1, server_size) * max(1, client_size))) / 8)
+    """``ℓ``: bytes of each OPRF value on the wire, the fewest with a false-match bound ≤ 2^-40."""
+    width = max(1, math.ceil((SIGMA + math.log2(max(1, server_size) * max(1, client_size))) / 8))
+    while false_match_log2(server_size, client_size, width) > -SIGMA:
+        width += 1
+    return width
+
+
+def secure_permutation(count: int) -> np.ndarray:
+    """A uniform permutation of ``range(count)`` from OS randomness (sort of 64-bit keys from
+    ``secrets``; drawn again in the rare case of equal keys, so ties never bias it)."""
+    while True:
+        keys = np.frombuffer(secrets.token_bytes(8 * count), dtype=np.uint64)
+        order = np.argsort(keys)  # ties are redrawn below, so the sort need not be stable
+        if count < 2 or (np.diff(keys[order]) != 0).all():
+            return order
 
 
 class _State(enum.Enum):
@@ -112,22 +156,7 @@ class _State(enum.Enum):
 # [→ MATCHES in both mode] → DONE.  Any error → failed (Party base).
 
 
-# -- work cut by rows, run on the executor (top-level, picklable; bit-identical to one piece) --
-
-
-def _digest_piece(items: Sequence[bytes], key: bytes) -> np.ndarray:
-    """BLAKE2b-128 of each item keyed with ``key``: ``uint8 (len(items), 16)``."""
-    blake = hashlib.blake2b
-    joined = b"".join([blake(item, digest_size=16, key=key).digest() for item in items])
-    return np.frombuffer(joined, dtype=np.uint8).reshape(len(items), 16)
-
-
-def _digest_key(session: bytes) -> bytes:
-    return derive_key(b"kkrt-item-digest", session, size=32)
-
-
-def _digests(items: Sequence[bytes], session: bytes) -> np.ndarray:
-    return _digest_piece(items, _digest_key(session))
+# -- spreading work over the executor (the work itself: psi.protocols.kkrt_work) --
 
 
 def _done_future(value: Any) -> "Future[Any]":
@@ -146,87 +175,6 @@ def _scatter(executor: Executor, fn: Callable[[Any], Any], items: Sequence[Any])
 def _gather(futures: "list[Future[np.ndarray]]", axis: int = 0) -> np.ndarray:
     parts = [fut.result() for fut in futures]
     return parts[0] if len(parts) == 1 else np.concatenate(parts, axis=axis)
-
-
-def _client_batch(
-    inputs: np.ndarray, *, keys0: np.ndarray, keys1: np.ndarray, offset: int, code_key: bytes, session: bytes, start: int, width: int
-) -> tuple[np.ndarray, bytes]:
-    """One correction batch from scratch: (OPRF values of its bins, wire ``U``)."""
-    ext = ExtensionReceiver(keys0, keys1, offset)
-    t_rows, wire = ext.extend_codewords(PseudorandomCode(code_key, CODE_WIDTH).encode(inputs))
-    return TweakHash(session).hash_rows(t_rows, start, out_bytes=width, domain=_DOMAIN), wire
-
-
-def _server_values(
-    digests: np.ndarray,
-    *,
-    q: "np.ndarray | tuple[str, tuple[int, int]]",
-    cuckoo_seed: bytes,
-    bins: int,
-    code_key: bytes,
-    secret: bytes,
-    session: bytes,
-    width: int,
-    step: int,
-) -> np.ndarray:
-    """``uint8 (HASHES, len(digests), width)``: the server's OPRF values of these items.
-
-    ``q`` is the extension matrix, or (name, shape) of a shared-memory block holding it.
-    """
-    shm = None
-    if isinstance(q, tuple):
-        shm = _attach(q[0], q[1][0] * q[1][1])
-        q = np.frombuffer(shm, dtype=np.uint8, count=q[1][0] * q[1][1]).reshape(q[1])
-    try:
-        n = digests.shape[0]
-        indices = cuckoo.bin_indices(digests, cuckoo_seed, bins)
-        code = PseudorandomCode(code_key, CODE_WIDTH)
-        hasher = TweakHash(session)
-        mask = np.frombuffer(secret, dtype=np.uint8)[None, :]
-        values = np.empty((cuckoo.HASHES, n, width), dtype=np.uint8)
-        for h in range(cuckoo.HASHES):
-            for start in range(0, n, step):
-                stop = min(start + step, n)
-                idx = indices[start:stop, h]
-                rows = code.encode(_code_inputs(digests[start:stop], h))
-                rows &= mask
-                rows ^= q[idx]
-                values[h, start:stop] = hasher.hash_rows(rows, 0, out_bytes=width, domain=_DOMAIN, indices=idx)
-        return values
-    finally:
-        if shm is not None:
-            del q
-            shm.close()
-
-
-def _attach(name: str, size: int) -> "mmap.mmap":
-    """Map the parent's shared block read-only, without registering it with a resource tracker
-    (``SharedMemory(name=...)`` does in 3.11, and a worker's tracker then reports a leak)."""
-    import _posixshmem
-
-    fd = _posixshmem.shm_open("/" + name, os.O_RDONLY, mode=0o600)
-    try:
-        return mmap.mmap(fd, size, prot=mmap.PROT_READ)
-    finally:
-        os.close(fd)
-
-
-def _release_shm(shm: shared_memory.SharedMemory) -> None:
-    try:
-        shm.unlink()
-    except FileNotFoundError:  # pragma: no cover - already gone
-        pass
-    try:
-        shm.close()
-    except BufferError:  # pragma: no cover - a view is still alive; the mapping goes at exit
-        pass
-
-
-def _code_inputs(digests: np.ndarray, hash_index: np.ndarray | int) -> np.ndarray:
-    """``x‖h``: the digest with the hash-function number folded into its last byte."""
-    out = digests.copy()
-    out[:, 15] ^= (np.asarray(hash_index, dtype=np.uint8) + 1) * 0x51
-    return out
 
 
 def _check_items(items: Sequence[bytes], peer_size: int) -> None:
@@ -275,11 +223,8 @@ class Client(_Common):
             self._start()
         elif state is _State.BASE and message.kind == "kkrt.base.b":
             self._base_done(message.body)
-        elif state is _State.OPRF and message.kind == "kkrt.ack" and not message.body and self._acked < self._sent:
-            self._acked += 1
-            self._advance(1)
-            if self._acked == self._batches:
-                self._enter_values()
+        elif state is _State.OPRF and message.kind == "kkrt.challenge" and self._acked < self._sent:
+            self._answer_challenge(message.body)
         elif state is _State.VALUES and message.kind == "kkrt.values":
             self._take_values(message.body)
         else:
@@ -287,15 +232,17 @@ class Client(_Common):
 
     def _start(self) -> None:
         self._set_phase("cuckoo")
-        key = _digest_key(self._session)
-        digests = _gather(_scatter(self._executor, functools.partial(_digest_piece, key=key), self._items))
+        key = kkrt_work.digest_key(self._session)
+        digests = _gather(_scatter(self._executor, functools.partial(kkrt_work.digest_piece, key=key), self._items))
         self._table = cuckoo.build(digests)
         bins = self._table.bins
-        inputs = np.frombuffer(secrets.token_bytes(16 * bins), dtype=np.uint8).reshape(bins, 16).copy()
+        inputs = oos.random_words(bins)  # empty bins: random code inputs
         occupied = self._table.table >= 0
         owners = self._table.table[occupied]
-        inputs[occupied] = _code_inputs(digests[owners], self._table.which[owners])
+        inputs[occupied] = cuckoo.code_inputs(digests[owners], self._table.which[owners])
         self._inputs = inputs
+        self._batches = -(-bins // self._config.batch_size)
+        self._check_words = oos.random_words(oos.S * self._batches)  # the check rows' random words
         self._base = BaseOtSender(CODE_WIDTH, self._session)
         body = self._base.first_message() + self._table.seed + bins.to_bytes(4, "big")
         self._send("kkrt.base.a", body)
@@ -303,55 +250,93 @@ class Client(_Common):
         self._set_phase("base-ot")
 
     def _base_done(self, body: bytes) -> None:
-        if len(body) != CODE_WIDTH * POINT_BYTES + 16:
+        if len(body) != CODE_WIDTH * POINT_BYTES:
             raise MalformedMessage("kkrt.base.b has the wrong length")
-        keys0, keys1 = self._base.finish(body[: CODE_WIDTH * POINT_BYTES])
-        code_key = derive_key(b"kkrt-code", self._session, body[-16:])
+        keys0, keys1 = self._base.finish(body)
         self._oprf = np.empty((self._table.bins, self._width), dtype=np.uint8)
-        self._batches = -(-self._table.bins // self._config.batch_size)
-        self._sent = self._acked = 0
+        both = self._reveal is Reveal.BOTH
+        self._evidence = np.empty((self._table.bins, EVIDENCE_BYTES), dtype=np.uint8) if both else None
+        self._out_bytes = 16 + EVIDENCE_BYTES if both else self._width
+        self._sent = self._acked = self._answered = 0
+        self._unchecked: dict[int, tuple[np.ndarray, np.ndarray]] = {}  # batch → (T columns, code inputs)
+        self._answers: dict[int, Future] = {}  # batch → check answer being computed by a worker
         # Several workers: every batch is expanded from scratch in a worker (the PRG streams
         # are started at the batch's offset), a few batches ahead of the flow-control window.
         self._parallel = self._executor.workers > 1 and self._table.bins >= 2 * _MIN_PIECE
         if self._parallel:
             self._batch_fn = functools.partial(
-                _client_batch, keys0=keys0, keys1=keys1, code_key=code_key, session=self._session, width=self._width
+                kkrt_work.client_batch, keys0=keys0, keys1=keys1, session=self._session, out_bytes=self._out_bytes
             )
+            # the check answer is computed in a worker too, from the batch's T columns expanded
+            # again there (cheaper than shipping them back and forth)
+            self._check_fn = functools.partial(kkrt_work.client_check, keys0=keys0, session=self._session)
             self._pending: dict[int, Future] = {}
             self._submitted = 0
         else:
             self._ext = ExtensionReceiver(keys0, keys1)
-            self._code = PseudorandomCode(code_key, CODE_WIDTH)
         self._state = _State.OPRF
         self._set_phase("oprf", self._batches)
+
+    def _batch_inputs(self, k: int) -> np.ndarray:
+        size = self._config.batch_size
+        start, stop = k * size, min((k + 1) * size, self._table.bins)
+        return np.concatenate([self._inputs[start:stop], self._check_words[k * oos.S : (k + 1) * oos.S]])
 
     def _produce(self) -> None:
         if self._state is not _State.OPRF:
             return
+        while self._answered in self._answers:  # check answers, in batch order
+            self._send_answer(self._answers.pop(self._answered).result())
+            if self._state is not _State.OPRF:
+                return
         size = self._config.batch_size
         if self._parallel:
             ahead = self._config.window + self._executor.workers
-            stride = padded_rows(size) // 8  # PRG bytes per stream per full batch
+            stride = padded_rows(size + oos.S) // 8  # PRG bytes per stream per full batch
             while self._submitted < self._batches and self._submitted < self._sent + ahead:
                 k = self._submitted
-                start, stop = k * size, min((k + 1) * size, self._table.bins)
                 self._pending[k] = self._executor.submit(
-                    functools.partial(self._batch_fn, offset=k * stride, start=start), self._inputs[start:stop]
+                    functools.partial(self._batch_fn, offset=k * stride, start=k * size), self._batch_inputs(k)
                 )
                 self._submitted += 1
         while self._sent < self._batches and self._sent - self._acked < self._config.window:
-            start = self._sent * size
+            k = self._sent
+            start = k * size
             stop = min(start + size, self._table.bins)
+            inputs = self._batch_inputs(k)
             if self._parallel:
-                self._oprf[start:stop], wire = self._pending.pop(self._sent).result()
+                hashed, wire = self._pending.pop(k).result()
+                t_cols = None
             else:
-                t_rows, wire = self._ext.extend_codewords(self._code.encode(self._inputs[start:stop]))
-                self._oprf[start:stop] = self._hash.hash_rows(t_rows, start, out_bytes=self._width, domain=_DOMAIN)
+                t_rows, wire, t_cols = self._ext.extend_codewords(bch.code().encode(inputs), columns=True)
+                hashed = self._hash.hash_rows(t_rows[: stop - start], start, out_bytes=self._out_bytes, domain=kkrt_work.DOMAIN)
+            self._oprf[start:stop] = hashed[:, : self._width]
+            if self._evidence is not None:
+                self._evidence[start:stop] = hashed[:, 16 : 16 + EVIDENCE_BYTES]
+            self._unchecked[k] = (t_cols, inputs)
             self._send("kkrt.u", wire)
             self._sent += 1
 
+    def _answer_challenge(self, seed: bytes) -> None:
+        k = self._acked
+        t_cols, inputs = self._unchecked.pop(k)
+        self._acked += 1
+        if self._parallel:
+            stride = padded_rows(self._config.batch_size + oos.S) // 8
+            self._answers[k] = self._executor.submit(functools.partial(self._check_fn, offset=k * stride, batch=k, seed=seed), inputs)
+        else:
+            words = oos.challenge_words(self._session, k, seed, inputs.shape[0] - oos.S)
+            self._send_answer(oos.receiver_response(t_cols, inputs, words))
+
+    def _send_answer(self, answer: bytes) -> None:
+        self._send("kkrt.check", answer)
+        self._answered += 1
+        self._advance(1)
+        if self._answered == self._batches:
+            self._enter_values()
+
     def _enter_values(self) -> None:
-        self._inputs = None
+        self._inputs = self._check_words = None
         self._values = np.empty((cuckoo.HASHES * self._n_server, self._width), dtype=np.uint8)
         self._filled = 0
         self._mine: np.ndarray | None = None  # each item's OPRF value (its own bin), once needed
@@ -394,7 +379,7 @@ class Client(_Common):
                 for p in range(parts):
                     q_sel, s_rows = q_part == p, np.flatnonzero(s_part == p)
                     pieces.append((query_ids[q_sel], queries[q_sel], server[s_rows], s_rows + h * n))
-            self._lookups.append([self._executor.submit(_lookup_block, *piece) for piece in pieces])
+            self._lookups.append([self._executor.submit(kkrt_work.lookup_block, *piece) for piece in pieces])
 
     def _match(self) -> None:
         self._set_phase("match")
@@ -406,9 +391,13 @@ class Client(_Common):
         matched = np.concatenate([b[0] for b in blocks])
         wire = np.concatenate([b[1] for b in blocks])
         if self._reveal is Reveal.BOTH:
-            order = _value_order(mine[matched])
+            order = kkrt_work.value_order(mine[matched])
             matched, wire = matched[order], wire[order]
-            self._send("kkrt.matches", wire.astype(">u4").tobytes())
+            evidence = self._evidence[table.bin_of()[matched]]
+            claims = np.empty((matched.size, 4 + EVIDENCE_BYTES), dtype=np.uint8)
+            claims[:, :4] = wire.astype(">u4").view(np.uint8).reshape(-1, 4)
+            claims[:, 4:] = evidence
+            self._send("kkrt.matches", claims.tobytes())
         else:
             matched = np.sort(matched)
         indices = matched.tolist()
@@ -428,14 +417,16 @@ class Server(_Common):
         if state is _State.HELLO:
             self._accept_hello(message)
             # pre-hash in the background (workers) while the base OTs and corrections run
-            key = _digest_key(self._session)
-            self._digest_futures = _scatter(self._executor, functools.partial(_digest_piece, key=key), self._items)
+            key = kkrt_work.digest_key(self._session)
+            self._digest_futures = _scatter(self._executor, functools.partial(kkrt_work.digest_piece, key=key), self._items)
             self._state = _State.BASE
             self._set_phase("base-ot")
         elif state is _State.BASE and message.kind == "kkrt.base.a":
             self._base(message.body)
-        elif state is _State.OPRF and message.kind == "kkrt.u":
+        elif state is _State.OPRF and message.kind == "kkrt.u" and self._received < self._corrections:
             self._correction(message.body)
+        elif state is _State.OPRF and message.kind == "kkrt.check" and self._checked < self._received:
+            self._check(message.body)
         elif state is _State.VALUES and message.kind == "kkrt.ack" and not message.body and self._acked < self._sent:
             self._acked += 1
             if self._acked == self._batches:
@@ -454,22 +445,22 @@ class Server(_Common):
         self._bins, self._cuckoo_seed = bins, body[POINT_BYTES : POINT_BYTES + 16]
         secret = np.frombuffer(secrets.token_bytes(CODE_WIDTH), dtype=np.uint8) & 1
         reply, keys = BaseOtReceiver(secret, self._session).reply(body[:POINT_BYTES])
-        code_seed = secrets.token_bytes(16)
         self._ext = ExtensionSender(keys, secret)
-        self._code_key = derive_key(b"kkrt-code", self._session, code_seed)
+        self._masked = bch.code().masked(self._ext.secret)  # C(·) ∧ Δ
         shape = (bins, CODE_WIDTH // 8)
         self._shm = None
         if self._executor.workers > 1 and self._n >= 2 * _MIN_PIECE:
             # q lives in shared memory so the value workers read it without a copy
             name = "psiq-kkrt-" + os.urandom(8).hex()  # not ``secrets``: keep its draws as single-core
             self._shm = shared_memory.SharedMemory(name=name, create=True, size=bins * (CODE_WIDTH // 8))
-            self._shm_release = weakref.finalize(self, _release_shm, self._shm)
+            self._shm_release = weakref.finalize(self, kkrt_work.release_shm, self._shm)
             self._q = np.ndarray(shape, dtype=np.uint8, buffer=self._shm.buf)
         else:
             self._q = np.empty(shape, dtype=np.uint8)
-        self._received = 0
+        self._received = self._checked = 0
+        self._expected: dict[int, Future] = {}  # batch → q̃ awaiting the client's answer
         self._corrections = -(-bins // self._config.batch_size)
-        self._send("kkrt.base.b", reply + code_seed)
+        self._send("kkrt.base.b", reply)
         self._state = _State.OPRF
         self._set_phase("oprf", self._corrections)
 
@@ -477,37 +468,47 @@ class Server(_Common):
         size = self._config.batch_size
         start = self._received * size
         stop = min(start + size, self._bins)
-        self._q[start:stop] = self._ext.extend(stop - start, body)
+        q_cols = self._ext.extend_columns(stop - start + oos.S, body)
+        self._q[start:stop] = transpose(q_cols)[: stop - start]
+        # the batch's rows are fixed now: only then draw its challenge
+        seed = secrets.token_bytes(oos.SEED_BYTES)
+        words = oos.challenge_words(self._session, self._received, seed, stop - start)
+        if self._shm is not None:  # several workers: combine there, the next batch's rows meanwhile here
+            self._expected[self._received] = self._executor.submit(oos.sender_expected, q_cols, words)
+        else:
+            self._expected[self._received] = _done_future(oos.sender_expected(q_cols, words))
         self._received += 1
+        self._send("kkrt.challenge", seed)
+
+    def _check(self, body: bytes) -> None:
+        oos.verify(self._expected.pop(self._checked).result(), body, self._masked)
+        self._checked += 1
         self._advance(1)
-        self._send("kkrt.ack")
-        if self._received == self._corrections:
+        if self._checked == self._corrections:  # every row is consistent: values may leave now
             self._compute_values()
 
     def _compute_values(self) -> None:
         self._set_phase("values")
         digests = _gather(self._digest_futures)
         self._digest_futures = []
-        rng = np.random.default_rng(secrets.randbits(128))
         step = self._config.batch_size
         q_ref = self._q if self._shm is None else (self._shm.name, self._q.shape)
         fn = functools.partial(
-            _server_values,
+            kkrt_work.server_values,
             q=q_ref,
             cuckoo_seed=self._cuckoo_seed,
             bins=self._bins,
-            code_key=self._code_key,
-            secret=self._ext.secret.tobytes(),
+            masked_tables=self._masked.tables,
             session=self._session,
             width=self._width,
             step=step,
         )
         values = _gather(_scatter(self._executor, fn, digests), axis=1) if self._n else np.empty((cuckoo.HASHES, 0, self._width), dtype=np.uint8)
-        self._q = None
-        if self._shm is not None:
-            self._shm = None
-            self._shm_release()
-        self._perms = [rng.permutation(self._n) for _ in range(cuckoo.HASHES)]
+        if self._reveal is Reveal.BOTH:
+            self._digests = digests  # with q: to recompute the evidence of claimed matches
+        else:
+            self._release_q()
+        self._perms = [secure_permutation(self._n) for _ in range(cuckoo.HASHES)]
         self._wire = np.concatenate([values[h][self._perms[h]] for h in range(cuckoo.HASHES)])
         self._sent = self._acked = 0
         self._batches = -(-self._wire.shape[0] // step)
@@ -515,6 +516,12 @@ class Server(_Common):
         self._set_phase("values", self._wire.shape[0])
         if self._batches == 0:
             self._after_values()
+
+    def _release_q(self) -> None:
+        self._q = None
+        if self._shm is not None:
+            self._shm = None
+            self._shm_release()
 
     def _produce(self) -> None:
         if self._state is not _State.VALUES:
@@ -535,10 +542,13 @@ class Server(_Common):
             self._done(PsiOutcome(None, None, {"protocol": NAME}))
 
     def _matches(self, body: bytes) -> None:
+        """Accept the client's claimed matches only if each carries the right evidence."""
         limit = min(self._n, self._n_client)
-        if len(body) % 4 or len(body) // 4 > limit:
+        record = 4 + EVIDENCE_BYTES
+        if len(body) % record or len(body) // record > limit:
             raise MalformedMessage("kkrt.matches has a bad length")
-        wire = np.frombuffer(body, dtype=">u4").astype(np.int64)
+        claims = np.frombuffer(body, dtype=np.uint8).reshape(-1, record)
+        wire = claims[:, :4].copy().view(">u4").reshape(-1).astype(np.int64)
         if wire.size and wire.max() >= cuckoo.HASHES * self._n:
             raise MalformedMessage("kkrt.matches holds an out-of-range position")
         h, pos = np.divmod(wire, max(self._n, 1))
@@ -546,57 +556,14 @@ class Server(_Common):
         items = perms[h, pos] if wire.size else np.zeros(0, dtype=np.int64)
         if np.unique(items).size != items.size:
             raise MalformedMessage("kkrt.matches names one item twice")
+        if items.size:
+            digests = self._digests[items]
+            bins = cuckoo.bin_indices(digests, self._cuckoo_seed, self._bins)[np.arange(items.size), h]
+            rows = kkrt_work.server_rows(self._q, self._masked, digests, bins, h)
+            expected = self._hash.hash_rows(rows, 0, out_bytes=16 + EVIDENCE_BYTES, domain=kkrt_work.DOMAIN, indices=bins)
+            if not hmac.compare_digest(expected[:, 16 : 16 + EVIDENCE_BYTES].tobytes(), claims[:, 4:].tobytes()):
+                raise MalformedMessage("kkrt.matches claims an item the client did not match (bad evidence)")
+        self._digests = None
+        self._release_q()
         indices = items.tolist()
         self._done(PsiOutcome(indices, len(indices), {"protocol": NAME}))
-
-
-def _lookup_block(
-    query_ids: np.ndarray, queries: np.ndarray, table: np.ndarray, table_ids: np.ndarray
-) -> tuple[np.ndarray, np.ndarray]:
-    """Worker entry point: (item ids, wire positions) of the queries found among ``table``
-    (``table_ids``: each table row's position on the wire)."""
-    q_idx, s_idx = _lookup(queries, table)
-    return query_ids[q_idx], table_ids[s_idx]
-
-
-def _lookup(queries: np.ndarray, table: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Pairs (query row, table row) of equal byte rows; table rows are unique w.h.p."""
-    if queries.shape[0] == 0 or table.shape[0] == 0:
-        empty = np.zeros(0, dtype=np.int64)
-        return empty, empty
-    width = table.shape[1]
-    head = min(width, 8)
-
-    def key(rows: np.ndarray) -> np.ndarray:
-        padded = np.zeros((rows.shape[0], 8), dtype=np.uint8)
-        padded[:, :head] = rows[:, :head]
-        return padded.view(np.uint64).reshape(-1)
-
-    table_keys = key(table)
-    order = np.argsort(table_keys, kind="stable")
-    sorted_keys = table_keys[order]
-    query_keys = key(queries)
-    left = np.searchsorted(sorted_keys, query_keys, "left")
-    right = np.searchsorted(sorted_keys, query_keys, "right")
-    hit = np.nonzero(right > left)[0]
-    q_out: list[int] = []
-    s_out: list[int] = []
-    single = hit[right[hit] - left[hit] == 1]
-    candidates = order[left[single]]
-    same = (queries[single] == table[candidates]).all(axis=1)
-    for q in hit[right[hit] - left[hit] > 1].tolist():  # 64-bit prefix collisions: rare
-        for s in order[left[q] : right[q]].tolist():
-            if bytes(queries[q]) == bytes(table[s]):
-                q_out.append(q)
-                s_out.append(s)
-    return (
-        np.concatenate([single[same], np.asarray(q_out, dtype=np.int64)]),
-        np.concatenate([candidates[same], np.asarray(s_out, dtype=np.int64)]),
-    )
-
-
-def _value_order(values: np.ndarray) -> np.ndarray:
-    """Order of rows sorted lexicographically by their bytes."""
-    if values.shape[0] == 0:
-        return np.zeros(0, dtype=np.int64)
-    return np.lexsort(values.T[::-1])
