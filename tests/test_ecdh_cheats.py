@@ -238,6 +238,20 @@ def _bad_points() -> list[tuple[str, str, bytes]]:
             x = int(case["public"][2:66], 16)
             if not _p256_on_curve(x):
                 out.append(("p256", f"wycheproof-{case['tcId']} invalid-curve x", x.to_bytes(32, "big")))
+    from psi.crypto import sm2
+
+    sm2_p, sm2_a, sm2_b = int(sm2.P), int(sm2.A), int(sm2.B)
+
+    def sm2_on_curve(x: int) -> bool:
+        rhs = (x**3 + sm2_a * x + sm2_b) % sm2_p
+        return rhs == 0 or pow(rhs, (sm2_p - 1) // 2, sm2_p) == 1
+
+    sm2_twist_x = next(x for x in range(1, 100) if not sm2_on_curve(x))
+    sm2_valid_x = next(x for x in range(1, 100) if sm2_on_curve(x))
+    out.append(("sm2", f"x={sm2_twist_x} (a point of the quadratic twist)", sm2_twist_x.to_bytes(32, "big")))
+    out.append(("sm2", f"non-canonical x+p of the valid x={sm2_valid_x}", (sm2_valid_x + sm2_p).to_bytes(32, "big")))
+    out.append(("sm2", "x=p", sm2_p.to_bytes(32, "big")))
+    out.append(("sm2", "x=2^256-1", b"\xff" * 32))
     assert {g for g, _, _ in out} == set(GROUP_NAMES)
     return out
 
