@@ -11,6 +11,7 @@ import pytest
 from psi import api
 from psi.encodings import resolve_encoding
 from psi.errors import InputError, UsageError
+from .conftest import tls_args
 
 ROWS = [("110101199003071234", "张三", "北京"), ("220102198512120011", "李四", "上海"),
         ("330103197001010022", "王五", "广州"), ("440104196502020033", "赵六", "深圳")]
@@ -94,7 +95,7 @@ def test_output_format_contradicting_the_name_is_refused(banks: tuple[Path, Path
                     options=api.PsiOptions(workers=1, output_format="parquet"))
 
 
-def test_cli_encoding_option(banks: tuple[Path, Path], tmp_path: Path) -> None:
+def test_cli_encoding_option(banks: tuple[Path, Path], tmp_path: Path, pki: Path) -> None:
     from click.testing import CliRunner
 
     from cli.main import cli
@@ -108,12 +109,13 @@ def test_cli_encoding_option(banks: tuple[Path, Path], tmp_path: Path) -> None:
 
     def server() -> None:
         box["s"] = CliRunner().invoke(cli, ["psi", "serve", "--input", str(b), "--on", "id_number", "--via-dir", str(ex),
-                                            "--workers", "1", "--quiet"])
+                                            "--workers", "1", "--quiet", *tls_args(pki, "bank-b")])
 
     t = threading.Thread(target=server)
     t.start()
     result = runner.invoke(cli, ["psi", "connect", "--input", str(a), "--on", "id_number", "--via-dir", str(ex),
-                                 "--encoding", "gbk", "--output", str(tmp_path / "o.csv"), "--workers", "1", "--quiet"])
+                                 "--encoding", "gbk", "--output", str(tmp_path / "o.csv"), "--workers", "1", "--quiet",
+                                 *tls_args(pki, "bank-a")])
     t.join(60)
     assert result.exit_code == 0, result.output
     assert "李四" in (tmp_path / "o.csv").read_bytes().decode("gbk")
