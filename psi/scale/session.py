@@ -228,14 +228,15 @@ class BucketedSession:
         self.module = protocol_module(options.protocol)
         self._hello_of = _hello
         inner = _hello(self.role, options, self.config, SimpleNamespace(on=self.on, unique_keys=0))
-        self.params = {"protocol": options.protocol, "protocol_version": self.module.VERSION,
-                       "inner": inner.params, "buckets": "auto" if scale.buckets is None else scale.buckets}
+        self.params = {**inner.params, "protocol": options.protocol, "protocol_version": self.module.VERSION,
+                       "buckets": "auto" if scale.buckets is None else scale.buckets}
         self.local = {"on": self.on, "format": options.input_format, "skip_empty": options.skip_empty}
         self.work = Path(scale.work_dir)
         self.stats = RunStats()
         self.connected_once = False
         self.reconnects = 0
         self.redone: list[int] = []
+        self.starts: list[int] = []  # first bucket run after each handshake (resume point)
         self.digest = file_digest(self.input)
         self.manifest = self._open_manifest()
 
@@ -265,11 +266,16 @@ class BucketedSession:
         self.connected_once = True
         m = self.manifest
         assert m is not None
-        if m.partition is None:
-            self._partition(m)
+        try:
+            if m.partition is None:
+                self._partition(m)
+        except PsiqError as err:
+            send_error(channel, err)  # the peer is waiting for our totals: tell it why they never come
+            raise
         own_total = int(m.partition["unique_total"])  # type: ignore[index]
         totals = self._exchange_totals(channel, own_total)
         start = self._agree(m, totals, own_total)
+        self.starts.append(start)
         for b in range(start, m.buckets or 0):
             self._run_bucket(channel, m, b)
         return self._finish(channel, m)
@@ -501,7 +507,8 @@ class BucketedSession:
         summary.scale = {"buckets": n, "fine_buckets": m.fine, "work_dir": str(self.work),
                          "padded_sizes": {"own": max((padded_size(int((m.totals or {})["own"]), int(m.fine or 1), a, z, n)
                                                       for a, z in bucket_ranges(int(m.fine or 1), n)), default=0)},
-                         "reconnects": self.reconnects, "redone_from_bucket": self.redone}
+                         "reconnects": self.reconnects, "started_at_bucket": self.starts,
+                         "dropped_own_checkpoint": self.redone}
         summary.peak_rss_mb = _peak_rss_mb()
         for sub in ("spill", "prep", "done"):
             shutil.rmtree(self.work / sub, ignore_errors=True)
