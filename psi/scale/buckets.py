@@ -84,11 +84,57 @@ def fine_hint(input_bytes: int, buckets: int | None) -> int:
     return min(FINE_MAX, max(4, 1 << (mib - 1).bit_length()))
 
 
-def fine_indices(keys: Sequence[bytes], key: bytes, fine: int) -> np.ndarray:
-    """Fine bucket of every key (int64 in ``0..fine-1``), by keyed BLAKE2b."""
-    blake = hashlib.blake2b
-    digests = b"".join([blake(k, key=key, digest_size=8).digest() for k in keys])
-    h = np.frombuffer(digests, dtype="<u8") >> np.uint64(32)
+def _multipliers(key: bytes, words: int) -> np.ndarray:
+    """``2 * words + 2`` odd 64-bit multipliers derived from the bucket key (SHAKE-256)."""
+    raw = hashlib.shake_256(b"psiq/scale/bucket-hash/v1\x00" + key).digest(8 * (2 * words + 2))
+    return np.frombuffer(raw, dtype="<u8") | np.uint64(1)
+
+
+def _mix(h: np.ndarray) -> np.ndarray:
+    """A 64-bit finaliser (MurmurHash3 fmix64): every input bit affects every output bit."""
+    h = h ^ (h >> np.uint64(33))
+    h = h * np.uint64(0xFF51AFD7ED558CCD)
+    h = h ^ (h >> np.uint64(33))
+    h = h * np.uint64(0xC4CEB9FE1A85EC53)
+    return h ^ (h >> np.uint64(33))
+
+
+def keyed_hash64(lengths: np.ndarray, blob: np.ndarray, key: bytes) -> np.ndarray:
+    """A keyed 64-bit hash of every key, vectorised per key length (no Python call per key).
+
+    Keys of one length are viewed as rows of little-endian 64-bit words (zero-padded) and
+    hashed NH-style, ``sum_j (w_2j + k_2j) * (w_2j+1 + k_2j+1)`` mod 2^64 with multipliers from
+    the bucket key, plus the length, then finalised with fmix64. It is a keyed universal hash,
+    not a PRF: it only spreads keys over buckets, and bucket sizes are padded (docs/SECURITY.md).
+    """
+    n = len(lengths)
+    out = np.zeros(n, dtype=np.uint64)
+    if not n:
+        return out
+    ends = np.cumsum(lengths, dtype=np.int64)
+    starts = ends - lengths
+    with np.errstate(over="ignore"):
+        for length in np.unique(lengths).tolist():
+            idx = np.flatnonzero(lengths == length)
+            words = max(2, -(-(length + 7) // 16) * 2)  # even number of 8-byte words, >= length + 1 byte
+            mat = np.zeros((len(idx), 8 * words), dtype=np.uint8)
+            if length:
+                windows = np.lib.stride_tricks.as_strided(blob, (len(blob) - length + 1, length), (1, 1),
+                                                          writeable=False)
+                mat[:, :length] = windows[starts[idx]]
+            w = mat.view("<u8")
+            k = _multipliers(key, words)
+            acc = np.full(len(idx), np.uint64(length) * k[-1], dtype=np.uint64)
+            for j in range(0, words, 2):
+                acc += (w[:, j] + k[j]) * (w[:, j + 1] + k[j + 1])
+            out[idx] = _mix(acc ^ k[-2])
+    return out
+
+
+def fine_indices(keys: Sequence[bytes], key: bytes, fine: int, packed: tuple[np.ndarray, np.ndarray] | None = None) -> np.ndarray:
+    """Fine bucket of every key (int64 in ``0..fine-1``) from :func:`keyed_hash64`."""
+    lengths, blob = packed if packed is not None else _pack(list(keys))
+    h = keyed_hash64(lengths, blob, key) >> np.uint64(32)
     return ((h * np.uint64(fine)) >> np.uint64(32)).astype(np.int64)
 
 
@@ -161,7 +207,7 @@ class _Spill:
         self.written = 0
         self.rows = 0
         self.estimate = input_bytes
-        directory.mkdir(parents=True, exist_ok=True)
+        directory.mkdir(mode=0o700, parents=True, exist_ok=True)
 
     def path(self, f: int) -> Path:
         return self.directory / f"f{f:04d}.spill"
@@ -169,9 +215,9 @@ class _Spill:
     def add(self, keys: list[bytes], rows: np.ndarray, lines: np.ndarray) -> None:
         if not keys:
             return
-        fine = fine_indices(keys, self.key, self.fine)
-        order = np.argsort(fine, kind="stable")
         lengths, blob = _pack(keys)
+        fine = fine_indices(keys, self.key, self.fine, (lengths, blob))
+        order = np.argsort(fine, kind="stable")
         ends = np.cumsum(lengths, dtype=np.int64)
         starts = ends - lengths
         lengths = lengths[order]
@@ -318,7 +364,7 @@ def prepare_fine(spill_dir: Path, prep_dir: Path, fine: int, *, dedup: str, name
     Returns ``{"unique": [...per fine bucket], "duplicate_rows": n}``. ``dedup="error"``
     raises :class:`InputError` naming the lines of a repeated key, as :func:`read_keys` does.
     """
-    prep_dir.mkdir(parents=True, exist_ok=True)
+    prep_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
     unique: list[int] = []
     duplicates = 0
     for f in range(fine):

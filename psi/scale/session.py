@@ -242,7 +242,7 @@ class BucketedSession:
 
     # -- the work dir -----------------------------------------------------------------------
     def _open_manifest(self) -> Manifest | None:
-        self.work.mkdir(parents=True, exist_ok=True)
+        self.work.mkdir(mode=0o700, parents=True, exist_ok=True)  # bucket files hold plaintext keys
         manifest = Manifest.load(self.work)
         if self.scale.resume:
             if manifest is None or manifest.peer_nonce is None:
@@ -457,7 +457,7 @@ class BucketedSession:
             else:
                 arrays["rows"] = rows[mask[row_keys]]
         transcript = tch.digest()
-        (self.work / "done").mkdir(exist_ok=True)
+        (self.work / "done").mkdir(mode=0o700, exist_ok=True)
         _save_npz(self.work / "done" / f"b{b:04d}.npz", count=np.array([-1 if count is None else count]), **arrays)
         m.finished.append({"bucket": b, "transcript": transcript, "chain": chain_hash(m.chain, b, transcript)})
         m.save(self.work)
