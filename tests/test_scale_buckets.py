@@ -67,9 +67,11 @@ def run_both(client_in: Path, server_in: Path, tmp: Path, options: api.PsiOption
                             scale=ScaleOptions(tmp / f"wc{tag}", buckets, memory_limit, resume),
                             output=tmp / f"out_c{tag}.csv" if options.reveal != "cardinality" else None)
         result = c.run(client_channel(cc) if client_channel else cc)
-    except BaseException:
+    except BaseException as err:
         cc.close()
         t.join()
+        if isinstance(err, PeerDisconnected) and "e" in box:
+            raise box["e"] from None  # the server stopped first: its reason is the root cause
         raise
     t.join()
     if "e" in box:
@@ -353,3 +355,28 @@ def test_transcript_channel_hash_is_symmetric():
     tb.send(Message("y", b"22"))
     ta.recv(1)
     assert ta.digest() == tb.digest()
+
+
+def test_peer_cannot_make_this_side_rerun_many_finished_buckets(files, tmp_path):
+    """A cheating client claims to have lost its finished buckets, to query them again."""
+    import json
+
+    a, b = files
+    opts = api.PsiOptions(protocol="kkrt", reveal="receiver", workers=1, dedup="first")
+    manifest = tmp_path / "wc" / "manifest.json"
+
+    class DropAfterFour(DropAfter):
+        def send(self, message: Any) -> None:
+            if manifest.exists() and len(json.loads(manifest.read_text())["finished"]) >= 4:
+                self.n = 0
+            super().send(message)
+
+    with pytest.raises(PsiqError):
+        run_both(a, b, tmp_path, opts, buckets=6, client_channel=lambda ch: DropAfterFour(ch, 10**6))
+    server_done = len(json.loads((tmp_path / "ws" / "manifest.json").read_text())["finished"])
+    assert server_done >= 4
+    data = json.loads(manifest.read_text())
+    data["finished"] = []
+    manifest.write_text(json.dumps(data))
+    with pytest.raises(PolicyError, match="rerun buckets this side finished"):
+        run_both(a, b, tmp_path, opts, buckets=6, resume=True)

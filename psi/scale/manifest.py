@@ -62,6 +62,7 @@ class Manifest:
     partition: dict[str, Any] | None = None
     totals: dict[str, int] | None = None
     finished: list[dict[str, Any]] = field(default_factory=list)
+    redone: int = 0  # finished buckets dropped because the peer had not finished them
     format: str = FORMAT
 
     @property

@@ -81,6 +81,9 @@ SCALE_VERSION = 1
 TOTALS_KIND = "scale.totals"
 DUMMY_PREFIX = b"\xff"
 DEFAULT_MEMORY_LIMIT = 2 << 30
+#: Buckets this side finished that a session may run again after interruptions (see
+#: docs/SECURITY.md: a rerun is a second query on that bucket's keys).
+MAX_REDONE = 2
 #: How long to wait for the peer's totals (it may still be splitting a large input).
 PARTITION_WAIT = 4 * 3600.0
 
@@ -274,7 +277,11 @@ class BucketedSession:
             raise
         own_total = int(m.partition["unique_total"])  # type: ignore[index]
         totals = self._exchange_totals(channel, own_total)
-        start = self._agree(m, totals, own_total)
+        try:
+            start = self._agree(m, totals, own_total)
+        except PsiqError as err:
+            send_error(channel, err)
+            raise
         self.starts.append(start)
         for b in range(start, m.buckets or 0):
             self._run_bucket(channel, m, b)
@@ -394,6 +401,11 @@ class BucketedSession:
             raise MalformedMessage("the peer's record of the finished buckets differs from this side's"
                                    " (transcript hashes differ): the work dirs are not from the same session")
         if agreed < mine:
+            m.redone += mine - agreed
+            if m.redone > MAX_REDONE:
+                raise PolicyError(f"the peer asks to rerun buckets this side finished ({m.redone} in this session,"
+                                  f" at most {MAX_REDONE} allowed): each rerun lets a cheating peer query that bucket"
+                                  " again with other keys; start a new session instead")
             self.redone.append(agreed)
             del m.finished[agreed:]
             m.save(self.work)
