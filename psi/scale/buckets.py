@@ -202,7 +202,7 @@ class _Spill:
     def __init__(self, directory: Path, key: bytes, fine: int, input_bytes: int) -> None:
         self.directory, self.key, self.fine = directory, key, fine
         self.input_bytes = max(input_bytes, 1)
-        self.parts: list[list[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]]] = [[] for _ in range(fine)]
+        self.parts: list[list[tuple[np.ndarray, bytes, np.ndarray, np.ndarray]]] = [[] for _ in range(fine)]
         self.buffered = 0
         self.written = 0
         self.rows = 0
@@ -218,19 +218,13 @@ class _Spill:
         lengths, blob = _pack(keys)
         fine = fine_indices(keys, self.key, self.fine, (lengths, blob))
         order = np.argsort(fine, kind="stable")
-        ends = np.cumsum(lengths, dtype=np.int64)
-        starts = ends - lengths
-        lengths = lengths[order]
-        take = np.repeat(starts[order] - np.cumsum(lengths, dtype=np.int64) + lengths, lengths)
-        take += np.arange(len(take), dtype=np.int64)
-        blob = blob[take]
-        rows, lines = rows[order], lines[order]
+        ordered = list(map(keys.__getitem__, order.tolist()))
+        lengths, rows, lines = lengths[order], rows[order], lines[order]
         counts = np.bincount(fine, minlength=self.fine)
-        bounds = np.concatenate([[0], np.cumsum(counts)])
-        byte_bounds = np.concatenate([[0], np.cumsum(lengths, dtype=np.int64)])
-        for f in np.flatnonzero(counts):
+        bounds = np.concatenate([[0], np.cumsum(counts)]).tolist()
+        for f in np.flatnonzero(counts).tolist():
             a, b = bounds[f], bounds[f + 1]
-            self.parts[f].append((lengths[a:b], blob[byte_bounds[a]:byte_bounds[b]], rows[a:b], lines[a:b]))
+            self.parts[f].append((lengths[a:b], b"".join(ordered[a:b]), rows[a:b], lines[a:b]))
         self.buffered += len(blob) + 20 * len(keys)
         self.rows += len(keys)
         if self.buffered >= SPILL_BUFFER:
