@@ -80,6 +80,9 @@ def _scale_options(fn: Callable[..., Any]) -> Callable[..., Any]:
         click.option("--resume", is_flag=True, help="Continue an interrupted bucketed session from --work-dir (both sides)."),
         click.option("--reconnect-timeout", type=click.FloatRange(0), default=600.0, show_default=True,
                      help="Seconds to keep reconnecting (client) or listening for the same peer (server) after a drop."),
+        click.option("--executor", "executor_kind", type=click.Choice(["local", "ray"]), default="local", show_default=True,
+                     help="Batch work on this machine's process pool, or as Ray tasks on a cluster (with --buckets; psiq[ray])."),
+        click.option("--ray-address", default=None, help="Ray cluster to join (default: RAY_ADDRESS or a local one)."),
     ]
     for decorator in reversed(decorators):
         fn = decorator(fn)
@@ -92,15 +95,16 @@ def _scale(kw: dict[str, Any], via_dir: Path | None, forever: bool = False) -> A
 
     buckets, work_dir = kw.pop("buckets"), kw.pop("work_dir")
     memory, resume, reconnect = kw.pop("memory_limit"), kw.pop("resume"), kw.pop("reconnect_timeout")
+    executor, ray_address = kw.pop("executor_kind"), kw.pop("ray_address")
     if buckets is None and work_dir is None:
-        if resume:
-            raise UsageError("--resume needs --buckets and --work-dir")
+        if resume or executor != "local" or ray_address:
+            raise UsageError("--resume/--executor ray/--ray-address need --buckets and --work-dir")
         return None
     if buckets is None or work_dir is None:
         raise UsageError("--buckets and --work-dir go together")
     if via_dir is not None or forever:
         raise UsageError("--buckets runs one session over a connection: drop --via-dir/--forever")
-    return ScaleOptions(work_dir, parse_buckets(buckets), parse_size(memory), resume, reconnect)
+    return ScaleOptions(work_dir, parse_buckets(buckets), parse_size(memory), resume, reconnect, executor, ray_address)
 
 
 def _options(kw: dict[str, Any]) -> api.PsiOptions:

@@ -22,7 +22,16 @@ from ..transport.base import Channel
 from ..transport.tcp import Listener, TlsConfig, connect as tcp_connect
 from .session import BucketedSession, ScaleOptions, WrongPeer, may_retry
 
-__all__ = ["serve_bucketed", "connect_bucketed", "run_with_reconnect"]
+__all__ = ["serve_bucketed", "connect_bucketed", "run_with_reconnect", "make_executor"]
+
+
+def make_executor(options: Any, scale: ScaleOptions) -> Executor:
+    """The local process pool, or a :class:`~psi.scale.ray_executor.RayExecutor` for ``--executor ray``."""
+    if scale.executor == "ray":
+        from .ray_executor import RayExecutor
+
+        return RayExecutor(scale.ray_address, options.workers)
+    return Executor(options.workers)
 
 
 def run_with_reconnect(session: BucketedSession, open_channel: Callable[[float | None], Channel], *,
@@ -66,7 +75,7 @@ def serve_bucketed(input: str | os.PathLike[str], *, on: Sequence[str], listen: 
                    on_progress: Any = None, on_listening: Callable[[tuple[str, int]], None] | None = None,
                    on_retry: Callable[[PsiqError], None] | None = None, accept_timeout: float | None = None) -> Any:
     """The server side of a bucketed session (one session; see the module docstring)."""
-    with Listener(listen, tls) as listener, Executor(options.workers) as executor:
+    with Listener(listen, tls) as listener, make_executor(options, scale) as executor:
         session = BucketedSession(Role.SERVER, input, on=on, options=options, scale=scale, output=output,
                                   executor=executor, on_progress=on_progress)
         if on_listening is not None:
@@ -84,7 +93,7 @@ def connect_bucketed(input: str | os.PathLike[str], *, on: Sequence[str], peer: 
                      on_progress: Any = None, on_retry: Callable[[PsiqError], None] | None = None,
                      connect_timeout: float = 10.0) -> Any:
     """The client side of a bucketed session; reconnects after a drop (module docstring)."""
-    with Executor(options.workers) as executor:
+    with make_executor(options, scale) as executor:
         session = BucketedSession(Role.CLIENT, input, on=on, options=options, scale=scale, output=output,
                                   executor=executor, on_progress=on_progress)
 

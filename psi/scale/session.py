@@ -98,10 +98,14 @@ class ScaleOptions:
     memory_limit: int = DEFAULT_MEMORY_LIMIT
     resume: bool = False
     reconnect_timeout: float = 600.0
+    executor: str = "local"  # or "ray" (psi.scale.ray_executor)
+    ray_address: str | None = None
 
     def __post_init__(self) -> None:
         if self.buckets is not None and not 1 <= self.buckets <= FINE_MAX:
             raise UsageError(f"--buckets must be 1..{FINE_MAX} or auto")
+        if self.executor not in ("local", "ray"):
+            raise UsageError("--executor is 'local' or 'ray'")
         if self.memory_limit < 64 << 20:
             raise UsageError("--memory-limit must be at least 64MiB")
 
@@ -521,6 +525,8 @@ class BucketedSession:
                                                       for a, z in bucket_ranges(int(m.fine or 1), n)), default=0)},
                          "reconnects": self.reconnects, "started_at_bucket": self.starts,
                          "dropped_own_checkpoint": self.redone}
+        report = getattr(self.executor, "report", None)
+        summary.scale["executor"] = report() if report else {"kind": "local", "workers": self.executor.workers}
         summary.peak_rss_mb = _peak_rss_mb()
         for sub in ("spill", "prep", "done"):
             shutil.rmtree(self.work / sub, ignore_errors=True)
