@@ -75,3 +75,19 @@ def test_ray_tasks_run_on_both_nodes_and_outputs_equal_the_local_run(cluster, tm
     assert len(used) == 2, f"tasks ran on {len(used)} node(s): {client_ex.tasks_per_node}, {server_ex.tasks_per_node}"
     assert (tmp_path / "cray.csv").read_bytes() == (tmp_path / "clocal.csv").read_bytes()
     assert (tmp_path / "sray.csv").read_bytes() == (tmp_path / "slocal.csv").read_bytes()
+
+
+def test_unreachable_cluster_exits_3(tmp_path):
+    import subprocess
+    import sys
+
+    from tests.conftest import free_port, psiq_cmd, subprocess_env
+
+    (tmp_path / "a.csv").write_text("id\n1\n2\n")
+    proc = subprocess.run([*psiq_cmd(), "psi", "connect", "--peer", "127.0.0.1:1", "--input", str(tmp_path / "a.csv"),
+                           "--on", "id", "--insecure", "--buckets", "2", "--work-dir", str(tmp_path / "w"),
+                           "--executor", "ray", "--ray-address", f"127.0.0.1:{free_port()}"],
+                          env=subprocess_env(), capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 3, proc.stderr
+    assert "cannot reach the Ray cluster" in proc.stderr
+    assert sys.executable

@@ -13,6 +13,7 @@ stops with exit 2, and a cluster that cannot be reached with exit 3.
 
 from __future__ import annotations
 
+import socket
 import threading
 from collections import Counter
 from concurrent.futures import Future
@@ -30,6 +31,18 @@ def _call(fn: Callable[..., Any], args: tuple[Any, ...]) -> tuple[str, Any]:
     import ray
 
     return ray.get_runtime_context().get_node_id(), fn(*args)
+
+
+def _probe(address: str, timeout: float = 10.0) -> None:
+    """Exit 3 unless something listens at a ``HOST:PORT`` cluster address (``auto``/``ray://`` pass)."""
+    if address in ("auto", "local") or "://" in address:
+        return
+    host, _, port = address.rpartition(":")
+    try:
+        with socket.create_connection((host.strip("[]") or "127.0.0.1", int(port)), timeout=timeout):
+            pass
+    except (OSError, ValueError) as err:
+        raise TransportError(f"cannot reach the Ray cluster at {address}: {err}") from None
 
 
 class _RayPool:
@@ -76,6 +89,8 @@ class RayExecutor(Executor):
             raise UsageError("--executor ray needs Ray: pip install 'psiq[ray]'") from None
         self._ray = ray
         self._owns = not ray.is_initialized()
+        if self._owns and address:
+            _probe(address)  # ray.init waits minutes for an unreachable cluster; fail fast instead
         if self._owns:
             try:
                 ray.init(address=address, include_dashboard=False, log_to_driver=False, configure_logging=False)
