@@ -240,6 +240,7 @@ class BucketedSession:
         self.local = {"on": self.on, "format": options.input_format, "skip_empty": options.skip_empty}
         self.work = Path(scale.work_dir)
         self.stats = RunStats()
+        self._seconds = 0.0  # wall time of all run() calls so far
         self.connected_once = False
         self.reconnects = 0
         self.redone: list[int] = []
@@ -265,7 +266,17 @@ class BucketedSession:
 
     # -- one connection ---------------------------------------------------------------------
     def run(self, channel: Channel) -> Any:
-        """Handshake, split (once), agree on finished buckets, run the rest, write the output."""
+        """Handshake, split (once), agree on finished buckets, run the rest, write the output.
+
+        ``stats.seconds`` is the wall time of all calls (run_party only adds to the phases)."""
+        started = time.perf_counter()
+        try:
+            return self._run(channel)
+        finally:  # the session's own time: split, dedup, buckets, output (not the input digest)
+            self.stats.seconds = self._seconds + (time.perf_counter() - started)
+            self._seconds = self.stats.seconds
+
+    def _run(self, channel: Channel) -> Any:
         m = self.manifest
         if m is not None and m.peer != channel.peer_name:
             raise WrongPeer(f"{self.work} belongs to a session with peer {m.peer!r}; this peer is {channel.peer_name!r}")
