@@ -380,3 +380,21 @@ def test_peer_cannot_make_this_side_rerun_many_finished_buckets(files, tmp_path)
     manifest.write_text(json.dumps(data))
     with pytest.raises(PolicyError, match="rerun buckets this side finished"):
         run_both(a, b, tmp_path, opts, buckets=6, resume=True)
+
+
+def test_finished_bucket_histories_must_match(files, tmp_path):
+    """A peer presenting another record of the finished buckets (transcript chain) is refused."""
+    import json
+
+    a, b = files
+    opts = api.PsiOptions(protocol="kkrt", reveal="both", workers=1, dedup="first")
+    with pytest.raises(PsiqError):
+        run_both(a, b, tmp_path, opts, buckets=4, client_channel=lambda ch: DropAfter(ch, 12))
+    manifest = tmp_path / "wc" / "manifest.json"
+    data = json.loads(manifest.read_text())
+    assert data["finished"], "the drop came before any finished bucket"
+    data["finished"][-1]["chain"] = "0" * 64
+    manifest.write_text(json.dumps(data))
+    with pytest.raises(PsiqError, match="transcript hashes differ") as err:  # raised here or by the peer
+        run_both(a, b, tmp_path, opts, buckets=4, resume=True)
+    assert err.value.exit_code == 4
