@@ -364,32 +364,31 @@ def prepare_fine(spill_dir: Path, prep_dir: Path, fine: int, *, dedup: str, name
     for f in range(fine):
         source = spill_dir / f"f{f:04d}.spill"
         lengths, blob, rows, lines = _read_chunks(source)
-        keys = _split(lengths, blob)
-        first = dict.fromkeys(keys)
-        if len(first) == len(keys):
-            row_keys = np.arange(len(keys), dtype=np.int64)
-            kept_rows, kept_keys = rows, row_keys
-            ukeys = keys
-        else:
-            ukeys = list(first)
-            position = {k: i for i, k in enumerate(ukeys)}
-            row_keys = np.fromiter(map(position.__getitem__, keys), dtype=np.int64, count=len(keys))
-            duplicates += len(keys) - len(ukeys)
-            if dedup == "error":
-                _duplicate_error(row_keys, lines, name, unit)
-            if dedup == "first":
-                _values, firsts = np.unique(row_keys, return_index=True)
-                firsts.sort()
-                kept_rows, kept_keys = rows[firsts], row_keys[firsts]
-            else:
-                kept_rows, kept_keys = rows, row_keys
-        ulen, ublob = _pack(ukeys)
-        head = np.array([len(ukeys), len(ublob), len(kept_rows)], dtype=_CHUNK)
+        hashes = keyed_hash64(lengths, np.frombuffer(blob, dtype=np.uint8), b"psiq/scale/dedup-check")
+        ulen, ublob = lengths, blob
+        kept_rows, kept_keys = rows, np.arange(len(lengths), dtype=np.int64)
+        if len(np.unique(hashes)) != len(hashes):  # distinct hashes prove distinct keys; else compare keys
+            keys = _split(lengths, blob)
+            ukeys = list(dict.fromkeys(keys))
+            if len(ukeys) != len(keys):
+                position = {k: i for i, k in enumerate(ukeys)}
+                row_keys = np.fromiter(map(position.__getitem__, keys), dtype=np.int64, count=len(keys))
+                duplicates += len(keys) - len(ukeys)
+                if dedup == "error":
+                    _duplicate_error(row_keys, lines, name, unit)
+                kept_keys = row_keys
+                if dedup == "first":
+                    _values, firsts = np.unique(row_keys, return_index=True)
+                    firsts.sort()
+                    kept_rows, kept_keys = rows[firsts], row_keys[firsts]
+                ulen, ublob = _pack(ukeys)
+        count = len(ulen)
+        head = np.array([count, len(ublob), len(kept_rows)], dtype=_CHUNK)
         target = prep_dir / f"f{f:04d}.keys"
         _write(target, [head, ulen, ublob, kept_rows.astype("<i8"), kept_keys.astype("<i8")], "wb",
                lambda: len(ublob) + 16 * len(kept_rows))
         source.unlink(missing_ok=True)
-        unique.append(len(ukeys))
+        unique.append(count)
     return {"unique": unique, "duplicate_rows": duplicates}
 
 
