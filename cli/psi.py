@@ -97,6 +97,44 @@ def _refuse_foreign_options(kw: dict[str, Any]) -> None:
             raise UsageError(f"{flag} applies to the {'/'.join(protocols)} protocol, not {kw['protocol']}")
 
 
+def _scale_options(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """--buckets/--work-dir/--memory-limit/--resume/--reconnect-timeout (psi.scale, docs/SCALE.md)."""
+    decorators = [
+        click.option("--buckets", default=None, metavar="N|auto",
+                     help="Split the session into N key buckets (or 'auto' from the set sizes and --memory-limit); needs --work-dir."),
+        click.option("--work-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+                     help="Folder for bucket files, checkpoints and the manifest of a bucketed session."),
+        click.option("--memory-limit", default="2GiB", show_default=True, help="Memory per party that --buckets auto plans for."),
+        click.option("--resume", is_flag=True, help="Continue an interrupted bucketed session from --work-dir (both sides)."),
+        click.option("--reconnect-timeout", type=click.FloatRange(0), default=600.0, show_default=True,
+                     help="Seconds to keep reconnecting (client) or listening for the same peer (server) after a drop."),
+        click.option("--executor", "executor_kind", type=click.Choice(["local", "ray"]), default="local", show_default=True,
+                     help="Batch work on this machine's process pool, or as Ray tasks on a cluster (with --buckets; psiq[ray])."),
+        click.option("--ray-address", default=None, help="Ray cluster to join (default: RAY_ADDRESS or a local one)."),
+    ]
+    for decorator in reversed(decorators):
+        fn = decorator(fn)
+    return fn
+
+
+def _scale(kw: dict[str, Any], via_dir: Path | None, forever: bool = False) -> Any:
+    """The bucketed-session settings, or None when --buckets/--work-dir are not given."""
+    from psi.scale import ScaleOptions, parse_buckets, parse_size
+
+    buckets, work_dir = kw.pop("buckets"), kw.pop("work_dir")
+    memory, resume, reconnect = kw.pop("memory_limit"), kw.pop("resume"), kw.pop("reconnect_timeout")
+    executor, ray_address = kw.pop("executor_kind"), kw.pop("ray_address")
+    if buckets is None and work_dir is None:
+        if resume or executor != "local" or ray_address:
+            raise UsageError("--resume/--executor ray/--ray-address need --buckets and --work-dir")
+        return None
+    if buckets is None or work_dir is None:
+        raise UsageError("--buckets and --work-dir go together")
+    if via_dir is not None or forever:
+        raise UsageError("--buckets runs one session over a connection: drop --via-dir/--forever")
+    return ScaleOptions(work_dir, parse_buckets(buckets), parse_size(memory), resume, reconnect, executor, ray_address)
+
+
 def _options(kw: dict[str, Any]) -> api.PsiOptions:
     _refuse_foreign_options(kw)
     if kw["reveal"] == "cardinality" and kw["protocol"] == "ecdh":  # the others refuse the mode
@@ -171,13 +209,29 @@ def _report(summary: api.PsiSummary, as_json: bool, quiet: bool) -> None:
               help="RSA protocol: cache the signed set here (keyed by key fingerprint and input digest).")
 @click.option("--prepared", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="ECDH protocol: a set precomputed with 'psiq psi prepare' (persisted key; unbalanced mode).")
+@_scale_options
 @tls_options
 @output_options
 def serve(tls: Any, as_json: bool, quiet: bool, forever: bool, listen: str | None, via_dir: Path | None,
           **kw: Any) -> None:
     """Answer PSI sessions for the records in --input (on --listen, or through --via-dir)."""
+    scale = _scale(kw, via_dir, forever)
     options = _options(kw)
     bar = make_progress(quiet, "serve")
+    if scale is not None:
+        from psi.scale.runner import serve_bucketed
+
+        if listen is None:
+            raise UsageError("--buckets needs --listen")
+        try:
+            summary = serve_bucketed(kw["input_path"], on=_columns(kw["on"]), listen=listen, tls=tls, options=options,
+                                     scale=scale, output=kw["output"], on_progress=bar,
+                                     on_listening=lambda a: info(f"listening on {a[0]}:{a[1]}", quiet),
+                                     on_retry=lambda e: warn(f"connection lost ({e}); waiting for the peer to reconnect"))
+        finally:
+            bar.close()
+        _report(summary, as_json, quiet)
+        return
     if _folder_session("server", via_dir, listen, "--listen", kw, options, bar, as_json, quiet, tls):
         return
 
@@ -211,12 +265,27 @@ def serve(tls: Any, as_json: bool, quiet: bool, forever: bool, listen: str | Non
 @click.option("--via-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Exchange messages through this shared folder instead of a connection (signed and encrypted with the "
                    "TLS certificates; fresh folder per session).")
+@_scale_options
 @tls_options
 @output_options
 def connect(tls: Any, as_json: bool, quiet: bool, peer: str | None, via_dir: Path | None, **kw: Any) -> None:
     """Run a PSI session against a serving party (at --peer, or through --via-dir)."""
+    scale = _scale(kw, via_dir)
     options = _options(kw)
     bar = make_progress(quiet, "connect")
+    if scale is not None:
+        from psi.scale.runner import connect_bucketed
+
+        if peer is None:
+            raise UsageError("--buckets needs --peer")
+        try:
+            summary = connect_bucketed(kw["input_path"], on=_columns(kw["on"]), peer=peer, tls=tls, options=options,
+                                       scale=scale, output=kw["output"], on_progress=bar,
+                                       on_retry=lambda e: warn(f"connection lost ({e}); reconnecting"))
+        finally:
+            bar.close()
+        _report(summary, as_json, quiet)
+        return
     if _folder_session("client", via_dir, peer, "--peer", kw, options, bar, as_json, quiet, tls):
         return
     try:

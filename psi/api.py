@@ -141,6 +141,7 @@ class PsiSummary:
     peer_name: str | None = None
     notes: list[str] = field(default_factory=list)
     peak_rss_mb: float = 0.0
+    scale: dict[str, Any] | None = None  # bucketed sessions (psi.scale): buckets, reconnects, ...
 
     def as_dict(self) -> dict[str, Any]:
         stats = self.stats.as_dict()
@@ -163,6 +164,7 @@ class PsiSummary:
             "bytes_received": stats["bytes_received"],
             "peak_rss_mb": round(self.peak_rss_mb, 1),
             "notes": self.notes,
+            **({"scale": self.scale} if self.scale is not None else {}),
         }
 
 

@@ -219,6 +219,10 @@ class _Collector:
                     " (use --skip-empty-keys to skip such rows)"
                 )
         key = values[0].encode("utf-8") if len(values) == 1 else encode_key(values)
+        self._keep(row, line, key)
+
+    def _keep(self, row: int, line: int, key: bytes) -> None:
+        """Apply the dedup policy to one valid key (``psi.scale`` overrides this to spill)."""
         known = self.index.get(key)
         if known is None:
             known = self.index[key] = len(self.keys)
@@ -642,9 +646,10 @@ def read_keys(
 
 
 def _read_csv_keys(path: Path, fmt: str, on: list[str], normalization: Normalization, dedup: str,
-                   skip_empty: bool, progress: Callable[[int], None] | None) -> tuple[list[str], list[int], _Collector, int]:
+                   skip_empty: bool, progress: Callable[[int], None] | None,
+                   collector_cls: type[_Collector] | None = None) -> tuple[list[str], list[int], _Collector, int]:
     scan = _CsvScan(path, fmt)
-    collector = _Collector(path.name, on, normalization, dedup, skip_empty, "line")
+    collector = (collector_cls or _Collector)(path.name, on, normalization, dedup, skip_empty, "line")
     add = collector.add
     delimiter = scan.delimiter.encode()
     columns: list[int] | None = None
@@ -681,13 +686,14 @@ def _read_csv_keys(path: Path, fmt: str, on: list[str], normalization: Normaliza
 
 
 def _read_parquet_keys(path: Path, on: list[str], normalization: Normalization, dedup: str,
-                       skip_empty: bool, progress: Callable[[int], None] | None) -> tuple[list[str], list[int], _Collector, int]:
+                       skip_empty: bool, progress: Callable[[int], None] | None,
+                       collector_cls: type[_Collector] | None = None) -> tuple[list[str], list[int], _Collector, int]:
     _pa, pq = _pyarrow(path)
     parquet = _open_parquet(path, pq)
     header = list(parquet.schema_arrow.names)
     columns = _key_columns(path.name, header, on)
     names = [header[c] for c in columns]
-    collector = _Collector(path.name, on, normalization, dedup, skip_empty, "row")
+    collector = (collector_cls or _Collector)(path.name, on, normalization, dedup, skip_empty, "row")
     row = 0
     try:
         batches = parquet.iter_batches(batch_size=_PARQUET_BATCH, columns=names)

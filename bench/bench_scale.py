@@ -1,0 +1,122 @@
+"""Bucketed vs unbucketed PSI sessions: wall time and peak RSS per party (docs/SCALE.md).
+
+    python bench/bench_scale.py --size 1000000 --protocol kkrt --repeat 1
+    python bench/bench_scale.py --size 10000000 --modes plain,auto
+
+For each size, bench/data/scale-N-{a,b}.csv (cached) hold N rows each (an 18-digit id and a
+feature column), half of them in common. Each mode runs ``psiq psi serve`` and ``psiq psi
+connect`` as two processes over loopback TLS with ``--reveal both --output``; modes alternate
+(plain, auto, plain, auto, ...) so load from other processes hits both alike. Recorded per run:
+wall time (server start to both exited), each party's ``seconds``, ``peak_rss_mb`` (the party
+or its largest worker) and the bucket count. Both outputs are checked to be row-aligned and of
+the right size. Prints one JSON object per run and a summary.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+DATA = ROOT / "bench" / "data"
+
+
+def dataset(n: int) -> tuple[Path, Path]:
+    DATA.mkdir(parents=True, exist_ok=True)
+    a, b = DATA / f"scale-{n}-a.csv", DATA / f"scale-{n}-b.csv"
+    if a.exists() and b.exists():
+        return a, b
+    rng = np.random.default_rng(n)
+    ids = rng.choice(10**17, size=2 * n - n // 2, replace=False) + 10**17
+    common, only_a, only_b = ids[: n // 2], ids[n // 2 : n], ids[n : 2 * n - n // 2]
+    for path, own in ((a, np.concatenate([common, only_a])), (b, np.concatenate([common, only_b]))):
+        rng.shuffle(own)
+        feature = rng.integers(0, 10**6, len(own))
+        with open(path, "w") as f:
+            f.write("id,feature\n")
+            for start in range(0, len(own), 1 << 20):
+                chunk = zip(own[start:start + (1 << 20)].tolist(), feature[start:start + (1 << 20)].tolist())
+                f.write("".join(f"{i},{v}\n" for i, v in chunk))
+    return a, b
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def run(mode: str, protocol: str, a: Path, b: Path, pki: Path, tmp: Path, memory_limit: str) -> dict:
+    port = free_port()
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    tls = lambda me, peer: ["--tls-cert", str(pki / f"{me}.pem"), "--tls-key", str(pki / f"{me}.key"),  # noqa: E731
+                            "--tls-ca", str(pki / "ca.pem"), "--peer-name", peer]
+    common = ["--protocol", protocol, "--reveal", "both", "--on", "id", "--json", "--quiet",
+              "--max-peer-size", str(10**9), "--timeout", "3600"]
+    extra = {"plain": []}.get(mode)
+    if extra is None:
+        buckets, _, limit = mode.partition(":")  # e.g. auto, auto:512MiB, 8
+        extra = ["--buckets", buckets, "--memory-limit", limit or memory_limit]
+    t0 = time.perf_counter()
+    server = subprocess.Popen([sys.executable, "-m", "cli", "psi", "serve", "--listen", f"127.0.0.1:{port}",
+                               "--input", str(b), "--output", str(tmp / "s.csv"), *common, *extra,
+                               *(["--work-dir", str(tmp / "ws")] if mode != "plain" else []),
+                               *tls("bank-b", "bank-a")], env=env, stdout=subprocess.PIPE, text=True)
+    time.sleep(0.5)
+    client = subprocess.Popen([sys.executable, "-m", "cli", "psi", "connect", "--peer", f"127.0.0.1:{port}",
+                               "--input", str(a), "--output", str(tmp / "c.csv"), *common, *extra,
+                               *(["--work-dir", str(tmp / "wc")] if mode != "plain" else []),
+                               *tls("bank-a", "bank-b")], env=env, stdout=subprocess.PIPE, text=True)
+    out_c, _ = client.communicate()
+    out_s, _ = server.communicate()
+    wall = time.perf_counter() - t0
+    if client.returncode or server.returncode:
+        raise SystemExit(f"{mode}: exit {client.returncode}/{server.returncode}")
+    c, s = json.loads(out_c), json.loads(out_s)
+    rows_c = sum(1 for _ in open(tmp / "c.csv")) - 1
+    rows_s = sum(1 for _ in open(tmp / "s.csv")) - 1
+    with open(tmp / "c.csv") as fc, open(tmp / "s.csv") as fs:
+        aligned = all(x.split(",")[0] == y.split(",")[0] for x, y in zip(fc, fs))
+    assert aligned and rows_c == rows_s == c["intersection_size"], "outputs not aligned"
+    return {"mode": mode, "protocol": protocol, "size": c["set_size"], "wall": round(wall, 2),
+            "client_seconds": c["seconds"], "server_seconds": s["seconds"],
+            "rss_client_mb": c["peak_rss_mb"], "rss_server_mb": s["peak_rss_mb"],
+            "buckets": (c.get("scale") or {}).get("buckets"), "phases_client": c["phases"],
+            "intersection": c["intersection_size"]}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser()
+    p.add_argument("--size", type=int, default=10**6)
+    p.add_argument("--protocol", default="kkrt")
+    p.add_argument("--modes", default="plain,auto")
+    p.add_argument("--repeat", type=int, default=1)
+    p.add_argument("--memory-limit", default="2GiB")
+    args = p.parse_args()
+    sys.path.insert(0, str(ROOT))
+    from psi.transport.tls import create_test_pki
+
+    a, b = dataset(args.size)
+    results = []
+    with tempfile.TemporaryDirectory() as d:
+        tmp = Path(d)
+        create_test_pki(tmp / "pki", ["bank-a", "bank-b"])
+        for _ in range(args.repeat):
+            for mode in args.modes.split(","):
+                r = run(mode, args.protocol, a, b, tmp / "pki", tmp, args.memory_limit)
+                print(json.dumps(r), flush=True)
+                results.append(r)
+    print(json.dumps({"load_average": os.getloadavg(), "cores": os.cpu_count()}))
+
+
+if __name__ == "__main__":
+    main()
