@@ -106,7 +106,8 @@ def send_error(channel: Channel, err: BaseException, *, linger: float = _LINGER)
     deadline = time.monotonic() + linger
     while (left := deadline - time.monotonic()) > 0:
         try:
-            channel.recv(left)
+            if channel.recv(left).kind == ERROR_KIND:
+                return  # the peer stopped too (both refused): it sends nothing more
         except Exception:  # noqa: BLE001 - the peer hung up (what we wait for), or the time is up
             return
 
