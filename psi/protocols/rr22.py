@@ -21,7 +21,7 @@ Message flow (client = PSI receiver, learns the result; server = PSI sender)::
    chosen after its items are fixed.
 3. 512 base OTs (the server is the base-OT *receiver* with secret ``s``), then one OT-extension
    row per OKVS row with the code word ``C(P'_i)`` of the linear [511, 76, ≥171] BCH code
-   (:mod:`psi.crypto.bch`) as the chosen word: the client gets ``t_i``, the server
+   (:mod:`psi.ot.bch`, shared with KKRT) as the chosen word: the client gets ``t_i``, the server
    ``q_i = t_i ⊕ (C(P'_i) ∧ s)`` — a VOLE over GF(2)^76 with the product ``C(a) ∧ s``
    (PaXoS PSI, Pinkas–Rosulek–Trieu–Yanai 2020). OKVS and code being GF(2)-linear,
    ``Decode(Q, y) ⊕ (C(h(y)) ∧ s) = Decode(T, y) ⊕ (C(Decode(P', y) ⊕ h(y)) ∧ s)``.
@@ -63,9 +63,10 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from ..crypto import bch, okvs
+from ..crypto import okvs
 from ..errors import MalformedMessage, UsageError
 from ..messages import Message
+from ..ot import bch
 from ..ot.aes_hash import TweakHash, derive_key
 from ..ot.base_ot import POINT_BYTES, BaseOtReceiver, BaseOtSender
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
@@ -85,7 +86,7 @@ MAX_ITEMS = 1 << 31
 EVIDENCE_BYTES = 16
 CHECKS = 40  # OOS17 consistency checks per batch (statistical security 2^-40)
 _CHECK_BYTES = CHECKS * (WIDTH // 8 + 16)
-_HIGH_MASK = np.uint64((1 << (bch.MESSAGE_BITS - 64)) - 1)
+_HIGH_MASK = np.uint64((1 << (bch.DIMENSION - 64)) - 1)
 _WORDS = WIDTH // 64
 _DOMAIN_OPRF, _DOMAIN_WIRE, _DOMAIN_EVIDENCE = 0x52, 0x53, 0x54
 _MIN_PIECE = 1 << 13
@@ -207,7 +208,7 @@ def _client_batch(digests: np.ndarray, bins: np.ndarray, *, nb: int, first_bin: 
     messages[rows:, 1] &= _HIGH_MASK
     offset = (first_bin * params.cols_per_bin + batch * CHECKS) // 8
     ext = ExtensionReceiver(keys0, keys1, offset=offset)
-    t_rows, wire = ext.extend_codewords(bch.encode(messages).view(np.uint8))
+    t_rows, wire = ext.extend_codewords(bch.code().encode(messages))
     t_words = np.ascontiguousarray(t_rows).view(np.uint64).reshape(rows + CHECKS, _WORDS)
     decoded = okvs.decode(t_words[:rows].reshape(nb, params.cols_per_bin, _WORDS), bins, cols, masks, params)
     return counters.tobytes(), wire, _oprf(decoded, digests, session), t_words, messages
@@ -223,7 +224,7 @@ def _server_batch(digests: np.ndarray, bins: np.ndarray, wire: bytes, *, counter
     q_words = np.ascontiguousarray(ext.extend(rows + CHECKS, wire)).view(np.uint64).reshape(rows + CHECKS, _WORDS)
     cols, masks = okvs.rows_of(digests, bins, seed, counters, params)
     decoded = okvs.decode(q_words[:rows].reshape(nb, params.cols_per_bin, _WORDS), bins, cols, masks, params)
-    code = bch.encode(_item_hash(code_key, digests))
+    code = bch.code().encode(_item_hash(code_key, digests)).view(np.uint64)
     code &= ext.secret.view(np.uint64)[None, :]
     decoded ^= code
     oprf = _oprf(decoded, digests, session)
@@ -509,9 +510,9 @@ class Server(_Common):
         t_sum = np.frombuffer(body[: CHECKS * WIDTH // 8], dtype=np.uint64).reshape(CHECKS, _WORDS)
         w_sum = np.frombuffer(body[CHECKS * WIDTH // 8 :], dtype=np.uint64).reshape(CHECKS, 2)
         if (w_sum[:, 1] & ~_HIGH_MASK).any():
-            raise MalformedMessage(f"rr22.check: batch {k} holds a message out of range (more than {bch.MESSAGE_BITS} bits)")
+            raise MalformedMessage(f"rr22.check: batch {k} holds a message out of range (more than {bch.DIMENSION} bits)")
         q_sum = self._futures[k].result()[2]
-        expected = (bch.encode(w_sum) & self._secret_words[None, :]) ^ q_sum
+        expected = (bch.code().encode(w_sum).view(np.uint64) & self._secret_words[None, :]) ^ q_sum
         if not hmac.compare_digest(expected.tobytes(), t_sum.tobytes()):
             raise MalformedMessage(f"rr22.check: OT-extension consistency check failed for batch {k}"
                                    " (the peer's OKVS rows are not code words)")
