@@ -66,7 +66,7 @@ import numpy as np
 from ..crypto import okvs
 from ..errors import MalformedMessage, UsageError
 from ..messages import Message
-from ..ot import bch
+from ..ot import bch, oos
 from ..ot.aes_hash import TweakHash, derive_key
 from ..ot.base_ot import POINT_BYTES, BaseOtReceiver, BaseOtSender
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
@@ -84,7 +84,7 @@ WIDTH = 512  # bits per OKVS value and OT-extension row
 SIGMA = 40
 MAX_ITEMS = 1 << 31
 EVIDENCE_BYTES = 16
-CHECKS = 40  # OOS17 consistency checks per batch (statistical security 2^-40)
+CHECKS = oos.S  # OOS17 consistency checks per batch (40: statistical security 2^-40)
 _CHECK_BYTES = CHECKS * (WIDTH // 8 + 16)
 _HIGH_MASK = np.uint64((1 << (bch.DIMENSION - 64)) - 1)
 _WORDS = WIDTH // 64
@@ -171,7 +171,12 @@ def _item_hash(code_key: bytes, digests: np.ndarray) -> np.ndarray:
 
 
 def _challenge_bits(seed: bytes, rows: int) -> np.ndarray:
-    """``bool (CHECKS, rows)``: the check coefficients expanded from the server's seed."""
+    """``bool (CHECKS, rows)``: the check coefficients expanded from the server's seed.
+
+    rr22's own expansion (AES-CTR keyed by the fresh seed, one ``rows``-bit string per check),
+    not :func:`psi.ot.oos.challenge_words` (a 40-bit word per row, keyed by session, batch and
+    seed): the coefficients decide the ``rr22.check`` answer, so sharing it would change the
+    wire. The comparison itself is the shared :func:`psi.ot.oos.verify_sums`."""
     length = -(-rows // 8)
     stream = np.empty(CHECKS * length + 16, dtype=np.uint8)
     Cipher(algorithms.AES(seed), modes.CTR(bytes(16))).encryptor().update_into(np.zeros(CHECKS * length, np.uint8), stream)
@@ -204,8 +209,7 @@ def _client_batch(digests: np.ndarray, bins: np.ndarray, *, nb: int, first_bin: 
     rows = nb * params.cols_per_bin
     messages = np.empty((rows + CHECKS, 2), dtype=np.uint64)
     messages[:rows] = table.reshape(rows, 2)
-    messages[rows:] = np.frombuffer(secrets.token_bytes(16 * CHECKS), dtype=np.uint64).reshape(CHECKS, 2)
-    messages[rows:, 1] &= _HIGH_MASK
+    messages[rows:] = oos.random_words(CHECKS)
     offset = (first_bin * params.cols_per_bin + batch * CHECKS) // 8
     ext = ExtensionReceiver(keys0, keys1, offset=offset)
     t_rows, wire = ext.extend_codewords(bch.code().encode(messages))
@@ -450,7 +454,7 @@ class Server(_Common):
         if len(body) != POINT_BYTES:
             raise MalformedMessage("rr22.base.a has the wrong length")
         self._secret_bits = np.frombuffer(secrets.token_bytes(WIDTH), dtype=np.uint8) & 1
-        self._secret_words = np.packbits(self._secret_bits, bitorder="little").view(np.uint64)
+        self._masked = bch.code().masked(np.packbits(self._secret_bits, bitorder="little"))  # C(·) ∧ s
         reply, self._keys = BaseOtReceiver(self._secret_bits, self._session).reply(body)
         code_seed = secrets.token_bytes(16)
         self._code_key = derive_key(b"rr22-code", self._session, code_seed)
@@ -509,13 +513,8 @@ class Server(_Common):
             raise MalformedMessage(f"rr22.check: batch {k} has {len(body)} bytes, {_CHECK_BYTES} expected")
         t_sum = np.frombuffer(body[: CHECKS * WIDTH // 8], dtype=np.uint64).reshape(CHECKS, _WORDS)
         w_sum = np.frombuffer(body[CHECKS * WIDTH // 8 :], dtype=np.uint64).reshape(CHECKS, 2)
-        if (w_sum[:, 1] & ~_HIGH_MASK).any():
-            raise MalformedMessage(f"rr22.check: batch {k} holds a message out of range (more than {bch.DIMENSION} bits)")
         q_sum = self._futures[k].result()[2]
-        expected = (bch.code().encode(w_sum).view(np.uint64) & self._secret_words[None, :]) ^ q_sum
-        if not hmac.compare_digest(expected.tobytes(), t_sum.tobytes()):
-            raise MalformedMessage(f"rr22.check: OT-extension consistency check failed for batch {k}"
-                                   " (the peer's OKVS rows are not code words)")
+        oos.verify_sums(t_sum.view(np.uint8), q_sum.view(np.uint8), w_sum, self._masked, f"rr22.check: batch {k}")
         self._checked += 1
         if self._checked == self._batches:
             self._compute_values()
