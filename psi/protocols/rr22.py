@@ -55,16 +55,15 @@ import enum
 import functools
 import hashlib
 import hmac
-import math
 import secrets
 from concurrent.futures import Future
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Sequence
 
 import numpy as np
 
 from ..crypto import okvs
-from ..errors import MalformedMessage, UsageError
+from ..errors import MalformedMessage
 from ..messages import Message
 from ..ot import bch, oos
 from ..ot.aes_hash import TweakHash, derive_key
@@ -75,21 +74,20 @@ from ..ot.extension import ExtensionReceiver, ExtensionSender
 from ..ot.session import HelloState
 from ..parallel import Executor
 from .base import PsiOutcome, PsiParty, Reveal, Role
+from .ot_psi import SIGMA, check_options, check_set_sizes, pack_claims, parse_claims, scatter
+from .ot_psi import secure_permutation, sigma_value_bytes
 
 __all__ = ["NAME", "VERSION", "Config", "Client", "Server", "value_bytes", "WIDTH"]
 
 NAME = "rr22"
 VERSION = 1
 WIDTH = 512  # bits per OKVS value and OT-extension row
-SIGMA = 40
-MAX_ITEMS = 1 << 31
 EVIDENCE_BYTES = 16
 CHECKS = oos.S  # OOS17 consistency checks per batch (40: statistical security 2^-40)
 _CHECK_BYTES = CHECKS * (WIDTH // 8 + 16)
 _HIGH_MASK = np.uint64((1 << (bch.DIMENSION - 64)) - 1)
 _WORDS = WIDTH // 64
 _DOMAIN_OPRF, _DOMAIN_WIRE, _DOMAIN_EVIDENCE = 0x52, 0x53, 0x54
-_MIN_PIECE = 1 << 13
 
 
 @dataclass(frozen=True)
@@ -101,10 +99,7 @@ class Config:
     window: int = 4
 
     def __post_init__(self) -> None:
-        if Reveal(self.reveal) is Reveal.CARDINALITY:
-            raise UsageError("rr22 does not offer cardinality mode (use the ECDH protocol)")
-        if not 8 <= self.batch_rows <= 1 << 22 or self.window < 1:
-            raise UsageError("rr22 batch_rows must be in 8..2^22 and window at least 1")
+        check_options(NAME, self.reveal, "batch_rows", self.batch_rows, self.window)
 
     def hello_params(self) -> dict:
         return {
@@ -120,7 +115,7 @@ class Config:
 
 def value_bytes(server_size: int, client_size: int) -> int:
     """``ℓ``: bytes of each server value on the wire (false match ≤ 2^-40 overall)."""
-    return math.ceil((SIGMA + math.log2(max(1, server_size) * max(1, client_size))) / 8)
+    return sigma_value_bytes(server_size, client_size)
 
 
 class _State(enum.Enum):
@@ -241,8 +236,7 @@ def _server_batch(digests: np.ndarray, bins: np.ndarray, wire: bytes, *, counter
 class _Common(PsiParty):
     def __init__(self, items: Sequence[bytes], config: Config, peer_size: int, executor: Executor, role: Role) -> None:
         super().__init__()
-        if len(items) > MAX_ITEMS or not 0 <= peer_size <= MAX_ITEMS:
-            raise UsageError("set size out of range for rr22")
+        check_set_sizes(NAME, len(items), peer_size)
         self._items = items
         self._config = config
         self._reveal = Reveal(config.reveal)
@@ -259,10 +253,7 @@ class _Common(PsiParty):
         self._session = self._hello.session
         key = derive_key(b"rr22-item-digest", self._session, size=32)
         fn = functools.partial(_digest_piece, key=key)
-        if self._executor.workers == 1 or len(self._items) < 2 * _MIN_PIECE:
-            self._digest_futures = [_done(fn(self._items))]
-        else:
-            self._digest_futures = self._executor.scatter(fn, self._items)
+        self._digest_futures = scatter(self._executor, fn, self._items)
 
     def _digests(self) -> np.ndarray:
         parts = [f.result() for f in self._digest_futures]
@@ -291,12 +282,6 @@ class _Common(PsiParty):
         self._outcome = outcome
         self._state = _State.DONE
         self._finish()
-
-
-def _done(value: Any) -> "Future[Any]":
-    fut: Future[Any] = Future()
-    fut.set_result(value)
-    return fut
 
 
 class Client(_Common):
@@ -409,8 +394,7 @@ class Client(_Common):
             # an order independent of either input order (the server follows the message order)
             order = np.argsort(np.ascontiguousarray(evidence[:, :8]).view(np.uint64).reshape(-1), kind="stable")
             own_rows, wire_rows, evidence = own_rows[order], wire_rows[order], evidence[order]
-            body = np.concatenate([wire_rows.astype(">u4").view(np.uint8).reshape(-1, 4), evidence], axis=1)
-            self._send("rr22.matches", body.tobytes())
+            self._send("rr22.matches", pack_claims(wire_rows, evidence))
             indices = self._order[own_rows].tolist()
         else:
             indices = np.sort(self._order[own_rows]).tolist()
@@ -528,7 +512,7 @@ class Server(_Common):
             wire = np.concatenate([r[1] for r in results])
         else:
             self._oprf, wire = np.zeros((0, 16), dtype=np.uint8), np.zeros((0, self._width), dtype=np.uint8)
-        self._perm = np.random.default_rng(secrets.randbits(128)).permutation(self._n)
+        self._perm = secure_permutation(self._n)
         self._wire = wire[self._perm]  # wire position i holds sorted item perm[i]
         step = self._config.batch_rows
         self._value_batches = -(-self._n // step)
@@ -558,18 +542,12 @@ class Server(_Common):
             self._done_with(PsiOutcome(None, None, {"protocol": NAME}))
 
     def _matches(self, body: bytes) -> None:
-        record = 4 + EVIDENCE_BYTES
-        if len(body) % record or len(body) // record > min(self._n, self._n_client):
-            raise MalformedMessage("rr22.matches has a bad length")
-        data = np.frombuffer(body, dtype=np.uint8).reshape(-1, record)
-        wire = data[:, :4].copy().view(">u4").reshape(-1).astype(np.int64)
-        if wire.size and wire.max() >= self._n:
-            raise MalformedMessage("rr22.matches holds an out-of-range position")
+        wire, evidence = parse_claims(body, "rr22.matches", EVIDENCE_BYTES, min(self._n, self._n_client), self._n)
         if np.unique(wire).size != wire.size:
             raise MalformedMessage("rr22.matches names one item twice")
         rows = self._perm[wire]
         expected = _second_hash(self._oprf[rows], self._sorted_digests[rows], self._session, _DOMAIN_EVIDENCE, EVIDENCE_BYTES)
-        if not hmac.compare_digest(expected.tobytes(), data[:, 4:].tobytes()):
+        if not hmac.compare_digest(expected.tobytes(), evidence.tobytes()):
             raise MalformedMessage("rr22.matches: match evidence does not verify (the peer claims items it did not match)")
         self._oprf = None
         indices = self._order[rows].tolist()
