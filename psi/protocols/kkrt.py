@@ -70,13 +70,12 @@ from ..ot.aes_hash import TweakHash
 from ..ot.base_ot import POINT_BYTES, BaseOtReceiver, BaseOtSender
 from ..ot.bitmatrix import transpose
 from ..ot.extension import ExtensionReceiver, ExtensionSender, padded_rows
-from ..ot.session import HelloState
 from ..parallel import Executor
 from .. import cuckoo
-from .base import PsiOutcome, PsiParty, Reveal, Role
+from .base import PsiOutcome, Reveal, Role
 from . import kkrt_work
-from .ot_psi import MIN_PIECE as _MIN_PIECE, SIGMA, check_options, check_set_sizes, done_future as _done_future
-from .ot_psi import pack_claims, parse_claims, scatter as _scatter, secure_permutation, sigma_value_bytes
+from .ot_psi import MIN_PIECE as _MIN_PIECE, SIGMA, check_options, done_future as _done_future
+from .ot_psi import OtPsiParty, pack_claims, parse_claims, scatter as _scatter, secure_permutation, sigma_value_bytes
 
 __all__ = ["NAME", "VERSION", "Config", "Client", "Server", "value_bytes", "false_match_log2", "secure_permutation"]
 
@@ -150,30 +149,13 @@ def _gather(futures: "list[Future[np.ndarray]]", axis: int = 0) -> np.ndarray:
     return parts[0] if len(parts) == 1 else np.concatenate(parts, axis=axis)
 
 
-class _Common(PsiParty):
+class _Common(OtPsiParty):
     def __init__(self, items: Sequence[bytes], config: Config, peer_size: int, executor: Executor, role: Role) -> None:
-        super().__init__()
-        check_set_sizes(NAME, len(items), peer_size)
-        self._items = items
-        self._config = config
-        self._reveal = Reveal(config.reveal)
-        self._peer_size = peer_size
-        self._executor = executor
-        self._hello = HelloState(NAME, VERSION, role, config.hello_params(), {"size": len(items)})
-        self._state = _State.HELLO
-        self._set_phase("hello")
-        self._send(self._hello.own_message.kind, self._hello.own_message.body)
+        super().__init__(NAME, VERSION, _State, items, config, peer_size, executor, role)
 
     def _accept_hello(self, message: Message) -> None:
-        self._hello.accept(message)
-        self._hello.check_peer_size(self._peer_size)
-        self._session = self._hello.session
+        super()._accept_hello(message)
         self._hash = TweakHash(self._session)
-
-    def _done(self, outcome: PsiOutcome) -> None:
-        self._outcome = outcome
-        self._state = _State.DONE
-        self._finish()
 
 
 class Client(_Common):

@@ -7,6 +7,7 @@ Each protocol keeps its own messages; these helpers hold only logic that is the 
 
 from __future__ import annotations
 
+import enum
 import math
 import secrets
 from concurrent.futures import Future
@@ -15,11 +16,13 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from ..errors import MalformedMessage, UsageError
+from ..messages import Message
+from ..ot.session import HelloState
 from ..parallel import Executor
-from .base import Reveal
+from .base import PsiOutcome, PsiParty, Reveal, Role
 
 __all__ = ["SIGMA", "MAX_ITEMS", "MIN_PIECE", "check_options", "check_set_sizes", "sigma_value_bytes", "done_future",
-           "scatter", "secure_permutation", "pack_claims", "parse_claims"]
+           "scatter", "secure_permutation", "pack_claims", "parse_claims", "OtPsiParty"]
 
 SIGMA = 40  # statistical security: false matches, consistency checks
 MAX_ITEMS = 1 << 31
@@ -93,3 +96,35 @@ def parse_claims(body: bytes, kind: str, evidence_bytes: int, limit: int, positi
     if wire.size and wire.max() >= positions:
         raise MalformedMessage(f"{kind} holds an out-of-range position")
     return wire, claims[:, 4:]
+
+
+class OtPsiParty(PsiParty):
+    """How a KKRT or RR22 party starts and ends: checks the set sizes, sends its hello (name,
+    version, ``config.hello_params()``, own size), accepts the peer's (same parameters, the
+    announced size) and finishes with an outcome. ``states`` is the protocol's state enum, with
+    ``HELLO`` and ``DONE`` members."""
+
+    def __init__(self, name: str, version: int, states: type[enum.Enum], items: Sequence[bytes], config: Any,
+                 peer_size: int, executor: Executor, role: Role) -> None:
+        super().__init__()
+        check_set_sizes(name, len(items), peer_size)
+        self._items = items
+        self._config = config
+        self._reveal = Reveal(config.reveal)
+        self._peer_size = peer_size
+        self._executor = executor
+        self._states = states
+        self._hello = HelloState(name, version, role, config.hello_params(), {"size": len(items)})
+        self._state = states.HELLO  # type: ignore[attr-defined]
+        self._set_phase("hello")
+        self._send(self._hello.own_message.kind, self._hello.own_message.body)
+
+    def _accept_hello(self, message: Message) -> None:
+        self._hello.accept(message)
+        self._hello.check_peer_size(self._peer_size)
+        self._session = self._hello.session
+
+    def _done(self, outcome: PsiOutcome) -> None:
+        self._outcome = outcome
+        self._state = self._states.DONE  # type: ignore[attr-defined]
+        self._finish()

@@ -71,11 +71,10 @@ from ..ot.base_ot import POINT_BYTES, BaseOtReceiver, BaseOtSender
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
 from ..ot.extension import ExtensionReceiver, ExtensionSender
-from ..ot.session import HelloState
 from ..parallel import Executor
-from .base import PsiOutcome, PsiParty, Reveal, Role
-from .ot_psi import SIGMA, check_options, check_set_sizes, pack_claims, parse_claims, scatter
-from .ot_psi import secure_permutation, sigma_value_bytes
+from .base import PsiOutcome, Reveal, Role
+from .ot_psi import SIGMA, check_options, pack_claims, parse_claims, scatter
+from .ot_psi import OtPsiParty, secure_permutation, sigma_value_bytes
 
 __all__ = ["NAME", "VERSION", "Config", "Client", "Server", "value_bytes", "WIDTH"]
 
@@ -233,24 +232,12 @@ def _server_batch(digests: np.ndarray, bins: np.ndarray, wire: bytes, *, counter
 # -- the parties --------------------------------------------------------------------------------
 
 
-class _Common(PsiParty):
+class _Common(OtPsiParty):
     def __init__(self, items: Sequence[bytes], config: Config, peer_size: int, executor: Executor, role: Role) -> None:
-        super().__init__()
-        check_set_sizes(NAME, len(items), peer_size)
-        self._items = items
-        self._config = config
-        self._reveal = Reveal(config.reveal)
-        self._peer_size = peer_size
-        self._executor = executor
-        self._hello = HelloState(NAME, VERSION, role, config.hello_params(), {"size": len(items)})
-        self._state = _State.HELLO
-        self._set_phase("hello")
-        self._send(self._hello.own_message.kind, self._hello.own_message.body)
+        super().__init__(NAME, VERSION, _State, items, config, peer_size, executor, role)
 
     def _accept_hello(self, message: Message) -> None:
-        self._hello.accept(message)
-        self._hello.check_peer_size(self._peer_size)
-        self._session = self._hello.session
+        super()._accept_hello(message)
         key = derive_key(b"rr22-item-digest", self._session, size=32)
         fn = functools.partial(_digest_piece, key=key)
         self._digest_futures = scatter(self._executor, fn, self._items)
@@ -277,11 +264,6 @@ class _Common(PsiParty):
         first = k * self._bins_per_batch
         last = min(first + self._bins_per_batch, self._params.bins)
         return first, last - first, slice(int(self._starts[first]), int(self._starts[last]))
-
-    def _done_with(self, outcome: PsiOutcome) -> None:
-        self._outcome = outcome
-        self._state = _State.DONE
-        self._finish()
 
 
 class Client(_Common):
@@ -398,7 +380,7 @@ class Client(_Common):
             indices = self._order[own_rows].tolist()
         else:
             indices = np.sort(self._order[own_rows]).tolist()
-        self._done_with(PsiOutcome(indices, len(indices), {"protocol": NAME, "okvs_rows": self._params.total,
+        self._done(PsiOutcome(indices, len(indices), {"protocol": NAME, "okvs_rows": self._params.total,
                                                            "value_bytes": self._width}))
 
 
@@ -539,7 +521,7 @@ class Server(_Common):
             self._set_phase("matches")
         else:
             self._oprf = None
-            self._done_with(PsiOutcome(None, None, {"protocol": NAME}))
+            self._done(PsiOutcome(None, None, {"protocol": NAME}))
 
     def _matches(self, body: bytes) -> None:
         wire, evidence = parse_claims(body, "rr22.matches", EVIDENCE_BYTES, min(self._n, self._n_client), self._n)
@@ -551,7 +533,7 @@ class Server(_Common):
             raise MalformedMessage("rr22.matches: match evidence does not verify (the peer claims items it did not match)")
         self._oprf = None
         indices = self._order[rows].tolist()
-        self._done_with(PsiOutcome(indices, len(indices), {"protocol": NAME}))
+        self._done(PsiOutcome(indices, len(indices), {"protocol": NAME}))
 
 
 def _lookup(queries: np.ndarray, table: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
