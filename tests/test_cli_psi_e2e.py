@@ -6,7 +6,6 @@ protocol, a peer killed mid-session, a malformed input file.
 
 from __future__ import annotations
 
-import csv
 import json
 import subprocess
 import time
@@ -17,6 +16,7 @@ import pytest
 from psiq_datasets.generate import generate
 
 from .conftest import ROOT, free_port, psiq_cmd, subprocess_env, tls_args
+from .helpers import ids as _ids, psi_pair_over_tls, run_psiq as _run, start_psiq as _start_server
 
 pytestmark = pytest.mark.e2e
 
@@ -26,20 +26,6 @@ def tables(tmp_path_factory: pytest.TempPathFactory) -> Path:
     d = tmp_path_factory.mktemp("tables")
     generate(d, rows=1500, overlap=0.4, seed=7, blacklist_rows=100)
     return d
-
-
-def _ids(path: Path, column: str = "id_number") -> list[str]:
-    with open(path, newline="", encoding="utf-8-sig") as fh:
-        return [row[column] for row in csv.DictReader(fh)]
-
-
-def _start_server(args: list[str]) -> subprocess.Popen[str]:
-    return subprocess.Popen(psiq_cmd() + args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env=subprocess_env())
-
-
-def _run(args: list[str], timeout: float = 180) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(psiq_cmd() + args, capture_output=True, text=True, env=subprocess_env(), timeout=timeout)
 
 
 def _one_line_error(stderr: str) -> str:
@@ -52,17 +38,7 @@ def _one_line_error(stderr: str) -> str:
 
 @pytest.mark.parametrize("protocol", ["rsa", "ecdh", "kkrt"])
 def test_two_processes_align_over_tls(protocol: str, tables: Path, pki: Path, tmp_path: Path) -> None:
-    port = free_port()
-    out_a, out_b = tmp_path / "a.csv", tmp_path / "b.csv"
-    common = ["--protocol", protocol, "--on", "id_number", "--reveal", "both", "--json", "--quiet"]
-    server = _start_server(["psi", "serve", "--input", str(tables / "bank_b.csv"), "--listen", f"127.0.0.1:{port}",
-                            "--output", str(out_b), "--peer-name", "bank-a", *common, *tls_args(pki, "bank-b")])
-    client = _run(["psi", "connect", "--input", str(tables / "bank_a.csv"), "--peer", f"127.0.0.1:{port}",
-                   "--output", str(out_a), "--peer-name", "bank-b", *common, *tls_args(pki, "bank-a")])
-    s_out, s_err = server.communicate(timeout=120)
-    assert client.returncode == 0, client.stderr
-    assert server.returncode == 0, s_err
-    expected = set(_ids(tables / "bank_a.csv")) & set(_ids(tables / "bank_b.csv"))
+    client, s_out, out_a, out_b, expected = psi_pair_over_tls(protocol, "both", tables, pki, tmp_path)
     rows_a, rows_b = _ids(out_a), _ids(out_b)
     assert rows_a == rows_b, "row i must carry the same key on both sides"
     assert set(rows_a) == expected and len(rows_a) == len(expected)

@@ -12,6 +12,8 @@ from psi.parallel import Executor
 from psi.protocols import kkrt
 from psi.protocols.base import Reveal
 
+from .helpers import assert_matches_plaintext
+
 EXECUTOR = Executor(1)
 
 
@@ -39,13 +41,7 @@ def test_matches_plaintext_intersection(common, only_client, only_server, rnd, r
     rnd.shuffle(client)
     rnd.shuffle(server)
     c_out, s_out = _run(client, server, reveal, batch)
-    expected = set(client) & set(server)
-    assert sorted(client[i] for i in c_out.indices) == sorted(expected)
-    assert c_out.cardinality == len(expected)
-    if reveal is Reveal.BOTH:
-        assert [client[i] for i in c_out.indices] == [server[i] for i in s_out.indices]
-    else:
-        assert s_out.indices is None and s_out.cardinality is None
+    assert_matches_plaintext(client, server, c_out, s_out, reveal)
 
 
 @pytest.mark.parametrize("sizes", [(0, 0), (0, 7), (7, 0), (1, 1)])

@@ -1,4 +1,4 @@
-"""OT and KKRT against a cheating peer: the BCH code, the OOS17 check, "both" evidence, OS randomness.
+"""OT and KKRT against a cheating peer: the OOS17 check, "both" evidence, OS randomness (the BCH code: tests/test_bch.py).
 
 Each cheat is played by driving the sans-IO parties in one process and altering one side.
 """
@@ -15,76 +15,13 @@ import pytest
 from psi.driver import run_pair
 from psi.errors import MalformedMessage
 from psi.messages import Message
-from psi.ot import OneOfNReceiver, OneOfNSender, OtReceiver, OtSender, bch, oos
+from psi.ot import OneOfNReceiver, OneOfNSender, OtReceiver, OtSender, oos
 from psi.ot.bitmatrix import transpose
 from psi.parallel import Executor
 from psi.protocols import kkrt
 from psi.protocols.base import Reveal
 
 EXECUTOR = Executor(1)
-
-
-# -- the code ------------------------------------------------------------------------------------
-
-
-def _poly_mod(a: int, b: int) -> int:
-    while a.bit_length() >= b.bit_length():
-        a ^= b << (a.bit_length() - b.bit_length())
-    return a
-
-
-def test_generator_is_the_bch_511_76_generator():
-    g = bch.generator_polynomial()
-    assert g.bit_length() - 1 == 511 - 76  # dimension 76
-    assert all(bch.evaluate(g, i) == 0 for i in range(1, 171))  # roots α^1..α^170: designed distance 171
-    assert bch.evaluate(g, 171) != 0 and bch.evaluate(g, 0) != 0
-    assert _poly_mod((1 << 511) | 1, g) == 0  # g | x^511 − 1: a cyclic code of length 511
-
-
-def test_encoding_is_linear_and_matches_polynomial_product():
-    code = bch.code()
-    rng = np.random.default_rng(3)
-    words = rng.integers(0, 2**63, (400, 2), dtype=np.uint64)
-    words[:, 1] &= np.uint64(0xFFF)
-    encoded = code.encode(words)
-    a, b = words[:200], words[200:]
-    assert np.array_equal(code.encode(a ^ b), encoded[:200] ^ encoded[200:])
-    g = bch.generator_polynomial()
-    for w, c in zip(words[:20], encoded[:20]):
-        message = int(w[0]) | int(w[1]) << 64
-        product = 0
-        for i in range(76):
-            if message >> i & 1:
-                product ^= g << i
-        assert c.tobytes() == product.to_bytes(64, "little")
-    assert not (encoded[:, 63] & 0x80).any()  # bit 511 is the zero padding
-    unit = np.zeros((76, 2), dtype=np.uint64)
-    for i in range(76):
-        unit[i, i // 64] = np.uint64(1) << np.uint64(i % 64)
-    basis = np.unpackbits(code.encode(unit), axis=1)
-    assert _gf2_rank(basis) == 76
-    weights = np.unpackbits(code.encode(words[1:] ^ words[:-1]), axis=1).sum(axis=1)
-    assert weights.min() >= bch.DISTANCE  # sampled differences respect the designed distance
-    with pytest.raises(ValueError):
-        code.encode(np.array([[0, 1 << 12]], dtype=np.uint64))  # a 77-bit message
-
-
-def _gf2_rank(rows: np.ndarray) -> int:
-    rows = rows.copy() % 2
-    rank = 0
-    for col in range(rows.shape[1]):
-        pivot = np.nonzero(rows[rank:, col])[0]
-        if pivot.size == 0:
-            continue
-        p = rank + pivot[0]
-        rows[[rank, p]] = rows[[p, rank]]
-        mask = rows[:, col].astype(bool)
-        mask[rank] = False
-        rows[mask] ^= rows[rank]
-        rank += 1
-        if rank == rows.shape[0]:
-            break
-    return rank
 
 
 def test_check_combination_matches_the_definition():

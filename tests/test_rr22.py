@@ -21,6 +21,8 @@ from psi.protocols.base import Reveal
 from psi.records import read_keys
 from psi.transport.memory import memory_pair
 
+from .helpers import assert_matches_plaintext
+
 EXECUTOR = Executor(1)
 
 
@@ -57,16 +59,6 @@ def _run(client_items, server_items, reveal=Reveal.RECEIVER, batch_rows=1 << 17,
     return client.result(), server.result()
 
 
-def _check(client, server, c_out, s_out, reveal):
-    expected = set(client) & set(server)
-    assert sorted(client[i] for i in c_out.indices) == sorted(expected)
-    assert c_out.cardinality == len(expected)
-    if reveal is Reveal.BOTH:
-        assert [client[i] for i in c_out.indices] == [server[i] for i in s_out.indices]
-    else:
-        assert s_out.indices is None and s_out.cardinality is None
-
-
 @settings(max_examples=10, deadline=None)
 @given(st.integers(0, 150), st.integers(0, 150), st.integers(0, 150), st.randoms(use_true_random=False),
        st.sampled_from([Reveal.RECEIVER, Reveal.BOTH]))
@@ -77,7 +69,7 @@ def test_matches_plaintext_intersection(common, only_client, only_server, rnd, r
     rnd.shuffle(client)
     rnd.shuffle(server)
     c_out, s_out = _run(client, server, reveal)
-    _check(client, server, c_out, s_out, reveal)
+    assert_matches_plaintext(client, server, c_out, s_out, reveal)
 
 
 @pytest.mark.parametrize("sizes", [(0, 0), (0, 7), (7, 0), (1, 1), (3, 300)])
@@ -85,7 +77,7 @@ def test_empty_tiny_and_full_overlap(sizes):
     client = [b"k%d" % i for i in range(sizes[0])]
     server = [b"k%d" % i for i in range(sizes[1])]
     c_out, s_out = _run(client, server, Reveal.BOTH)
-    _check(client, server, c_out, s_out, Reveal.BOTH)
+    assert_matches_plaintext(client, server, c_out, s_out, Reveal.BOTH)
 
 
 def test_disjoint_sets_match_nothing():
@@ -101,7 +93,7 @@ def test_several_bins_batches_and_workers():
     assert okvs.params_for(len(client)).bins == 3
     with Executor(2) as executor:
         c_out, s_out = _run(client, server, Reveal.BOTH, batch_rows=1 << 14, executor=executor)
-    _check(client, server, c_out, s_out, Reveal.BOTH)
+    assert_matches_plaintext(client, server, c_out, s_out, Reveal.BOTH)
 
 
 def test_subspace_vole_correlation():

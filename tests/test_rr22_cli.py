@@ -7,26 +7,16 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import free_port, tls_args
-from .test_cli_psi_e2e import _ids, _run, _start_server, tables  # noqa: F401 - ``tables`` is a fixture
+from .helpers import ids as _ids, psi_pair_over_tls
+from .test_cli_psi_e2e import tables  # noqa: F401 - ``tables`` is a fixture
 
 pytestmark = pytest.mark.e2e
 
 
 @pytest.mark.parametrize("reveal", ["both", "receiver"])
 def test_two_processes_rr22_over_tls(reveal: str, tables: Path, pki: Path, tmp_path: Path) -> None:  # noqa: F811
-    port = free_port()
-    out_a, out_b = tmp_path / "a.csv", tmp_path / "b.csv"
-    common = ["--protocol", "rr22", "--on", "id_number", "--reveal", reveal, "--json", "--quiet"]
-    server_out = ["--output", str(out_b)] if reveal == "both" else []
-    server = _start_server(["psi", "serve", "--input", str(tables / "bank_b.csv"), "--listen", f"127.0.0.1:{port}",
-                            *server_out, "--peer-name", "bank-a", *common, *tls_args(pki, "bank-b")])
-    client = _run(["psi", "connect", "--input", str(tables / "bank_a.csv"), "--peer", f"127.0.0.1:{port}",
-                   "--output", str(out_a), "--peer-name", "bank-b", *common, *tls_args(pki, "bank-a")])
-    s_out, s_err = server.communicate(timeout=120)
-    assert client.returncode == 0, client.stderr
-    assert server.returncode == 0, s_err
-    expected = set(_ids(tables / "bank_a.csv")) & set(_ids(tables / "bank_b.csv"))
+    client, s_out, out_a, out_b, expected = psi_pair_over_tls("rr22", reveal, tables, pki, tmp_path,
+                                                             server_output=reveal == "both")
     rows_a = _ids(out_a)
     assert set(rows_a) == expected and len(rows_a) == len(expected)
     summary, server_summary = json.loads(client.stdout), json.loads(s_out)

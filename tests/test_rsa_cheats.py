@@ -32,22 +32,12 @@ from psi.crypto.rsa_proof import PermutationProofError, challenges, prove, verif
 from psi.driver import run_pair
 from psi.errors import MalformedMessage, ProtocolStateError, UnexpectedMessage
 from psi.messages import Message, pack_items, unpack_items
-from psi.parallel import Executor
 from psi.protocols import rsa as R
 from psi.protocols.base import Reveal, Role
 
+from .helpers import executor, key  # noqa: F401 - fixtures shared with the other RSA tests
+
 E = PUBLIC_EXPONENT
-
-
-@pytest.fixture(scope="module")
-def key() -> RsaKey:
-    return RsaKey.generate(2048)
-
-
-@pytest.fixture(scope="module")
-def executor():
-    with Executor(workers=1) as ex:
-        yield ex
 
 
 def primes_one_mod_e(count: int, bits: int, rng: random.Random) -> list[int]:

@@ -15,16 +15,7 @@ from psi.parallel import Executor
 from psi.protocols import rsa as R
 from psi.protocols.base import Reveal
 
-
-@pytest.fixture(scope="module")
-def key() -> RsaKey:
-    return RsaKey.generate(2048)
-
-
-@pytest.fixture(scope="module")
-def executor():
-    with Executor(workers=1) as ex:
-        yield ex
+from .helpers import executor, key  # noqa: F401 - fixtures shared with the other RSA tests
 
 
 def run(client_items, server_items, key, executor, *, reveal=Reveal.RECEIVER, batch_size=16, window=2, **server_kw):

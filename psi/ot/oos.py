@@ -62,6 +62,7 @@ __all__ = [
     "receiver_response",
     "sender_expected",
     "verify",
+    "verify_sums",
     "repetition_response",
     "repetition_verify",
     "REPETITION_RESPONSE_BYTES",
@@ -170,13 +171,24 @@ def verify(expected_q: np.ndarray, response: bytes, masked_code: BchCode) -> Non
     answer = np.frombuffer(response, dtype=np.uint8).reshape(S, ROW_BYTES + WORD_BYTES)
     combined = np.zeros((S, 16), dtype=np.uint8)
     combined[:, :WORD_BYTES] = answer[:, ROW_BYTES:]
-    messages = combined.view(np.uint64)
-    if (messages[:, 1] >> np.uint64(DIMENSION - 64)).any():
-        raise CheatingDetected("OT check answer holds a word longer than 76 bits")
-    lhs = (answer[:, :ROW_BYTES] ^ expected_q).tobytes()
-    rhs = masked_code.encode(messages).tobytes()
+    verify_sums(answer[:, :ROW_BYTES], expected_q, combined.view(np.uint64), masked_code, "OT check answer")
+
+
+def verify_sums(t_sums: np.ndarray, q_sums: np.ndarray, w_sums: np.ndarray, masked_code: BchCode,
+                context: str) -> None:
+    """The comparison of the check, for any message layout: ``t̃_l ⊕ q̃_l = C(w̃_l) ∧ Δ`` for
+    every ``l`` in one constant-time comparison, after refusing a ``w̃_l`` of more than 76 bits.
+
+    ``t_sums`` (the peer's), ``q_sums`` (own): ``uint8 (k, 64)``; ``w_sums``: ``uint64 (k, 2)``;
+    ``masked_code`` encodes ``C(·) ∧ Δ``; ``context`` starts the error message. Raises
+    :class:`CheatingDetected` (exit 4).
+    """
+    if (w_sums[:, 1] >> np.uint64(DIMENSION - 64)).any():
+        raise CheatingDetected(f"{context}: a combined word is out of range (more than {DIMENSION} bits)")
+    lhs = (np.asarray(t_sums, dtype=np.uint8) ^ np.asarray(q_sums, dtype=np.uint8)).tobytes()
+    rhs = masked_code.encode(w_sums).tobytes()
     if not hmac.compare_digest(lhs, rhs):
-        raise CheatingDetected("peer failed the OT-extension consistency check (OOS17): its rows are not code words")
+        raise CheatingDetected(f"{context}: OT-extension consistency check failed (OOS17): the peer's rows are not code words")
 
 
 # -- the same check for IKNP's repetition code (C(b) = b·1^128), as in KOS15 ----------------------

@@ -59,32 +59,30 @@ import weakref
 from concurrent.futures import Future
 from dataclasses import dataclass
 from multiprocessing import shared_memory
-from typing import Any, Callable, Sequence
+from typing import Any, Sequence
 
 import numpy as np
 
-from ..errors import MalformedMessage, UsageError
+from ..errors import MalformedMessage
 from ..messages import Message
 from ..ot import bch, oos
 from ..ot.aes_hash import TweakHash
 from ..ot.base_ot import POINT_BYTES, BaseOtReceiver, BaseOtSender
 from ..ot.bitmatrix import transpose
 from ..ot.extension import ExtensionReceiver, ExtensionSender, padded_rows
-from ..ot.session import HelloState
 from ..parallel import Executor
 from .. import cuckoo
-from .base import PsiOutcome, PsiParty, Reveal, Role
+from .base import PsiOutcome, Reveal, Role
 from . import kkrt_work
+from .ot_psi import MIN_PIECE as _MIN_PIECE, SIGMA, check_options, done_future as _done_future
+from .ot_psi import OtPsiParty, pack_claims, parse_claims, scatter as _scatter, secure_permutation, sigma_value_bytes
 
 __all__ = ["NAME", "VERSION", "Config", "Client", "Server", "value_bytes", "false_match_log2", "secure_permutation"]
 
 NAME = "kkrt"
 VERSION = 2  # 2: BCH code, phasing, OOS17 check, evidence in "both" (1: pseudorandom code)
 CODE_WIDTH = bch.WIDTH
-SIGMA = 40
-MAX_ITEMS = 1 << 31
 EVIDENCE_BYTES = 8  # per claimed match: an online guess passes with probability 2^-64, and the first wrong one aborts
-_MIN_PIECE = 1 << 13  # below ~2 pieces of this many items, per-item work stays in-process
 
 
 @dataclass(frozen=True)
@@ -96,10 +94,7 @@ class Config:
     window: int = 4
 
     def __post_init__(self) -> None:
-        if Reveal(self.reveal) is Reveal.CARDINALITY:
-            raise UsageError("kkrt does not offer cardinality mode (use the ECDH protocol)")
-        if not 8 <= self.batch_size <= 1 << 22 or self.window < 1:
-            raise UsageError("kkrt batch_size must be in 8..2^22 and window at least 1")
+        check_options(NAME, self.reveal, "batch_size", self.batch_size, self.window)
 
     def hello_params(self) -> dict:
         return {
@@ -129,20 +124,10 @@ def false_match_log2(server_size: int, client_size: int, width: int) -> float:
 
 def value_bytes(server_size: int, client_size: int) -> int:
     """``ℓ``: bytes of each OPRF value on the wire, the fewest with a false-match bound ≤ 2^-40."""
-    width = max(1, math.ceil((SIGMA + math.log2(max(1, server_size) * max(1, client_size))) / 8))
+    width = sigma_value_bytes(server_size, client_size)
     while false_match_log2(server_size, client_size, width) > -SIGMA:
         width += 1
     return width
-
-
-def secure_permutation(count: int) -> np.ndarray:
-    """A uniform permutation of ``range(count)`` from OS randomness (sort of 64-bit keys from
-    ``secrets``; drawn again in the rare case of equal keys, so ties never bias it)."""
-    while True:
-        keys = np.frombuffer(secrets.token_bytes(8 * count), dtype=np.uint64)
-        order = np.argsort(keys)  # ties are redrawn below, so the sort need not be stable
-        if count < 2 or (np.diff(keys[order]) != 0).all():
-            return order
 
 
 class _State(enum.Enum):
@@ -159,53 +144,18 @@ class _State(enum.Enum):
 # -- spreading work over the executor (the work itself: psi.protocols.kkrt_work) --
 
 
-def _done_future(value: Any) -> "Future[Any]":
-    fut: Future[Any] = Future()
-    fut.set_result(value)
-    return fut
-
-
-def _scatter(executor: Executor, fn: Callable[[Any], Any], items: Sequence[Any]) -> "list[Future[Any]]":
-    """``executor.scatter`` for inputs worth shipping out; small ones run here at once."""
-    if executor.workers == 1 or len(items) < 2 * _MIN_PIECE:
-        return [_done_future(fn(items))]
-    return executor.scatter(fn, items)
-
-
 def _gather(futures: "list[Future[np.ndarray]]", axis: int = 0) -> np.ndarray:
     parts = [fut.result() for fut in futures]
     return parts[0] if len(parts) == 1 else np.concatenate(parts, axis=axis)
 
 
-def _check_items(items: Sequence[bytes], peer_size: int) -> None:
-    if len(items) > MAX_ITEMS or not 0 <= peer_size <= MAX_ITEMS:
-        raise UsageError("set size out of range for kkrt")
-
-
-class _Common(PsiParty):
+class _Common(OtPsiParty):
     def __init__(self, items: Sequence[bytes], config: Config, peer_size: int, executor: Executor, role: Role) -> None:
-        super().__init__()
-        _check_items(items, peer_size)
-        self._items = items
-        self._config = config
-        self._reveal = Reveal(config.reveal)
-        self._peer_size = peer_size
-        self._executor = executor
-        self._hello = HelloState(NAME, VERSION, role, config.hello_params(), {"size": len(items)})
-        self._state = _State.HELLO
-        self._set_phase("hello")
-        self._send(self._hello.own_message.kind, self._hello.own_message.body)
+        super().__init__(NAME, VERSION, _State, items, config, peer_size, executor, role)
 
     def _accept_hello(self, message: Message) -> None:
-        self._hello.accept(message)
-        self._hello.check_peer_size(self._peer_size)
-        self._session = self._hello.session
+        super()._accept_hello(message)
         self._hash = TweakHash(self._session)
-
-    def _done(self, outcome: PsiOutcome) -> None:
-        self._outcome = outcome
-        self._state = _State.DONE
-        self._finish()
 
 
 class Client(_Common):
@@ -394,10 +344,7 @@ class Client(_Common):
             order = kkrt_work.value_order(mine[matched])
             matched, wire = matched[order], wire[order]
             evidence = self._evidence[table.bin_of()[matched]]
-            claims = np.empty((matched.size, 4 + EVIDENCE_BYTES), dtype=np.uint8)
-            claims[:, :4] = wire.astype(">u4").view(np.uint8).reshape(-1, 4)
-            claims[:, 4:] = evidence
-            self._send("kkrt.matches", claims.tobytes())
+            self._send("kkrt.matches", pack_claims(wire, evidence))
         else:
             matched = np.sort(matched)
         indices = matched.tolist()
@@ -543,14 +490,8 @@ class Server(_Common):
 
     def _matches(self, body: bytes) -> None:
         """Accept the client's claimed matches only if each carries the right evidence."""
-        limit = min(self._n, self._n_client)
-        record = 4 + EVIDENCE_BYTES
-        if len(body) % record or len(body) // record > limit:
-            raise MalformedMessage("kkrt.matches has a bad length")
-        claims = np.frombuffer(body, dtype=np.uint8).reshape(-1, record)
-        wire = claims[:, :4].copy().view(">u4").reshape(-1).astype(np.int64)
-        if wire.size and wire.max() >= cuckoo.HASHES * self._n:
-            raise MalformedMessage("kkrt.matches holds an out-of-range position")
+        wire, evidence = parse_claims(body, "kkrt.matches", EVIDENCE_BYTES, min(self._n, self._n_client),
+                                      cuckoo.HASHES * self._n)
         h, pos = np.divmod(wire, max(self._n, 1))
         perms = np.stack(self._perms) if self._n else np.zeros((cuckoo.HASHES, 0), dtype=np.int64)
         items = perms[h, pos] if wire.size else np.zeros(0, dtype=np.int64)
@@ -561,7 +502,7 @@ class Server(_Common):
             bins = cuckoo.bin_indices(digests, self._cuckoo_seed, self._bins)[np.arange(items.size), h]
             rows = kkrt_work.server_rows(self._q, self._masked, digests, bins, h)
             expected = self._hash.hash_rows(rows, 0, out_bytes=16 + EVIDENCE_BYTES, domain=kkrt_work.DOMAIN, indices=bins)
-            if not hmac.compare_digest(expected[:, 16 : 16 + EVIDENCE_BYTES].tobytes(), claims[:, 4:].tobytes()):
+            if not hmac.compare_digest(expected[:, 16 : 16 + EVIDENCE_BYTES].tobytes(), evidence.tobytes()):
                 raise MalformedMessage("kkrt.matches claims an item the client did not match (bad evidence)")
         self._digests = None
         self._release_q()

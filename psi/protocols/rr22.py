@@ -21,7 +21,7 @@ Message flow (client = PSI receiver, learns the result; server = PSI sender)::
    chosen after its items are fixed.
 3. 512 base OTs (the server is the base-OT *receiver* with secret ``s``), then one OT-extension
    row per OKVS row with the code word ``C(P'_i)`` of the linear [511, 76, ≥171] BCH code
-   (:mod:`psi.crypto.bch`) as the chosen word: the client gets ``t_i``, the server
+   (:mod:`psi.ot.bch`, shared with KKRT) as the chosen word: the client gets ``t_i``, the server
    ``q_i = t_i ⊕ (C(P'_i) ∧ s)`` — a VOLE over GF(2)^76 with the product ``C(a) ∧ s``
    (PaXoS PSI, Pinkas–Rosulek–Trieu–Yanai 2020). OKVS and code being GF(2)-linear,
    ``Decode(Q, y) ⊕ (C(h(y)) ∧ s) = Decode(T, y) ⊕ (C(Decode(P', y) ⊕ h(y)) ∧ s)``.
@@ -55,40 +55,38 @@ import enum
 import functools
 import hashlib
 import hmac
-import math
 import secrets
 from concurrent.futures import Future
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Sequence
 
 import numpy as np
 
-from ..crypto import bch, okvs
-from ..errors import MalformedMessage, UsageError
+from ..crypto import okvs
+from ..errors import MalformedMessage
 from ..messages import Message
+from ..ot import bch, oos
 from ..ot.aes_hash import TweakHash, derive_key
 from ..ot.base_ot import POINT_BYTES, BaseOtReceiver, BaseOtSender
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
 from ..ot.extension import ExtensionReceiver, ExtensionSender
-from ..ot.session import HelloState
 from ..parallel import Executor
-from .base import PsiOutcome, PsiParty, Reveal, Role
+from .base import PsiOutcome, Reveal, Role
+from .ot_psi import SIGMA, check_options, pack_claims, parse_claims, scatter
+from .ot_psi import OtPsiParty, secure_permutation, sigma_value_bytes
 
 __all__ = ["NAME", "VERSION", "Config", "Client", "Server", "value_bytes", "WIDTH"]
 
 NAME = "rr22"
 VERSION = 1
 WIDTH = 512  # bits per OKVS value and OT-extension row
-SIGMA = 40
-MAX_ITEMS = 1 << 31
 EVIDENCE_BYTES = 16
-CHECKS = 40  # OOS17 consistency checks per batch (statistical security 2^-40)
+CHECKS = oos.S  # OOS17 consistency checks per batch (40: statistical security 2^-40)
 _CHECK_BYTES = CHECKS * (WIDTH // 8 + 16)
-_HIGH_MASK = np.uint64((1 << (bch.MESSAGE_BITS - 64)) - 1)
+_HIGH_MASK = np.uint64((1 << (bch.DIMENSION - 64)) - 1)
 _WORDS = WIDTH // 64
 _DOMAIN_OPRF, _DOMAIN_WIRE, _DOMAIN_EVIDENCE = 0x52, 0x53, 0x54
-_MIN_PIECE = 1 << 13
 
 
 @dataclass(frozen=True)
@@ -100,10 +98,7 @@ class Config:
     window: int = 4
 
     def __post_init__(self) -> None:
-        if Reveal(self.reveal) is Reveal.CARDINALITY:
-            raise UsageError("rr22 does not offer cardinality mode (use the ECDH protocol)")
-        if not 8 <= self.batch_rows <= 1 << 22 or self.window < 1:
-            raise UsageError("rr22 batch_rows must be in 8..2^22 and window at least 1")
+        check_options(NAME, self.reveal, "batch_rows", self.batch_rows, self.window)
 
     def hello_params(self) -> dict:
         return {
@@ -119,7 +114,7 @@ class Config:
 
 def value_bytes(server_size: int, client_size: int) -> int:
     """``ℓ``: bytes of each server value on the wire (false match ≤ 2^-40 overall)."""
-    return math.ceil((SIGMA + math.log2(max(1, server_size) * max(1, client_size))) / 8)
+    return sigma_value_bytes(server_size, client_size)
 
 
 class _State(enum.Enum):
@@ -170,7 +165,12 @@ def _item_hash(code_key: bytes, digests: np.ndarray) -> np.ndarray:
 
 
 def _challenge_bits(seed: bytes, rows: int) -> np.ndarray:
-    """``bool (CHECKS, rows)``: the check coefficients expanded from the server's seed."""
+    """``bool (CHECKS, rows)``: the check coefficients expanded from the server's seed.
+
+    rr22's own expansion (AES-CTR keyed by the fresh seed, one ``rows``-bit string per check),
+    not :func:`psi.ot.oos.challenge_words` (a 40-bit word per row, keyed by session, batch and
+    seed): the coefficients decide the ``rr22.check`` answer, so sharing it would change the
+    wire. The comparison itself is the shared :func:`psi.ot.oos.verify_sums`."""
     length = -(-rows // 8)
     stream = np.empty(CHECKS * length + 16, dtype=np.uint8)
     Cipher(algorithms.AES(seed), modes.CTR(bytes(16))).encryptor().update_into(np.zeros(CHECKS * length, np.uint8), stream)
@@ -203,11 +203,10 @@ def _client_batch(digests: np.ndarray, bins: np.ndarray, *, nb: int, first_bin: 
     rows = nb * params.cols_per_bin
     messages = np.empty((rows + CHECKS, 2), dtype=np.uint64)
     messages[:rows] = table.reshape(rows, 2)
-    messages[rows:] = np.frombuffer(secrets.token_bytes(16 * CHECKS), dtype=np.uint64).reshape(CHECKS, 2)
-    messages[rows:, 1] &= _HIGH_MASK
+    messages[rows:] = oos.random_words(CHECKS)
     offset = (first_bin * params.cols_per_bin + batch * CHECKS) // 8
     ext = ExtensionReceiver(keys0, keys1, offset=offset)
-    t_rows, wire = ext.extend_codewords(bch.encode(messages).view(np.uint8))
+    t_rows, wire = ext.extend_codewords(bch.code().encode(messages))
     t_words = np.ascontiguousarray(t_rows).view(np.uint64).reshape(rows + CHECKS, _WORDS)
     decoded = okvs.decode(t_words[:rows].reshape(nb, params.cols_per_bin, _WORDS), bins, cols, masks, params)
     return counters.tobytes(), wire, _oprf(decoded, digests, session), t_words, messages
@@ -223,7 +222,7 @@ def _server_batch(digests: np.ndarray, bins: np.ndarray, wire: bytes, *, counter
     q_words = np.ascontiguousarray(ext.extend(rows + CHECKS, wire)).view(np.uint64).reshape(rows + CHECKS, _WORDS)
     cols, masks = okvs.rows_of(digests, bins, seed, counters, params)
     decoded = okvs.decode(q_words[:rows].reshape(nb, params.cols_per_bin, _WORDS), bins, cols, masks, params)
-    code = bch.encode(_item_hash(code_key, digests))
+    code = bch.code().encode(_item_hash(code_key, digests)).view(np.uint64)
     code &= ext.secret.view(np.uint64)[None, :]
     decoded ^= code
     oprf = _oprf(decoded, digests, session)
@@ -233,31 +232,15 @@ def _server_batch(digests: np.ndarray, bins: np.ndarray, wire: bytes, *, counter
 # -- the parties --------------------------------------------------------------------------------
 
 
-class _Common(PsiParty):
+class _Common(OtPsiParty):
     def __init__(self, items: Sequence[bytes], config: Config, peer_size: int, executor: Executor, role: Role) -> None:
-        super().__init__()
-        if len(items) > MAX_ITEMS or not 0 <= peer_size <= MAX_ITEMS:
-            raise UsageError("set size out of range for rr22")
-        self._items = items
-        self._config = config
-        self._reveal = Reveal(config.reveal)
-        self._peer_size = peer_size
-        self._executor = executor
-        self._hello = HelloState(NAME, VERSION, role, config.hello_params(), {"size": len(items)})
-        self._state = _State.HELLO
-        self._set_phase("hello")
-        self._send(self._hello.own_message.kind, self._hello.own_message.body)
+        super().__init__(NAME, VERSION, _State, items, config, peer_size, executor, role)
 
     def _accept_hello(self, message: Message) -> None:
-        self._hello.accept(message)
-        self._hello.check_peer_size(self._peer_size)
-        self._session = self._hello.session
+        super()._accept_hello(message)
         key = derive_key(b"rr22-item-digest", self._session, size=32)
         fn = functools.partial(_digest_piece, key=key)
-        if self._executor.workers == 1 or len(self._items) < 2 * _MIN_PIECE:
-            self._digest_futures = [_done(fn(self._items))]
-        else:
-            self._digest_futures = self._executor.scatter(fn, self._items)
+        self._digest_futures = scatter(self._executor, fn, self._items)
 
     def _digests(self) -> np.ndarray:
         parts = [f.result() for f in self._digest_futures]
@@ -281,17 +264,6 @@ class _Common(PsiParty):
         first = k * self._bins_per_batch
         last = min(first + self._bins_per_batch, self._params.bins)
         return first, last - first, slice(int(self._starts[first]), int(self._starts[last]))
-
-    def _done_with(self, outcome: PsiOutcome) -> None:
-        self._outcome = outcome
-        self._state = _State.DONE
-        self._finish()
-
-
-def _done(value: Any) -> "Future[Any]":
-    fut: Future[Any] = Future()
-    fut.set_result(value)
-    return fut
 
 
 class Client(_Common):
@@ -404,12 +376,11 @@ class Client(_Common):
             # an order independent of either input order (the server follows the message order)
             order = np.argsort(np.ascontiguousarray(evidence[:, :8]).view(np.uint64).reshape(-1), kind="stable")
             own_rows, wire_rows, evidence = own_rows[order], wire_rows[order], evidence[order]
-            body = np.concatenate([wire_rows.astype(">u4").view(np.uint8).reshape(-1, 4), evidence], axis=1)
-            self._send("rr22.matches", body.tobytes())
+            self._send("rr22.matches", pack_claims(wire_rows, evidence))
             indices = self._order[own_rows].tolist()
         else:
             indices = np.sort(self._order[own_rows]).tolist()
-        self._done_with(PsiOutcome(indices, len(indices), {"protocol": NAME, "okvs_rows": self._params.total,
+        self._done(PsiOutcome(indices, len(indices), {"protocol": NAME, "okvs_rows": self._params.total,
                                                            "value_bytes": self._width}))
 
 
@@ -449,7 +420,7 @@ class Server(_Common):
         if len(body) != POINT_BYTES:
             raise MalformedMessage("rr22.base.a has the wrong length")
         self._secret_bits = np.frombuffer(secrets.token_bytes(WIDTH), dtype=np.uint8) & 1
-        self._secret_words = np.packbits(self._secret_bits, bitorder="little").view(np.uint64)
+        self._masked = bch.code().masked(np.packbits(self._secret_bits, bitorder="little"))  # C(·) ∧ s
         reply, self._keys = BaseOtReceiver(self._secret_bits, self._session).reply(body)
         code_seed = secrets.token_bytes(16)
         self._code_key = derive_key(b"rr22-code", self._session, code_seed)
@@ -508,13 +479,8 @@ class Server(_Common):
             raise MalformedMessage(f"rr22.check: batch {k} has {len(body)} bytes, {_CHECK_BYTES} expected")
         t_sum = np.frombuffer(body[: CHECKS * WIDTH // 8], dtype=np.uint64).reshape(CHECKS, _WORDS)
         w_sum = np.frombuffer(body[CHECKS * WIDTH // 8 :], dtype=np.uint64).reshape(CHECKS, 2)
-        if (w_sum[:, 1] & ~_HIGH_MASK).any():
-            raise MalformedMessage(f"rr22.check: batch {k} holds a message out of range (more than {bch.MESSAGE_BITS} bits)")
         q_sum = self._futures[k].result()[2]
-        expected = (bch.encode(w_sum) & self._secret_words[None, :]) ^ q_sum
-        if not hmac.compare_digest(expected.tobytes(), t_sum.tobytes()):
-            raise MalformedMessage(f"rr22.check: OT-extension consistency check failed for batch {k}"
-                                   " (the peer's OKVS rows are not code words)")
+        oos.verify_sums(t_sum.view(np.uint8), q_sum.view(np.uint8), w_sum, self._masked, f"rr22.check: batch {k}")
         self._checked += 1
         if self._checked == self._batches:
             self._compute_values()
@@ -528,7 +494,7 @@ class Server(_Common):
             wire = np.concatenate([r[1] for r in results])
         else:
             self._oprf, wire = np.zeros((0, 16), dtype=np.uint8), np.zeros((0, self._width), dtype=np.uint8)
-        self._perm = np.random.default_rng(secrets.randbits(128)).permutation(self._n)
+        self._perm = secure_permutation(self._n)
         self._wire = wire[self._perm]  # wire position i holds sorted item perm[i]
         step = self._config.batch_rows
         self._value_batches = -(-self._n // step)
@@ -555,25 +521,19 @@ class Server(_Common):
             self._set_phase("matches")
         else:
             self._oprf = None
-            self._done_with(PsiOutcome(None, None, {"protocol": NAME}))
+            self._done(PsiOutcome(None, None, {"protocol": NAME}))
 
     def _matches(self, body: bytes) -> None:
-        record = 4 + EVIDENCE_BYTES
-        if len(body) % record or len(body) // record > min(self._n, self._n_client):
-            raise MalformedMessage("rr22.matches has a bad length")
-        data = np.frombuffer(body, dtype=np.uint8).reshape(-1, record)
-        wire = data[:, :4].copy().view(">u4").reshape(-1).astype(np.int64)
-        if wire.size and wire.max() >= self._n:
-            raise MalformedMessage("rr22.matches holds an out-of-range position")
+        wire, evidence = parse_claims(body, "rr22.matches", EVIDENCE_BYTES, min(self._n, self._n_client), self._n)
         if np.unique(wire).size != wire.size:
             raise MalformedMessage("rr22.matches names one item twice")
         rows = self._perm[wire]
         expected = _second_hash(self._oprf[rows], self._sorted_digests[rows], self._session, _DOMAIN_EVIDENCE, EVIDENCE_BYTES)
-        if not hmac.compare_digest(expected.tobytes(), data[:, 4:].tobytes()):
+        if not hmac.compare_digest(expected.tobytes(), evidence.tobytes()):
             raise MalformedMessage("rr22.matches: match evidence does not verify (the peer claims items it did not match)")
         self._oprf = None
         indices = self._order[rows].tolist()
-        self._done_with(PsiOutcome(indices, len(indices), {"protocol": NAME}))
+        self._done(PsiOutcome(indices, len(indices), {"protocol": NAME}))
 
 
 def _lookup(queries: np.ndarray, table: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
