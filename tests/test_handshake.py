@@ -179,6 +179,9 @@ def _exchange_with(peer_body: dict, own: Hello, **kw: Any) -> tuple[BaseExceptio
     error raised here and the message this side sent back after the hello."""
     mine, theirs = memory_pair()
     theirs.send(Message("hello", pack_json(peer_body)))
+    # The fake peer also stops after its hello (as a real one would on our error frame), so this
+    # side's send_error does not linger for a hang-up that a memory pair never gives.
+    theirs.send(Message("error", pack_json({"code": 5, "message": "the fake peer stops too"})))
     with pytest.raises(PsiqError) as info:
         exchange_hello(mine, own, **kw)
     assert theirs.recv(1).kind == "hello"
@@ -248,6 +251,7 @@ def test_peer_above_the_cap_is_refused_before_any_protocol_state(protocol, role,
     peer = dataclasses.replace(own, role=peer_role, info={"set_size": 1001})
     mine, theirs = memory_pair()
     theirs.send(peer.to_message())
+    theirs.send(Message("error", pack_json({"code": 5, "message": "the fake peer stops too"})))  # no linger
     with pytest.raises(PolicyError) as info:
         api.run_session(role, mine, table, options=options, executor=EXECUTOR)
     assert info.value.exit_code == 7
@@ -267,5 +271,6 @@ def test_default_cap_applies_without_the_option(table_file, monkeypatch):
     own = api._hello(Role.CLIENT, options, options.protocol_config(), table)
     mine, theirs = memory_pair()
     theirs.send(dataclasses.replace(own, role=Role.SERVER, info={"set_size": DEFAULT_MAX_PEER_SIZE + 1}).to_message())
+    theirs.send(Message("error", pack_json({"code": 5, "message": "the fake peer stops too"})))  # no linger
     with pytest.raises(PolicyError, match="above the cap of 30,000,000 keys"):
         api.run_session(Role.CLIENT, mine, table, options=options, executor=EXECUTOR)

@@ -92,11 +92,11 @@ def test_local_errors_are_not_described_to_the_peer() -> None:
     from psi.transport.memory import memory_pair
 
     a, b = memory_pair()
-    send_error(a, UsageError("index 9 is out of range"))
+    send_error(a, UsageError("index 9 is out of range"), linger=0)
     with pytest.raises(Exception) as info:
         raise_if_error(b.recv(0))
     assert "9" not in str(info.value) and "local error" in str(info.value)
-    send_error(a, ParameterMismatch("settings differ (dedup)"))
+    send_error(a, ParameterMismatch("settings differ (dedup)"), linger=0)
     with pytest.raises(IncompatiblePeer, match="dedup"):
         raise_if_error(b.recv(0))
 
