@@ -261,7 +261,12 @@ def run_session(
             rows = None
         if output is not None and rows is not None:
             t0 = time.perf_counter()
-            summary.output_rows = write_rows(table.path, rows, output, fmt=table.fmt, expect_rows=table.rows_read)
+            if _io_output(table, output):  # a database table, a DataFrame, or rows from either
+                from .io import write_rows as io_write_rows
+
+                summary.output_rows = io_write_rows(table, rows, output)
+            else:
+                summary.output_rows = write_rows(table.path, rows, output, fmt=table.fmt, expect_rows=table.rows_read)
             summary.output = str(output)
             stats.phases["write-output"] = time.perf_counter() - t0
         summary.peak_rss_mb = _peak_rss_mb()
@@ -288,7 +293,29 @@ def _server_extras(options: PsiOptions, table: KeyTable, executor: Executor) -> 
     return {}
 
 
-def _read(input: str | os.PathLike[str], on: Sequence[str], options: PsiOptions) -> KeyTable:
+def _io_output(table: KeyTable, output: Any) -> bool:
+    """True when psi.io (not the file writer) handles this input/output pair."""
+    return type(table) is not KeyTable or not isinstance(output, (str, os.PathLike))
+
+
+def _check_output(output: Any) -> None:
+    """Before any protocol work: an output table that exists with if_exists='fail' (exit 2)."""
+    if output is not None and not isinstance(output, (str, os.PathLike)):
+        from .io import check_output
+
+        check_output(output)
+
+
+def _read(input: Any, on: Sequence[str], options: PsiOptions) -> KeyTable:
+    from .io import is_database_url, is_source
+
+    if is_database_url(input):
+        raise UsageError("a database URL needs a table or a query: pass psi.io.SqlSource(url, table=...) as input")
+    if is_source(input):  # a database table or query, a pandas DataFrame
+        from .io import read_keys as io_read_keys
+
+        return io_read_keys(input, list(on), normalization=options.normalization, dedup=options.dedup,
+                            skip_empty=options.skip_empty)
     return read_keys(
         input,
         list(on),
@@ -320,6 +347,7 @@ def serve(
     listening; without it the error is raised. Returns the last session's summary.
     """
     options = options or PsiOptions()
+    _check_output(output)
     # Bind first (a client may connect while the input is read: it waits in the backlog), and
     # start the workers, so that both overlap reading the input.
     with Listener(listen, tls) as listener, Executor(options.workers) as executor:
@@ -387,6 +415,7 @@ def connect(
 ) -> PsiSummary:
     """Run the client side against a server at ``peer`` (``host:port``)."""
     options = options or PsiOptions()
+    _check_output(output)
     with Executor(options.workers) as executor:
         _warm(executor, options)
         table = _read(input, on, options)
@@ -413,6 +442,7 @@ def exchange_via_folder(
     from .transport.files import FolderChannel
 
     options = options or PsiOptions()
+    _check_output(output)
     table = _read(input, on, options)
     with FolderChannel(directory, Role(role).value, tls, handshake_timeout=options.timeout) as channel:
         return run_session(Role(role), channel, table, options=options, output=output, on_progress=on_progress)
