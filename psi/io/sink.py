@@ -13,7 +13,7 @@ from typing import Any, Iterator
 import numpy as np
 
 from ..errors import InputError, UsageError
-from .sql import _TRANSACTIONAL_DDL, BATCH, IF_EXISTS, SqlKeyTable, _Database, _Placement, _split_name, stream_rows
+from .sql import _TRANSACTIONAL_DDL, BATCH, IF_EXISTS, SqlKeyTable, _Database, _Placement, _split_name, column_names, stream_rows
 from .urls import mask_url, sqlalchemy
 
 __all__ = ["SqlSink"]
@@ -53,7 +53,12 @@ class SqlSink(_Database):
         inspector = sa.inspect(connection)
         if not inspector.has_table(name, schema=schema):
             return None
-        return [c["name"] for c in inspector.get_columns(name, schema=schema)]
+        try:
+            return [c["name"] for c in inspector.get_columns(name, schema=schema)]
+        except Exception:  # noqa: BLE001 - reflection failing (duckdb-engine on new DuckDB)
+            connection.rollback()
+            quote = connection.dialect.identifier_preparer.quote
+            return column_names(connection, (quote(schema) + "." if schema else "") + quote(name))
 
     def _refuse(self, columns: list[str] | None, header: list[str] | None = None) -> None:
         if columns is None:

@@ -235,21 +235,23 @@ def _plan(db: SqlSource, connection: Any, on: Sequence[str]) -> tuple[str, list[
         inspector = sa.inspect(connection)
         if not inspector.has_table(name, schema=schema):
             raise InputError(f"{db.display}: no table {db.table!r}")
-        columns = inspector.get_columns(name, schema=schema)
-        header = [c["name"] for c in columns]
-        types = [c["type"] for c in columns]
+        relation = (db.quote(connection, schema) + "." if schema else "") + db.quote(connection, name)
+        try:
+            columns = inspector.get_columns(name, schema=schema)
+            header: list[str] = [c["name"] for c in columns]
+            types: list[Any] | None = [c["type"] for c in columns]
+        except Exception:  # noqa: BLE001 - a dialect whose reflection fails (duckdb-engine on new DuckDB)
+            connection.rollback()
+            header, types = column_names(connection, relation), None
         try:
             primary = list(inspector.get_pk_constraint(name, schema=schema).get("constrained_columns") or [])
-        except NotImplementedError:
+        except Exception:  # noqa: BLE001 - NotImplementedError, or reflection failing as above
+            connection.rollback()
             primary = []
-        relation = (db.quote(connection, schema) + "." if schema else "") + db.quote(connection, name)
     else:
         alias = " psiq_source" if connection.dialect.name == "oracle" else " AS psiq_source"
         relation = f"({db.query.strip().rstrip(';')}){alias}"  # type: ignore[union-attr]
-        result = connection.exec_driver_sql(f"SELECT * FROM {relation} WHERE 1 = 0")
-        header = list(result.keys())
-        result.close()
-        types, primary = None, []
+        header, types, primary = column_names(connection, relation), None, []
     missing = [c for c in on if c not in header]
     if missing:
         shown = ", ".join(repr(c) for c in header[:20]) + (", ..." if len(header) > 20 else "")
@@ -262,6 +264,15 @@ def _plan(db: SqlSource, connection: Any, on: Sequence[str]) -> tuple[str, list[
     return relation, header, types, order
 
 
+def column_names(connection: Any, relation: str) -> list[str]:
+    """Column names of a table or ``(query) alias`` from an empty result (no reflection needed)."""
+    result = connection.exec_driver_sql(f"SELECT * FROM {relation} WHERE 1 = 0")
+    try:
+        return list(result.keys())
+    finally:
+        result.close()
+
+
 def _select(db: SqlSource, connection: Any, columns: Sequence[str], relation: str, order: Sequence[str]) -> str:
     names = ", ".join(db.quote(connection, c) for c in columns)
     keys = ", ".join(db.quote(connection, c) for c in order)
@@ -269,9 +280,10 @@ def _select(db: SqlSource, connection: Any, columns: Sequence[str], relation: st
 
 
 def _stream(connection: Any, statement: str) -> Iterator[list[Any]]:
-    result = connection.execution_options(stream_results=True, yield_per=BATCH).exec_driver_sql(statement)
+    options = {"stream_results": True, "yield_per": BATCH}
+    result = connection.exec_driver_sql(statement, execution_options=options)
     with contextlib.closing(result):
-        yield from result.partitions()
+        yield from result.partitions(BATCH)
 
 
 def _text(value: Any) -> str:
