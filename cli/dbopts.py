@@ -111,3 +111,25 @@ def pir_entries(source: Any, on: str, label: str | None) -> Iterator[tuple[str, 
     for batch in iter_columns(source, columns):
         for row in batch:
             yield _text(row[0]), (_text(row[-1]) if label is not None else "")
+
+
+def text(value: Any) -> str:
+    from psi.io.sql import _text
+
+    return _text(value)
+
+
+def read_rows(source: Any, on: str) -> tuple[list[str], list[Any] | None, list[Any]]:
+    """Every row of a database source (PIR batch lookups hold the ids in memory anyway)."""
+    from psi.io.sql import read_rows as read
+
+    return read(source)
+
+
+def write_answers(sink: Any, header: list[str], types: list[Any] | None, rows: list[Any], results: list[Any]) -> None:
+    """The input rows plus ``listed`` and ``label`` into the sink table, in one transaction."""
+    import sqlalchemy as sa
+
+    records = [(*row, bool(result.listed), result.label or "") for row, result in zip(rows, results)]
+    sink.write_records([*header, "listed", "label"], records,
+                       None if types is None else [*types, sa.Boolean(), sa.Text()])

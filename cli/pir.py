@@ -7,13 +7,14 @@ import os
 import sys
 import tempfile
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Iterator
 
 import click
 
 from psi.errors import InputError, UsageError
 from psi.normalize import Normalization
 
+from . import dbopts
 from .common import warn, emit_json, handles_errors, info, output_options, tls_options
 
 __all__ = ["pir_group"]
@@ -66,7 +67,9 @@ def pir_group() -> None:
 
 @pir_group.command("setup")
 @handles_errors
-@click.option("--input", "input_path", required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--input", "input_path", required=True, type=str,
+              help="CSV/TSV file, or a database URL with --table/--query (docs/DATABASES.md).")
+@dbopts.source_options
 @click.option("--on", "on", required=True, help="Column holding the listed ids.")
 @click.option("--label", "label", default=None, help="Column holding the label returned to askers.")
 @click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False, path_type=Path), help="Table directory.")
@@ -75,11 +78,20 @@ def pir_group() -> None:
 @_normalize_option
 @_regex_option
 @output_options
-def setup_command(input_path: Path, on: str, label: str | None, out_dir: Path, label_width: int | None,
-                  workers: int | None, normalize: str, key_regex: str | None, as_json: bool, quiet: bool) -> None:
-    """Build a new table version from a CSV (fresh keys: old hints and labels stop working)."""
+def setup_command(input_path: Any, on: str, label: str | None, out_dir: Path, label_width: int | None,
+                  workers: int | None, normalize: str, key_regex: str | None, as_json: bool, quiet: bool,
+                  **db: Any) -> None:
+    """Build a new table version from a CSV or a database table (fresh keys: old hints and labels stop working)."""
     from pir import api
 
+    input_path = dbopts.resolve_source({"input_path": input_path, **db})
+    if not isinstance(input_path, Path):  # a database table or query: (id, label) pairs streamed
+        report = api.setup(dbopts.pir_entries(input_path, on, label), out_dir, label_width=label_width,
+                           workers=workers, normalization=Normalization.parse(normalize, key_regex))
+        _setup_report(report, out_dir, as_json, quiet)
+        return
+    if not input_path.is_file():
+        raise InputError(f"{input_path}: no such file")
     header, rows = _csv_rows(input_path)
     id_col = _column(header, on, input_path)
     label_col = _column(header, label, input_path) if label else None
@@ -92,6 +104,10 @@ def setup_command(input_path: Path, on: str, label: str | None, out_dir: Path, l
 
     report = api.setup(entries(), out_dir, label_width=label_width, workers=workers,
                        normalization=Normalization.parse(normalize, key_regex))
+    _setup_report(report, out_dir, as_json, quiet)
+
+
+def _setup_report(report: Any, out_dir: Path, as_json: bool, quiet: bool) -> None:
     summary = report.as_dict()
     if as_json:
         emit_json(summary)
@@ -153,10 +169,13 @@ def _print_result(result: object, as_json: bool) -> None:
 @handles_errors
 @click.option("--peer", required=True, help="HOST:PORT of the lookup service.")
 @click.option("--id", "ident", default=None, help="One id to look up.")
-@click.option("--input", "input_path", default=None, type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--input", "input_path", default=None, type=str,
+              help="CSV file of ids, or a database URL with --table/--query.")
+@dbopts.source_options
 @click.option("--on", "on", default=None, help="Id column of --input.")
-@click.option("--output", "output_path", default=None, type=click.Path(dir_okay=False, path_type=Path),
-              help="CSV with the input rows plus 'listed' and 'label' columns.")
+@click.option("--output", "output_path", default=None, type=str,
+              help="CSV with the input rows plus 'listed' and 'label' columns (or a database URL with --output-table).")
+@dbopts.output_table_options
 @click.option("--cache-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Where hints are cached per table version (default ~/.cache/psiq/pir).")
 @_normalize_option
@@ -165,10 +184,15 @@ def _print_result(result: object, as_json: bool) -> None:
 @output_options
 def query_command(peer: str, ident: str | None, input_path: Path | None, on: str | None, output_path: Path | None,
                   cache_dir: Path | None, normalize: str, key_regex: str | None, tls: object,
-                  as_json: bool, quiet: bool) -> None:
+                  as_json: bool, quiet: bool, **db: Any) -> None:
     """Look ids up; exit status 0 whether listed or not."""
     from pir import api
 
+    db.update(input_path=input_path, output=output_path)
+    input_path = dbopts.resolve_source(db)  # a Path, a database source, or None
+    output_path = sink = dbopts.resolve_output(db, input_path)
+    if not isinstance(sink, (Path, type(None))):
+        sink.check()  # --if-exists fail: before any lookup
     normalization = Normalization.parse(normalize, key_regex)
     if (ident is None) == (input_path is None):
         raise UsageError("give exactly one of --id or --input")
@@ -179,13 +203,20 @@ def query_command(peer: str, ident: str | None, input_path: Path | None, on: str
     assert input_path is not None
     if on is None:
         raise UsageError("--input needs --on (the id column)")
-    header, rows_iter = _csv_rows(input_path)
+    if not isinstance(input_path, Path):
+        header, types, rows = dbopts.read_rows(input_path, on)
+    else:
+        if not input_path.is_file():
+            raise InputError(f"{input_path}: no such file")
+        header, rows_iter = _csv_rows(input_path)
+        rows, types = list(rows_iter), None
     id_col = _column(header, on, input_path)
-    rows = list(rows_iter)
-    ids = [row[id_col] if id_col < len(row) else "" for row in rows]
+    ids = [dbopts.text(row[id_col]) if id_col < len(row) else "" for row in rows]
     results = api.lookup(ids, peer=peer, tls=tls, cache_dir=cache_dir, normalization=normalization) if ids else []
     listed = sum(r.listed for r in results)
-    if output_path is not None:
+    if output_path is not None and not isinstance(output_path, Path):
+        dbopts.write_answers(output_path, header, types, rows, results)
+    elif output_path is not None:
         directory = output_path.resolve().parent
         fd, tmp = tempfile.mkstemp(dir=directory, prefix=".psiq-", suffix=".csv")
         with os.fdopen(fd, "w", encoding="utf-8", newline="") as fh:

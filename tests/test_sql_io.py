@@ -491,3 +491,37 @@ def test_pir_setup_from_a_table(tmp_path: Path, banks: Path) -> None:
 
     a, b = json.loads(from_db.stdout), json.loads(from_csv.stdout)
     assert a["entries"] == b["entries"] == 80 and a["duplicates"] == b["duplicates"]
+
+
+def test_pir_batch_lookup_reads_ids_from_and_writes_answers_to_tables(tmp_path: Path, banks: Path) -> None:
+    from click.testing import CliRunner
+
+    from cli.pir import pir_group
+
+    url = f"sqlite:///{tmp_path / 'bank.db'}"
+    _load_file_db(url, banks / "blacklist.csv")  # table customers: the list (setup from it, too)
+    setup = CliRunner().invoke(pir_group, ["setup", "--input", url, "--table", "customers", "--on", "id_number",
+                                           "--label", "reason", "--out", str(tmp_path / "db"), "--workers", "1"])
+    assert setup.exit_code == 0, setup.output
+    _header, listed_rows = _csv(banks / "blacklist.csv")
+    engine = sa.create_engine(url)
+    with engine.begin() as conn:
+        conn.exec_driver_sql("CREATE TABLE asks (n INTEGER PRIMARY KEY, id_number TEXT)")
+        conn.exec_driver_sql("INSERT INTO asks VALUES (1, ?), (2, '999'), (3, ?)", (listed_rows[0][0], listed_rows[5][0]))
+    engine.dispose()
+    port = free_port()
+    server = subprocess.Popen(psiq_cmd() + ["pir", "serve", "--db", str(tmp_path / "db"), "--listen",
+                                            f"127.0.0.1:{port}", "--insecure"],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=subprocess_env())
+    try:
+        result = _cli(["pir", "query", "--peer", f"127.0.0.1:{port}", "--insecure", "--cache-dir", str(tmp_path / "c"),
+                       "--input", url, "--table", "asks", "--on", "id_number", "--output", url,
+                       "--output-table", "answers"])
+        assert result.returncode == 0, result.stderr
+    finally:
+        server.terminate()
+        server.communicate(timeout=10)
+    columns, rows = _table_rows(url, "answers")
+    assert columns == ["n", "id_number", "listed", "label"]
+    assert [(r[0], bool(r[2]), r[3]) for r in rows] == [(1, True, listed_rows[0][1]), (2, False, ""),
+                                                         (3, True, listed_rows[5][1])]

@@ -83,6 +83,16 @@ class SqlSink(_Database):
         """Write ``table``'s source rows in ``order`` (-1: an all-NULL row) with their positions."""
         order = np.asarray(order, dtype=np.int64)
         header, types, batches, empty = _rows_of(table, order)
+        self._write(header, types, batches, empty)
+        return int(len(order))
+
+    def write_records(self, header: list[str], rows: list[Any], types: list[Any] | None = None) -> int:
+        """Write ``rows`` (tuples in ``header`` order; position = list index) as a new table."""
+        batches = iter([(np.arange(len(rows), dtype=np.int64), rows)] if rows else [])
+        self._write(list(header), types, batches, np.zeros(0, dtype=np.int64))
+        return len(rows)
+
+    def _write(self, header: list[str], types: list[Any] | None, batches: Iterator[Any], empty: np.ndarray) -> None:
         if self.order_column in header:
             raise UsageError(f"the input already has a column {self.order_column!r}: choose another --order-column")
         sa = sqlalchemy()
@@ -105,7 +115,6 @@ class SqlSink(_Database):
                     self._insert(sa, connection, target, pending)
             else:
                 self._write_staged(sa, connection, name, schema, header, column_types, pending)
-        return int(len(order))
 
     def _target(self, sa: Any, connection: Any, name: str, schema: str | None, header: list[str],
                 column_types: list[Any], create: bool) -> Any:

@@ -368,6 +368,18 @@ def iter_columns(source: SqlSource, columns: Sequence[str]) -> Iterator[list[Any
         raise InputError(f"{source.label} returned no rows (pass --allow-empty if that is expected)")
 
 
+def read_rows(source: SqlSource) -> tuple[list[str], list[Any] | None, list[Any]]:
+    """(column names, column types or None, every row) of a small source (PIR batch lookups)."""
+    with source.connect() as connection:
+        relation, header, types, order = _plan(source, connection, [])
+        rows: list[Any] = []
+        for batch in _stream(connection, _select(source, connection, header, relation, order)):
+            rows.extend(tuple(row) for row in batch)
+    if not rows and not source.allow_empty:
+        raise InputError(f"{source.label} returned no rows (pass --allow-empty if that is expected)")
+    return header, types, rows
+
+
 # -- the write pass: find the rows again ----------------------------------------------------
 class _Placement:
     """Where each source row goes: the positions of ``order`` holding it, sorted by source row."""
