@@ -367,16 +367,16 @@ def _pg_table_exists(pg: Any, name: str) -> bool:
 
 def test_connection_terminated_mid_read_exits_3(pg_env: Any, banks: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     _load_pg(pg_env, banks)
-    monkeypatch.setattr(sqlio, "BATCH", 50)
-    real_stream = sqlio._stream
+    monkeypatch.setattr(sqlio.pgcopy, "BLOCK_BYTES", 1000)
+    real_blocks = sqlio.pgcopy.blocks
 
-    def stream(connection: Any, statement: str) -> Any:
-        for i, batch in enumerate(real_stream(connection, statement)):
+    def blocks(connection: Any, statement: str) -> Any:
+        for i, block in enumerate(real_blocks(connection, statement)):
             if i == 1:
-                assert _terminate(pg_env, "FETCH%") == 1  # the server-side cursor's backend
-            yield batch
+                assert _terminate(pg_env, "COPY (SELECT%") == 1  # the reading backend
+            yield block
 
-    monkeypatch.setattr(sqlio, "_stream", stream)
+    monkeypatch.setattr(sqlio.pgcopy, "blocks", blocks)
     with pytest.raises(TransportError, match=f"lost the connection to the database at 127.0.0.1:{pg_env.port}") as err:
         io_read_keys(SqlSource(pg_env.url(), table="bank_a.customers"), ["id_number"])
     assert err.value.exit_code == 3
@@ -395,12 +395,13 @@ def test_connection_terminated_mid_write_leaves_no_table(if_exists: str, pg_env:
     table = io_read_keys(SqlSource(pg_env.url(), table="bank_a.customers"), ["id_number"])
     monkeypatch.setattr(sinkio, "BATCH", 50)
     monkeypatch.setattr(sqlio, "BATCH", 50)
+    monkeypatch.setattr(sqlio.pgcopy, "BLOCK_BYTES", 4000)
     real_chain = sinkio._chain
 
     def chain(*args: Any) -> Any:
         for i, item in enumerate(real_chain(*args)):
             if i == 2:
-                assert _terminate(pg_env, "COPY%") == 1
+                assert _terminate(pg_env, "COPY %.out%FROM STDIN") == 1  # the writing backend
             yield item
 
     monkeypatch.setattr(sinkio, "_chain", chain)

@@ -82,9 +82,19 @@ class SqlSink(_Database):
     def write(self, table: Any, order: np.ndarray) -> int:
         """Write ``table``'s source rows in ``order`` (-1: an all-NULL row) with their positions."""
         order = np.asarray(order, dtype=np.int64)
-        header, types, batches, empty = _rows_of(table, order)
-        self._write(header, types, batches, empty)
+        if self._copies_from(table):  # PostgreSQL to PostgreSQL: COPY text lines pass through unparsed
+            header, types, batches, empty = stream_rows(table, order, lines=True)
+            self._write(header, types, batches, empty, lines=True)
+        else:
+            header, types, batches, empty = _rows_of(table, order)
+            self._write(header, types, batches, empty)
         return int(len(order))
+
+    def _copies_from(self, table: Any) -> bool:
+        if not isinstance(table, SqlKeyTable) or table.column_types is None or table.source is None:
+            return False
+        ours, theirs = self.engine().dialect, table.source.engine().dialect
+        return ours.name == theirs.name == "postgresql" and ours.driver == theirs.driver == "psycopg"
 
     def write_records(self, header: list[str], rows: list[Any], types: list[Any] | None = None) -> int:
         """Write ``rows`` (tuples in ``header`` order; position = list index) as a new table."""
@@ -92,7 +102,8 @@ class SqlSink(_Database):
         self._write(list(header), types, batches, np.zeros(0, dtype=np.int64))
         return len(rows)
 
-    def _write(self, header: list[str], types: list[Any] | None, batches: Iterator[Any], empty: np.ndarray) -> None:
+    def _write(self, header: list[str], types: list[Any] | None, batches: Iterator[Any], empty: np.ndarray,
+               lines: bool = False) -> None:
         if self.order_column in header:
             raise UsageError(f"the input already has a column {self.order_column!r}: choose another --order-column")
         sa = sqlalchemy()
@@ -100,7 +111,7 @@ class SqlSink(_Database):
         with self.connect(must_exist=False) as connection:
             first = next(batches, None)
             column_types = _column_types(sa, connection.dialect, types, header, first)
-            pending = _chain(first, batches, empty, len(header))
+            pending = _chain(first, batches, empty, len(header), lines)
             existing = self._existing(connection)
             self._refuse(existing, header)
             connection.rollback()  # end the inspector's implicit transaction; ours starts now
@@ -112,7 +123,7 @@ class SqlSink(_Database):
                         sa.Table(name, sa.MetaData(), schema=schema).drop(connection)
                         existing = None
                     target = self._target(sa, connection, name, schema, header, column_types, existing is None)
-                    self._insert(sa, connection, target, pending)
+                    self._insert(sa, connection, target, header, pending, lines)
             else:
                 self._write_staged(sa, connection, name, schema, header, column_types, pending)
 
@@ -126,14 +137,19 @@ class SqlSink(_Database):
         target.create(connection)
         return target
 
-    def _insert(self, sa: Any, connection: Any, target: Any, pending: Iterator[tuple[np.ndarray, list[Any]]]) -> None:
-        names = [self.order_column, *(c.name for c in target.columns if c.name != self.order_column)]
+    def _insert(self, sa: Any, connection: Any, target: Any, header: list[str],
+                pending: Iterator[tuple[np.ndarray, list[Any]]], lines: bool = False) -> None:
+        names = [self.order_column, *header]
         driver = connection.connection.driver_connection
         if connection.dialect.name == "postgresql" and type(driver).__module__.startswith("psycopg"):
             quote = connection.dialect.identifier_preparer.quote
             relation = (quote(target.schema) + "." if target.schema else "") + quote(target.name)
             columns = ", ".join(quote(c) for c in names)
             with driver.cursor() as cursor, cursor.copy(f"COPY {relation} ({columns}) FROM STDIN") as copy:
+                if lines:
+                    for positions, rows in pending:
+                        copy.write(b"".join(map(b"%d\t%s\n".__mod__, zip(positions.tolist(), rows))))
+                    return
                 write = copy.write_row
                 for positions, rows in pending:
                     for position, row in zip(positions.tolist(), rows):
@@ -156,7 +172,7 @@ class SqlSink(_Database):
         try:
             with connection.begin():
                 target = self._target(sa, connection, staging, schema, header, column_types, True)
-                self._insert(sa, connection, target, pending)
+                self._insert(sa, connection, target, header, pending)
             with connection.begin():
                 existing = self._existing(connection)
                 self._refuse(existing, header)
@@ -177,11 +193,12 @@ class SqlSink(_Database):
             raise
 
 
-def _chain(first: Any, batches: Iterator[Any], empty: np.ndarray, width: int) -> Iterator[tuple[np.ndarray, list[Any]]]:
+def _chain(first: Any, batches: Iterator[Any], empty: np.ndarray, width: int,
+           lines: bool = False) -> Iterator[tuple[np.ndarray, list[Any]]]:
     if first is not None:
         yield first
     yield from batches
-    blank = (None,) * width
+    blank: Any = b"\t".join([b"\\N"] * width) if lines else (None,) * width
     for begin in range(0, len(empty), BATCH):
         chunk = empty[begin : begin + BATCH]
         yield chunk, [blank] * len(chunk)

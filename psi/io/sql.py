@@ -29,6 +29,7 @@ Messages show the URL with its password masked and never a key value.
 from __future__ import annotations
 
 import contextlib
+from array import array
 import csv
 import datetime
 import decimal
@@ -45,6 +46,7 @@ import numpy as np
 from ..errors import InputError, PsiqError, TransportError, UsageError
 from ..normalize import KeyNormalizationError, Normalization
 from ..records import DEDUP_POLICIES, KeyTable, _Collector, encode_key
+from . import pgcopy
 from .urls import mask_url, resolve_url, sqlalchemy
 
 __all__ = ["SqlSource", "SqlSink", "SqlKeyTable", "read_keys", "write_file", "iter_columns", "IF_EXISTS", "BATCH"]
@@ -131,8 +133,8 @@ class _Database:
             connection = engine.connect()
         except Exception as err:  # noqa: BLE001 - every driver has its own hierarchy
             raise TransportError(f"cannot connect to the database at {self.host} ({self.display}): {_one_line(err)}") from None
-        with connection:
-            with self.errors(connection):
+        with self.errors(connection):  # outside: closing a dead connection raises too
+            with connection:
                 yield connection
 
     @contextlib.contextmanager
@@ -163,7 +165,7 @@ def _is_disconnect(err: BaseException, connection: Any) -> bool:
 
         return isinstance(orig, psycopg.OperationalError)
     try:
-        return bool(connection.invalidated or connection.closed)
+        return bool(connection.invalidated)
     except Exception:  # noqa: BLE001
         return False
 
@@ -321,6 +323,22 @@ def add_rows(collector: _Collector, row0: int, rows: Sequence[Sequence[Any]]) ->
     collector.add_batch(row0, encoded, np.arange(row0 + 1, row0 + 1 + len(rows), dtype=np.int64))  # type: ignore[arg-type]
 
 
+def add_lines(collector: _Collector, row0: int, lines: list[bytes], columns: list[int], block: bytes | None = None) -> None:
+    """Feed COPY text lines (key fields at ``columns``) to the CSV key pipeline."""
+    if not lines:
+        return
+    if b"\\" in (block if block is not None else b"".join(lines)):  # escapes or NULLs: one line at a time
+        values = [pgcopy.unescape(line) for line in lines]
+        add_rows(collector, row0, [tuple(v[c] for c in columns) for v in values])
+        return
+    if columns == [0] and b"\t" not in (block if block is not None else b"".join(lines)):
+        fields = [lines]
+    else:
+        split = [line.split(b"\t") for line in lines]
+        fields = [[parts[c] for parts in split] for c in columns]
+    collector.add_batch(row0, fields, np.arange(row0 + 1, row0 + 1 + len(lines), dtype=np.int64))
+
+
 def read_keys(source: SqlSource, on: Sequence[str], *, normalization: Normalization | None = None,
               dedup: str = "error", skip_empty: bool = False, progress: Callable[[int], None] | None = None,
               fmt: str | None = None) -> SqlKeyTable:
@@ -338,11 +356,20 @@ def read_keys(source: SqlSource, on: Sequence[str], *, normalization: Normalizat
     rows = 0
     with source.connect() as connection:
         relation, header, types, order = _plan(source, connection, on)
-        for batch in _stream(connection, _select(source, connection, on, relation, order)):
-            add_rows(collector, rows, batch)
-            rows += len(batch)
-            if progress is not None:
-                progress(rows)
+        statement = _select(source, connection, on, relation, order)
+        if pgcopy.usable(connection):  # COPY text: split in bulk like a CSV block
+            for block in pgcopy.blocks(connection, statement):
+                lines = pgcopy.split_block(block)
+                add_lines(collector, rows, lines, list(range(len(on))), block)
+                rows += len(lines)
+                if progress is not None:
+                    progress(rows)
+        else:
+            for batch in _stream(connection, statement):
+                add_rows(collector, rows, batch)
+                rows += len(batch)
+                if progress is not None:
+                    progress(rows)
     if rows == 0 and not source.allow_empty:
         raise InputError(f"{source.label} returned no rows (pass --allow-empty if that is expected)")
     return SqlKeyTable(
@@ -399,29 +426,35 @@ class _Placement:
         return self.positions[lo:hi], self.rows[lo:hi] - row0
 
 
-def _check_keys(table: SqlKeyTable, rows: np.ndarray, values: list[Sequence[Any]]) -> None:
-    """The rows about to be written still carry the keys read in the first pass."""
+def _check_keys(table: SqlKeyTable, rows: np.ndarray, values: list[Any], lines: bool = False) -> None:
+    """The rows about to be written still carry the keys read in the first pass (re-keyed in
+    bulk through the same pipeline; ``values`` are value tuples, or COPY text lines)."""
+    collector = _Collector("", table.on, table.normalization, "keep-all", True, "row")
+    try:
+        if lines:
+            add_lines(collector, 0, values, table.columns)
+        else:
+            add_rows(collector, 0, [tuple(v[c] for c in table.columns) for v in values])
+    except InputError:
+        collector.row_numbers = array("q")  # cannot be keyed at all: changed
     where = np.searchsorted(table.row_numbers, rows)
     where = np.minimum(where, max(len(table.row_numbers) - 1, 0))
-    normalize = table.normalization.apply
-    for i, (row, at) in enumerate(zip(rows.tolist(), where.tolist())):
-        if not len(table.row_numbers) or int(table.row_numbers[at]) != row:
-            changed = True
-        else:
-            try:
-                fields = [normalize(_text(values[i][c])) for c in table.columns]
-            except KeyNormalizationError:
-                fields = None
-            changed = fields is None or encode_key(fields) != table.keys[int(table.row_keys[at])]
-        if changed:
-            raise InputError(f"{table.source.label if table.source else 'the source'}: row {row + 1} has changed since "
-                             "its keys were read; the table changed during the run (nothing written)")
+    same = len(collector.row_numbers) == len(rows) and len(table.row_numbers) > 0
+    same = same and bool(np.array_equal(table.row_numbers[where], rows))
+    if same:
+        got = list(map(collector.keys.__getitem__, np.frombuffer(collector.row_keys, dtype=np.int64).tolist()))
+        same = got == list(map(table.keys.__getitem__, table.row_keys[where].tolist()))
+    if not same:
+        label = table.source.label if table.source else "the source"
+        raise InputError(f"{label}: a row has changed since its keys were read; the table changed during the run "
+                         "(nothing written)")
 
 
-def stream_rows(table: SqlKeyTable, order: np.ndarray) -> tuple[list[str], list[Any] | None,
-                                                             Iterator[tuple[np.ndarray, list[Any]]], np.ndarray]:
+def stream_rows(table: SqlKeyTable, order: np.ndarray, *, lines: bool = False) -> tuple[
+        list[str], list[Any] | None, Iterator[tuple[np.ndarray, list[Any]]], np.ndarray]:
     """(column names, column types or None, batches of (positions, rows), empty positions) for the
-    aligned output. Rows come in source order, each batch with the output position of every row;
+    aligned output. Rows come in source order, each batch with the output position of every row
+    (``lines``: PostgreSQL COPY text lines instead of value tuples, for a PostgreSQL sink);
     positions with order -1 (empty rows) are returned apart. The iterator raises
     :class:`InputError` if the source changed since the keys were read.
     """
@@ -434,11 +467,15 @@ def stream_rows(table: SqlKeyTable, order: np.ndarray) -> tuple[list[str], list[
         total = 0
         with source.connect() as connection:
             statement = _select(source, connection, table.header, table.relation, table.order_by)
-            for batch in _stream(connection, statement):
+            if lines:
+                batches: Iterator[list[Any]] = map(pgcopy.split_block, pgcopy.blocks(connection, statement))
+            else:
+                batches = _stream(connection, statement)
+            for batch in batches:
                 positions, offsets = placement.pick(total, len(batch))
                 if len(positions):
-                    picked = [batch[i] for i in offsets.tolist()]
-                    _check_keys(table, offsets + total, picked)
+                    picked = list(map(batch.__getitem__, offsets.tolist()))
+                    _check_keys(table, offsets + total, picked, lines)
                     yield positions, picked
                 total += len(batch)
         if total != table.rows_read:
