@@ -31,11 +31,8 @@ from __future__ import annotations
 import contextlib
 from array import array
 import csv
-import datetime
-import decimal
 import os
 import re
-import secrets
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -44,8 +41,8 @@ from typing import Any, Callable, Iterator, Sequence
 import numpy as np
 
 from ..errors import InputError, PsiqError, TransportError, UsageError
-from ..normalize import KeyNormalizationError, Normalization
-from ..records import DEDUP_POLICIES, KeyTable, _Collector, encode_key
+from ..normalize import Normalization
+from ..records import DEDUP_POLICIES, KeyTable, _Collector
 from . import pgcopy
 from .urls import mask_url, resolve_url, sqlalchemy
 
