@@ -330,9 +330,8 @@ def add_lines(collector: _Collector, row0: int, lines: list[bytes], columns: lis
         return
     if columns == [0] and b"\t" not in (block if block is not None else b"".join(lines)):
         fields = [lines]
-    else:
-        split = [line.split(b"\t") for line in lines]
-        fields = [[parts[c] for parts in split] for c in columns]
+    else:  # one pass per column, splitting no further than needed (as the CSV reader does)
+        fields = [[line.split(b"\t", c + 1)[c] for line in lines] for c in columns]
     collector.add_batch(row0, fields, np.arange(row0 + 1, row0 + 1 + len(lines), dtype=np.int64))
 
 
