@@ -106,26 +106,34 @@ class SqlSink(_Database):
                lines: bool = False) -> None:
         if self.order_column in header:
             raise UsageError(f"the input already has a column {self.order_column!r}: choose another --order-column")
-        sa = sqlalchemy()
-        schema, name = _split_name(self.table, "output table")
-        with self.connect(must_exist=False) as connection:
-            first = next(batches, None)
-            column_types = _column_types(sa, connection.dialect, types, header, first)
-            pending = _chain(first, batches, empty, len(header), lines)
-            existing = self._existing(connection)
-            self._refuse(existing, header)
-            connection.rollback()  # end the inspector's implicit transaction; ours starts now
-            if connection.dialect.name in _TRANSACTIONAL_DDL:
-                with connection.begin():
-                    existing = self._existing(connection)
-                    self._refuse(existing, header)
-                    if existing is not None and self.if_exists == "replace":
-                        sa.Table(name, sa.MetaData(), schema=schema).drop(connection)
-                        existing = None
-                    target = self._target(sa, connection, name, schema, header, column_types, existing is None)
-                    self._insert(sa, connection, target, header, pending, lines)
-            else:
-                self._write_staged(sa, connection, name, schema, header, column_types, pending)
+        try:
+            sa = sqlalchemy()
+            schema, name = _split_name(self.table, "output table")
+            with self.connect(must_exist=False) as connection:
+                first = next(batches, None)
+                column_types = _column_types(sa, connection.dialect, types, header, first)
+                pending = _chain(first, batches, empty, len(header), lines)
+                existing = self._existing(connection)
+                self._refuse(existing, header)
+                connection.rollback()  # end the inspector's implicit transaction; ours starts now
+                if connection.dialect.name in _TRANSACTIONAL_DDL:
+                    with connection.begin():
+                        existing = self._existing(connection)
+                        self._refuse(existing, header)
+                        if existing is not None and self.if_exists == "replace":
+                            sa.Table(name, sa.MetaData(), schema=schema).drop(connection)
+                            existing = None
+                        target = self._target(sa, connection, name, schema, header, column_types, existing is None)
+                        self._insert(sa, connection, target, header, pending, lines)
+                else:
+                    self._write_staged(sa, connection, name, schema, header, column_types, pending)
+        finally:  # a failed write must not leave the source's reading connection (and its locks) open
+            close = getattr(batches, "close", None)
+            if close is not None:
+                try:
+                    close()
+                except Exception:  # noqa: BLE001 - the reading connection died too: the first error is the one to report
+                    pass
 
     def _target(self, sa: Any, connection: Any, name: str, schema: str | None, header: list[str],
                 column_types: list[Any], create: bool) -> Any:

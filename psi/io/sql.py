@@ -106,7 +106,8 @@ class _Database:
             except ImportError:
                 url = url.set(drivername="postgresql+psycopg")
         try:
-            engine = sa.create_engine(url, poolclass=sa.pool.NullPool)
+            connect_args = {"connect_timeout": 30} if url.get_backend_name() == "postgresql" else {}
+            engine = sa.create_engine(url, poolclass=sa.pool.NullPool, connect_args=connect_args)
         except ImportError as err:
             raise UsageError(f"{self.display}: the database driver is not installed ({err}); install the extra, "
                              "e.g. pip install 'psiq[postgresql]' (psycopg), 'psiq[mysql]', 'psiq[oracle]', "
@@ -506,6 +507,8 @@ def write_file(table: SqlKeyTable, order: np.ndarray, output: str | os.PathLike[
                 written += len(rows)
         return records.write_rows(spill, remap, out, fmt=fmt, expect_rows=written)
     finally:
+        with contextlib.suppress(Exception):
+            batches.close()  # type: ignore[attr-defined]  # release the reading connection on failure
         with contextlib.suppress(OSError):
             os.unlink(spill)
 
