@@ -7,7 +7,7 @@ import csv
 import os
 import tempfile
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Iterator
 
 import click
 
@@ -17,6 +17,7 @@ from psi.normalize import KeyNormalizationError, Normalization
 from pir.protocol import DEFAULT_MAX_LOOKUPS
 from pir.quota import DEFAULT_DAILY_QUOTA, DEFAULT_WARN_AT
 
+from . import dbopts
 from .common import warn, emit_json, handles_errors, info, output_options, tls_options
 
 __all__ = ["pir_group"]
@@ -97,8 +98,9 @@ def pir_group() -> None:
 
 @pir_group.command("setup")
 @handles_errors
-@click.option("--input", "input_path", required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path),
-              help="CSV/TSV/Parquet file of listed ids (one row per id).")
+@click.option("--input", "input_path", required=True, type=str,
+              help="CSV/TSV/Parquet file of listed ids, or a database URL with --table/--query (docs/DATABASES.md).")
+@dbopts.source_options
 @click.option("--on", "on", required=True, help="Column holding the listed ids.")
 @click.option("--label", "label", default=None, help="Column holding the label returned to askers.")
 @click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False, path_type=Path), help="Table directory.")
@@ -114,20 +116,29 @@ def pir_group() -> None:
 @_regex_option
 @_encoding_option
 @output_options
-def setup_command(input_path: Path, on: str, label: str | None, out_dir: Path, replace: bool, dedup: str,
+def setup_command(input_path: Any, on: str, label: str | None, out_dir: Path, replace: bool, dedup: str,
                   skip_empty: bool, label_width: int | None, workers: int | None, normalize: str,
-                  key_regex: str | None, as_json: bool, quiet: bool, encoding: str | None = None) -> None:
-    """Build a new table version from a file (fresh keys: old hints and labels stop working)."""
+                  key_regex: str | None, as_json: bool, quiet: bool, encoding: str | None = None,
+                  **db: Any) -> None:
+    """Build a new table version from a file or a database table (fresh keys: old hints and labels stop working)."""
     from pir import api
     from psi.encodings import utf8_copy
     from psi.records import detect_format
 
-    with contextlib.ExitStack() as stack:
-        path = input_path if detect_format(input_path, None) == "parquet" else stack.enter_context(
-            utf8_copy(input_path, encoding))
-        report = api.setup_file(path, on, out_dir, label=label, label_width=label_width, workers=workers,
-                                normalization=Normalization.parse(normalize, key_regex), dedup=dedup,
-                                skip_empty=skip_empty, replace=replace)
+    normalization = Normalization.parse(normalize, key_regex)
+    input_path = dbopts.resolve_source({"input_path": input_path, **db})
+    if not isinstance(input_path, Path):  # a database table or query: (id, label) pairs streamed
+        report = api.setup(dbopts.pir_entries(input_path, on, label), out_dir, label_width=label_width,
+                           workers=workers, normalization=normalization, dedup=dedup, skip_empty=skip_empty,
+                           replace=replace)
+    else:
+        if not input_path.is_file():
+            raise InputError(f"{input_path}: no such file")
+        with contextlib.ExitStack() as stack:
+            path = input_path if detect_format(input_path, None) == "parquet" else stack.enter_context(
+                utf8_copy(input_path, encoding))
+            report = api.setup_file(path, on, out_dir, label=label, label_width=label_width, workers=workers,
+                                    normalization=normalization, dedup=dedup, skip_empty=skip_empty, replace=replace)
     summary = report.as_dict()
     if as_json:
         emit_json(summary)
@@ -231,11 +242,13 @@ def _print_result(result: object, as_json: bool) -> None:
 @handles_errors
 @click.option("--peer", required=True, help="HOST:PORT of the lookup service.")
 @click.option("--id", "ident", default=None, help="One id to look up.")
-@click.option("--input", "input_path", default=None, type=click.Path(exists=True, dir_okay=False, path_type=Path),
-              help="CSV/TSV of ids to look up in one connection (with --on).")
+@click.option("--input", "input_path", default=None, type=str,
+              help="CSV file of ids, or a database URL with --table/--query.")
+@dbopts.source_options
 @click.option("--on", "on", default=None, help="Id column of --input.")
-@click.option("--output", "output_path", default=None, type=click.Path(dir_okay=False, path_type=Path),
-              help="CSV with the input rows plus 'listed' and 'label' columns.")
+@click.option("--output", "output_path", default=None, type=str,
+              help="CSV with the input rows plus 'listed' and 'label' columns (or a database URL with --output-table).")
+@dbopts.output_table_options
 @click.option("--cache-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Where hints are cached per table version (default ~/.cache/psiq/pir).")
 @click.option("--skip-empty-keys", "skip_empty", is_flag=True,
@@ -249,10 +262,16 @@ def _print_result(result: object, as_json: bool) -> None:
 @output_options
 def query_command(peer: str, ident: str | None, input_path: Path | None, on: str | None, output_path: Path | None,
                   cache_dir: Path | None, skip_empty: bool, normalize: str, key_regex: str | None, tls: object,
-                  as_json: bool, quiet: bool, encoding: str | None = None, timeout: float = 120.0) -> None:
+                  as_json: bool, quiet: bool, encoding: str | None = None, timeout: float = 120.0,
+                  **db: Any) -> None:
     """Look ids up; exit status 0 whether listed or not."""
     from pir import api
 
+    db.update(input_path=input_path, output=output_path)
+    input_path = dbopts.resolve_source(db)  # a Path, a database source, or None
+    output_path = sink = dbopts.resolve_output(db, input_path)
+    if not isinstance(sink, (Path, type(None))):
+        sink.check()  # --if-exists fail: before any lookup
     normalization = Normalization.parse(normalize, key_regex)
     if (ident is None) == (input_path is None):
         raise UsageError("give exactly one of --id or --input")
@@ -264,9 +283,16 @@ def query_command(peer: str, ident: str | None, input_path: Path | None, on: str
     assert input_path is not None
     if on is None:
         raise UsageError("--input needs --on (the id column)")
-    header, rows_iter = _csv_rows(input_path, encoding)
+    types = None
+    if not isinstance(input_path, Path):
+        header, types, db_rows = dbopts.read_rows(input_path, on)
+        rows = [[dbopts.text(value) for value in row] for row in db_rows]
+    else:
+        if not input_path.is_file():
+            raise InputError(f"{input_path}: no such file")
+        header, rows_iter = _csv_rows(input_path, encoding)
+        rows, db_rows = list(rows_iter), None
     id_col = _column(header, on, input_path)
-    rows = list(rows_iter)
     asked: list[int] = []  # rows whose id is looked up; the others are empty and never sent
     for number, row in enumerate(rows, start=1):
         value = row[id_col] if id_col < len(row) else ""
@@ -286,7 +312,11 @@ def query_command(peer: str, ident: str | None, input_path: Path | None, on: str
     for i, result in zip(asked, found):
         results[i] = result
     listed = sum(r.listed for r in found)
-    if output_path is not None:
+    if output_path is not None and not isinstance(output_path, Path):
+        if len(found) != len(rows):
+            raise UsageError("--skip-empty-keys with a database --output-table: every row needs an answer")
+        dbopts.write_answers(output_path, header, types, db_rows if db_rows is not None else rows, found)
+    elif output_path is not None:
         directory = output_path.resolve().parent
         fd, tmp = tempfile.mkstemp(dir=directory, prefix=".psiq-", suffix=".csv")
         with os.fdopen(fd, "w", encoding=encoding or "utf-8", newline="") as fh:

@@ -12,6 +12,7 @@ from psi.errors import InputError, PsiqError, UsageError
 from psi.normalize import Normalization
 
 from .common import emit_json, handles_errors, info, make_progress, output_options, tls_options, warn
+from .dbopts import resolve_output, resolve_source, session_db_options
 
 __all__ = ["psi_group"]
 
@@ -25,13 +26,15 @@ def _session_options(fn: Callable[..., Any]) -> Callable[..., Any]:
     decorators = [
         click.option("--protocol", type=click.Choice(["rsa", "ecdh", "kkrt", "rr22"]), default=api.DEFAULT_PROTOCOL,
                      show_default=True, help="PSI protocol; both sides must agree."),
-        click.option("--input", "input_path", required=True, type=click.Path(dir_okay=False, path_type=Path),
-                     help="CSV/TSV/Parquet file with this party's records."),
+        click.option("--input", "input_path", required=True, type=str,
+                     help="CSV/TSV/Parquet file with this party's records, or a database URL with --table/--query "
+                          "(see docs/DATABASES.md)."),
         click.option("--on", "on", required=True,
                      help="Key column(s), comma-separated for a composite key (e.g. phone,id_number)."),
-        click.option("--output", type=click.Path(dir_okay=False, path_type=Path), default=None,
+        click.option("--output", type=str, default=None,
                      help="Write this party's full rows of the intersection here (format from the extension; "
-                          "with 'serve --forever' use {peer}, {session} or {time} in the name)."),
+                          "with 'serve --forever' use {peer}, {session} or {time} in the name), or to a "
+                          "database URL with --output-table (docs/DATABASES.md)."),
         click.option("--reveal", type=click.Choice(["receiver", "both", "cardinality"]), default="receiver",
                      show_default=True,
                      help="receiver: the client learns the intersection; both: both learn it, rows aligned; "
@@ -75,7 +78,7 @@ def _session_options(fn: Callable[..., Any]) -> Callable[..., Any]:
     ]
     for decorator in reversed(decorators):
         fn = decorator(fn)
-    return fn
+    return session_db_options(fn)
 
 
 _PROTOCOL_ONLY = {"group": ("ecdh",), "compression": ("ecdh",), "fpr_bits": ("ecdh",), "key_bits": ("rsa",)}
@@ -137,6 +140,8 @@ def _scale(kw: dict[str, Any], via_dir: Path | None, forever: bool = False) -> A
 
 def _options(kw: dict[str, Any]) -> api.PsiOptions:
     _refuse_foreign_options(kw)
+    kw["input_path"] = resolve_source(kw)  # a file path or a database source (psi.io)
+    kw["output"] = resolve_output(kw, kw["input_path"])
     if kw["reveal"] == "cardinality" and kw["protocol"] == "ecdh":  # the others refuse the mode
         from psi.protocols.ecdh import CARDINALITY_NOTE
 

@@ -273,8 +273,13 @@ def run_session(
             rows = None
         if output is not None and rows is not None:
             t0 = time.perf_counter()
-            summary.output_rows = write_output(table.path, table.fmt, rows, output, fmt=options.output_format,
-                                               encoding=options.encoding, expect_rows=table.rows_read)
+            if _io_output(table, output):  # a database table, a DataFrame, or rows from either
+                from .io import write_rows as io_write_rows
+
+                summary.output_rows = io_write_rows(table, rows, output)
+            else:
+                summary.output_rows = write_output(table.path, table.fmt, rows, output, fmt=options.output_format,
+                                                   encoding=options.encoding, expect_rows=table.rows_read)
             summary.output = str(output)
             stats.phases["write-output"] = time.perf_counter() - t0
         summary.peak_rss_mb = _peak_rss_mb()
@@ -307,10 +312,32 @@ def _server_extras(options: PsiOptions, table: KeyTable, executor: Executor) -> 
     return {}
 
 
-def _read(input: str | os.PathLike[str], on: Sequence[str], options: PsiOptions,
-          stack: contextlib.ExitStack) -> KeyTable:
-    """Read the keys of ``input``; a non-UTF-8 CSV/TSV is read through a UTF-8 copy that lives
-    as long as ``stack`` (the session), since the output's rows are copied from it."""
+def _io_output(table: KeyTable, output: Any) -> bool:
+    """True when psi.io (not the file writer) handles this input/output pair."""
+    return type(table) is not KeyTable or not isinstance(output, (str, os.PathLike))
+
+
+def _check_output(output: Any) -> None:
+    """Before any protocol work: an output table that exists with if_exists='fail' (exit 2)."""
+    if output is not None and not isinstance(output, (str, os.PathLike)):
+        from .io import check_output as check_output_table
+
+        check_output_table(output)
+
+
+def _read(input: Any, on: Sequence[str], options: PsiOptions, stack: contextlib.ExitStack) -> KeyTable:
+    """Read the keys of ``input`` (a file, a database source or a DataFrame); a non-UTF-8 CSV/TSV
+    is read through a UTF-8 copy that lives as long as ``stack`` (the session), since the
+    output's rows are copied from it."""
+    from .io import is_database_url, is_source
+
+    if is_database_url(input):
+        raise UsageError("a database URL needs a table or a query: pass psi.io.SqlSource(url, table=...) as input")
+    if is_source(input):  # a database table or query, a pandas DataFrame
+        from .io import read_keys as io_read_keys
+
+        return io_read_keys(input, list(on), normalization=options.normalization, dedup=options.dedup,
+                            skip_empty=options.skip_empty)
     fmt = detect_format(input, options.input_format)
     path = input if fmt == "parquet" else stack.enter_context(utf8_copy(input, options.encoding))
     table = read_keys(
@@ -331,11 +358,13 @@ def _read(input: str | os.PathLike[str], on: Sequence[str], options: PsiOptions,
 def _preflight(role: Role, input: str | os.PathLike[str], output: Any, options: PsiOptions, forever: bool = False) -> None:
     """Every check that needs neither the input's keys nor the peer: options, then the output."""
     check_session_options(role.value, options, output, forever=forever)
-    if output is not None:
-        output_format(output, options.output_format, detect_format(input, options.input_format))
+    if output is not None and isinstance(output, (str, os.PathLike)):  # database sinks: _check_output
+        source_format = (detect_format(input, options.input_format) if isinstance(input, (str, os.PathLike))
+                         else "csv")
+        output_format(output, options.output_format, source_format)
         try:
             estimate = os.path.getsize(input)
-        except OSError:
+        except (OSError, TypeError):  # TypeError: a database source or a DataFrame
             estimate = 0
         check_output(output, estimate_bytes=estimate)
 
@@ -369,6 +398,7 @@ def serve(
     """
     options = options or PsiOptions()
     _preflight(Role.SERVER, input, output, options, forever)
+    _check_output(output)
     with Executor(options.workers) as executor, contextlib.ExitStack() as stack:
         _warm(executor, options)
         table = _read(input, on, options, stack)
@@ -458,6 +488,7 @@ def connect(
     """Run the client side against a server at ``peer`` (``host:port``)."""
     options = options or PsiOptions()
     _preflight(Role.CLIENT, input, output, options)
+    _check_output(output)
     with Executor(options.workers) as executor, contextlib.ExitStack() as stack:
         _warm(executor, options)
         table = _read(input, on, options, stack)
@@ -486,6 +517,7 @@ def exchange_via_folder(
 
     options = options or PsiOptions()
     _preflight(Role(role), input, output, options)
+    _check_output(output)
     with contextlib.ExitStack() as stack:
         table = _read(input, on, options, stack)
         with FolderChannel(directory, Role(role).value, tls, handshake_timeout=options.timeout) as channel:

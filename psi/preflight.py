@@ -49,7 +49,7 @@ def check_session_options(role: str, options: Any, output: str | os.PathLike[str
         raise UsageError("--server-key does not apply to the kkrt protocol")
     if options.cache_dir is not None and (options.protocol != "rsa" or options.server_key is None):
         raise UsageError("--cache-dir is for the RSA protocol with --server-key")
-    if output is not None:
+    if output is not None and isinstance(output, (str, os.PathLike)):  # a file (not a database sink)
         check_template(output)
         if forever and not is_template(output):
             raise UsageError("--forever with --output would overwrite the file every session: put {peer}, "

@@ -1,0 +1,78 @@
+"""PostgreSQL through psycopg 3: ``COPY (SELECT ...) TO STDOUT`` for reading, text lines for writing.
+
+Row-by-row fetching costs a Python object per value; COPY's text format arrives as lines that
+the key pipeline can split in bulk, like a CSV block (:meth:`psi.records._Collector.add_batch`),
+and that can be copied into ``COPY ... FROM STDIN`` unchanged when the sink is PostgreSQL too.
+
+Text format (PostgreSQL docs, COPY, "Text Format"): one row per line, fields separated by a tab,
+``\\N`` for NULL, and backslash escapes for backslash, newline, carriage return, tab and the
+other control characters. A block with no backslash needs no unescaping (the common case);
+anything else is unescaped line by line. Each CopyData message holds exactly one row, so joined
+messages always end on a row boundary.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any, Iterator
+
+__all__ = ["usable", "blocks", "split_block", "unescape", "BLOCK_BYTES"]
+
+BLOCK_BYTES = 1 << 22
+_ESCAPES = {"b": "\b", "f": "\f", "n": "\n", "r": "\r", "t": "\t", "v": "\v", "\\": "\\"}
+_ESCAPE = re.compile(r"\\(x[0-9A-Fa-f]{1,2}|[0-7]{1,3}|.)")
+
+
+def usable(connection: Any) -> bool:
+    """True when ``connection`` is PostgreSQL through psycopg 3 (COPY available)."""
+    if connection.dialect.name != "postgresql":
+        return False
+    return type(connection.connection.driver_connection).__module__.startswith("psycopg")
+
+
+def blocks(connection: Any, statement: str) -> Iterator[bytes]:
+    """The result of ``statement`` as COPY text, in blocks of whole lines (UTF-8)."""
+    raw = connection.connection.driver_connection
+    with raw.cursor() as cursor:
+        cursor.execute("SET LOCAL client_encoding TO 'UTF8'")
+        with cursor.copy(f"COPY ({statement}) TO STDOUT") as copy:
+            pending: list[bytes] = []
+            size = 0
+            for data in copy:
+                pending.append(bytes(data))
+                size += len(data)
+                if size >= BLOCK_BYTES:
+                    yield b"".join(pending)
+                    pending, size = [], 0
+            if pending:
+                yield b"".join(pending)
+
+
+def split_block(block: bytes) -> list[bytes]:
+    """The lines of a block (without their newlines)."""
+    lines = block.split(b"\n")
+    if lines and not lines[-1]:
+        lines.pop()
+    return lines
+
+
+def _unescape_field(field: str) -> str | None:
+    if field == "\\N":
+        return None
+    if "\\" not in field:
+        return field
+
+    def replace(match: "re.Match[str]") -> str:
+        code = match.group(1)
+        if code[0] == "x" and len(code) > 1:
+            return chr(int(code[1:], 16))
+        if code[0] in "01234567":
+            return chr(int(code, 8))
+        return _ESCAPES.get(code, code)
+
+    return _ESCAPE.sub(replace, field)
+
+
+def unescape(line: bytes) -> tuple[str | None, ...]:
+    """One COPY text line as values (None for NULL)."""
+    return tuple(_unescape_field(field) for field in line.decode("utf-8").split("\t"))
