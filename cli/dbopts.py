@@ -17,15 +17,17 @@ __all__ = ["source_options", "output_table_options", "resolve_source", "resolve_
 F = TypeVar("F", bound=Callable[..., Any])
 
 
-def source_options(fn: F) -> F:
-    """--table, --query, --allow-empty, --db-password-file (for an --input database URL)."""
+def source_options(fn: F, *, allow_empty: bool = True) -> F:
+    """--table, --query, --allow-empty, --db-password-file (for an --input database URL); the PSI
+    commands have their own --allow-empty (any input), which the database source then follows."""
     for decorator in reversed([
         click.option("--table", "db_table", default=None,
                      help="With a database URL as --input: read this table (NAME or SCHEMA.NAME)."),
         click.option("--query", "db_query", default=None,
                      help="With a database URL as --input: read the rows of this SELECT instead of a table."),
-        click.option("--allow-empty", "db_allow_empty", is_flag=True,
-                     help="Accept a table or query with no rows (default: exit 2, usually a wrong query)."),
+        *([click.option("--allow-empty", "db_allow_empty", is_flag=True,
+                        help="Accept a table or query with no rows (default: exit 2, usually a wrong query).")]
+          if allow_empty else []),
         click.option("--db-password-file", "db_password_file", type=click.Path(dir_okay=False, path_type=Path),
                      default=None,
                      help=f"Database password: first line of this file (else ${PASSWORD_ENV}, else the driver's own, "
@@ -52,7 +54,7 @@ def output_table_options(fn: F) -> F:
 
 
 def session_db_options(fn: F) -> F:
-    return source_options(output_table_options(fn))
+    return source_options(output_table_options(fn), allow_empty=False)
 
 
 def resolve_source(kw: dict[str, Any], input_key: str = "input_path") -> Any:
@@ -60,7 +62,7 @@ def resolve_source(kw: dict[str, Any], input_key: str = "input_path") -> Any:
     Refuses (exit 2) a URL with a password in it, and --table/--query without a URL."""
     value = kw.get(input_key)
     table, query = kw.pop("db_table", None), kw.pop("db_query", None)
-    allow_empty, password_file = kw.pop("db_allow_empty", False), kw.get("db_password_file")
+    allow_empty, password_file = kw.pop("db_allow_empty", kw.get("allow_empty", False)), kw.get("db_password_file")
     if value is None:
         return None
     if not is_database_url(str(value)):

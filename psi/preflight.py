@@ -78,6 +78,8 @@ def check_template(path: str | os.PathLike[str]) -> None:
 def expand_output(path: str | os.PathLike[str], *, peer: str | None, session: int, when: float | None = None) -> Path:
     """The output name for one session: ``{peer}`` (certificate name, file-name safe; ``peer``
     without TLS), ``{session}`` (1, 2, ... in this process), ``{time}`` (UTC, ``20261201T101500Z``)."""
+    if not isinstance(path, (str, os.PathLike)):  # a database sink or a DataFrame sink: no name to expand
+        return path  # type: ignore[return-value]
     text = str(path)
     if not is_template(text):
         return Path(text)
