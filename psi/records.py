@@ -595,6 +595,19 @@ def _looks_like_data(value: str) -> bool:
 
 
 # -- reading --------------------------------------------------------------------------------
+
+def check_key_options(on: Sequence[str], dedup: str) -> list[str]:
+    """The key columns as a list; :class:`UsageError` for none, a repeated one, or an unknown
+    dedup policy (shared by every reader: files here, databases and DataFrames in :mod:`psi.io`)."""
+    on = list(on)
+    if not on:
+        raise UsageError("at least one key column is needed (--on)")
+    if len(set(on)) != len(on):
+        raise UsageError(f"key columns repeat: {', '.join(on)}")
+    if dedup not in DEDUP_POLICIES:
+        raise UsageError(f"unknown dedup policy {dedup!r} (known: {', '.join(DEDUP_POLICIES)})")
+    return on
+
 def read_keys(
     path: str | os.PathLike[str],
     on: Sequence[str],
@@ -615,13 +628,7 @@ def read_keys(
     Raises :class:`InputError` with a one-line message naming the file and line.
     """
     path = Path(path)
-    on = list(on)
-    if not on:
-        raise UsageError("at least one key column is needed (--on)")
-    if len(set(on)) != len(on):
-        raise UsageError(f"key columns repeat: {', '.join(on)}")
-    if dedup not in DEDUP_POLICIES:
-        raise UsageError(f"unknown dedup policy {dedup!r} (known: {', '.join(DEDUP_POLICIES)})")
+    on = check_key_options(on, dedup)
     normalization = normalization or Normalization()
     fmt = detect_format(path, fmt)
     if fmt == "parquet":

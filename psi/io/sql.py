@@ -42,7 +42,7 @@ import numpy as np
 
 from ..errors import InputError, PsiqError, TransportError, UsageError
 from ..normalize import Normalization
-from ..records import DEDUP_POLICIES, KeyTable, _Collector
+from ..records import KeyTable, _Collector, check_key_options
 from . import pgcopy
 from .urls import mask_url, resolve_url, sqlalchemy
 
@@ -341,13 +341,7 @@ def read_keys(source: SqlSource, on: Sequence[str], *, normalization: Normalizat
               fmt: str | None = None) -> SqlKeyTable:
     """The key columns ``on`` of ``source``, streamed, as a :class:`SqlKeyTable` (rows counted from 0
     in the source's deterministic order; errors name the 1-based row)."""
-    on = list(on)
-    if not on:
-        raise UsageError("at least one key column is needed (--on)")
-    if len(set(on)) != len(on):
-        raise UsageError(f"key columns repeat: {', '.join(on)}")
-    if dedup not in DEDUP_POLICIES:
-        raise UsageError(f"unknown dedup policy {dedup!r} (known: {', '.join(DEDUP_POLICIES)})")
+    on = check_key_options(on, dedup)
     normalization = normalization or Normalization()
     collector = _Collector(source.label, on, normalization, dedup, skip_empty, "row")
     rows = 0

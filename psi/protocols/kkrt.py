@@ -473,12 +473,7 @@ class Server(_Common):
     def _produce(self) -> None:
         if self._state is not _State.VALUES:
             return
-        step = self._config.batch_size
-        while self._sent < self._batches and self._sent - self._acked < self._config.window:
-            chunk = self._wire[self._sent * step : (self._sent + 1) * step]
-            self._send("kkrt.values", chunk.tobytes())
-            self._advance(chunk.shape[0])
-            self._sent += 1
+        self._send_window("kkrt.values", self._wire, self._config.batch_size, self._batches)
 
     def _after_values(self) -> None:
         self._wire = None

@@ -124,6 +124,15 @@ class OtPsiParty(PsiParty):
         self._hello.check_peer_size(self._peer_size)
         self._session = self._hello.session
 
+    def _send_window(self, kind: str, rows: Any, step: int, batches: int) -> None:
+        """Send ``rows`` in messages of ``step`` rows, keeping at most ``config.window`` of them
+        unacknowledged (``self._sent`` / ``self._acked`` count messages)."""
+        while self._sent < batches and self._sent - self._acked < self._config.window:
+            chunk = rows[self._sent * step : (self._sent + 1) * step]
+            self._send(kind, chunk.tobytes())
+            self._advance(chunk.shape[0])
+            self._sent += 1
+
     def _done(self, outcome: PsiOutcome) -> None:
         self._outcome = outcome
         self._state = self._states.DONE  # type: ignore[attr-defined]

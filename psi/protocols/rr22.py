@@ -507,12 +507,7 @@ class Server(_Common):
     def _produce(self) -> None:
         if self._state is not _State.VALUES:
             return
-        step = self._config.batch_rows
-        while self._sent < self._value_batches and self._sent - self._acked < self._config.window:
-            chunk = self._wire[self._sent * step : (self._sent + 1) * step]
-            self._send("rr22.values", chunk.tobytes())
-            self._advance(chunk.shape[0])
-            self._sent += 1
+        self._send_window("rr22.values", self._wire, self._config.batch_rows, self._value_batches)
 
     def _after_values(self) -> None:
         self._wire = None
