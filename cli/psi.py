@@ -73,6 +73,8 @@ def _session_options(fn: Callable[..., Any]) -> Callable[..., Any]:
                           "is detected and wins)."),
         click.option("--output-format", type=click.Choice(["csv", "tsv", "parquet"]), default=None,
                      help="Output format (default: from --output's extension, else the input's format)."),
+        click.option("--suite", type=click.Choice(["standard", "gm"]), default="standard", show_default=True,
+                     help="Crypto suite: 'gm' = national algorithms only (SM2 group, SM3, SM4; docs/GM.md). RSA refuses it."),
         click.option("--allow-empty", is_flag=True,
                      help="Run even when the input has no keys (default: stop with 'no keys')."),
     ]
@@ -155,7 +157,7 @@ def _options(kw: dict[str, Any]) -> api.PsiOptions:
         join=kw["join"],
         left=kw["left"],
         input_format=kw["input_format"],
-        group=kw["group"],
+        group=_group_for_suite(kw),
         compression=kw["compression"],
         fpr_bits=kw["fpr_bits"],
         key_bits=int(kw["key_bits"]),
@@ -169,7 +171,17 @@ def _options(kw: dict[str, Any]) -> api.PsiOptions:
         allow_empty=kw["allow_empty"],
         encoding=kw["encoding"],
         output_format=kw["output_format"],
+        suite=kw["suite"],
     )
+
+
+def _group_for_suite(kw: dict[str, Any]) -> str:
+    """--suite gm uses sm2: an explicit other --group is a usage error, the default is replaced."""
+    if kw["suite"] != "gm" or kw["protocol"] != "ecdh":
+        return kw["group"]
+    from psi.crypto.suite import GM
+
+    return GM.psi_group(kw["group"] if _given("group") else None, "sm2")
 
 
 def _report(summary: api.PsiSummary, as_json: bool, quiet: bool) -> None:

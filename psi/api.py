@@ -93,6 +93,7 @@ class PsiOptions:
     allow_empty: bool = False  # run with an input that has no keys (header only)
     encoding: str | None = None  # CSV/TSV text encoding of input and output (default UTF-8; a BOM decides)
     output_format: str | None = None  # default: from the output's extension, else the input's format
+    suite: str = "standard"  # psi.crypto.suite: "gm" = national algorithms only (SM2/SM3/SM4); RSA refuses it
 
     def __post_init__(self) -> None:
         if self.protocol not in PROTOCOLS:
@@ -109,6 +110,7 @@ class PsiOptions:
             raise UsageError("the left side of a join is 'client' or 'server'")
         if self.join != "inner" and self.reveal != "both":
             raise UsageError(f"a {self.join} join writes aligned rows on both sides: it needs --reveal both")
+        _check_suite(self)
 
     def replace(self, **changes: Any) -> "PsiOptions":
         return dataclasses.replace(self, **changes)
@@ -118,10 +120,24 @@ class PsiOptions:
         module = protocol_module(self.protocol)
         fields = {f.name for f in dataclasses.fields(module.Config)}
         wanted: dict[str, Any] = {"reveal": Reveal(self.reveal)}
-        for name in ("group", "compression", "fpr_bits", "key_bits"):
+        for name in ("group", "compression", "fpr_bits", "key_bits", "suite"):
             if name in fields:
                 wanted[name] = getattr(self, name)
         return module.Config(**wanted)
+
+
+def _check_suite(options: PsiOptions) -> None:
+    """``suite="gm"``: refuse RSA (no national-algorithm form); the group becomes sm2 (left at
+    its default x25519, it is replaced; any other group is a usage error)."""
+    from .crypto.suite import get_suite
+
+    suite = get_suite(options.suite)
+    if not suite.is_gm:
+        return
+    if options.protocol == "rsa":
+        raise UsageError("RSA PSI has no national-algorithm (SM2/SM3/SM4) form: --suite gm needs --protocol ecdh, kkrt or rr22")
+    group = suite.psi_group(None if options.group == "x25519" else options.group, "sm2")
+    object.__setattr__(options, "group", group)
 
 
 @dataclass
@@ -142,6 +158,7 @@ class PsiSummary:
     notes: list[str] = field(default_factory=list)
     peak_rss_mb: float = 0.0
     scale: dict[str, Any] | None = None  # bucketed sessions (psi.scale): buckets, reconnects, ...
+    suite: str = "standard"  # the crypto suite the session ran under (psi.crypto.suite)
 
     def as_dict(self) -> dict[str, Any]:
         stats = self.stats.as_dict()
@@ -150,6 +167,7 @@ class PsiSummary:
             "role": self.role,
             "protocol": self.protocol,
             "reveal": self.reveal,
+            "suite": self.suite,
             "input": self.input,
             "set_size": self.input.get("unique_keys"),
             "peer_set_size": self.peer_size,
@@ -255,6 +273,7 @@ def run_session(
             intersection_size=(len(outcome.indices) if outcome.indices is not None else outcome.cardinality),
             stats=stats,
             peer_name=channel.peer_name,
+            suite=options.suite,
         )
         summary.notes.extend(str(n) for n in outcome.details.get("notes", []))
         if role == Role.SERVER and (extras.get("key") is not None or extras.get("prepared") is not None):

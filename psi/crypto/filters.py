@@ -60,6 +60,7 @@ from typing import Sequence
 import numpy as np
 
 from ..errors import MalformedMessage, UsageError
+from .suite import Suite
 
 __all__ = [
     "KEY_SIZE",
@@ -92,8 +93,10 @@ SECURITY_BITS = 40  # an honest peer fails a statistical check with probability 
 _SECURITY_LN = SECURITY_BITS * math.log(2)
 
 
-def fingerprint(elements: Sequence[bytes]) -> bytes:
-    """16-byte filter keys (BLAKE2b, personalised) of ``elements``, back to back."""
+def fingerprint(elements: Sequence[bytes], suite: "Suite | None" = None) -> bytes:
+    """16-byte filter keys (BLAKE2b, personalised; under ``suite`` gm SM3) of ``elements``, back to back."""
+    if suite is not None and suite.is_gm:
+        return suite.keyed_digests(elements, _PERSON, KEY_SIZE)
     blake = hashlib.blake2b
     return b"".join(blake(e, digest_size=KEY_SIZE, person=_PERSON).digest() for e in elements)
 

@@ -73,7 +73,6 @@ AWAIT_MATCHES (both)] -> DONE``. Any exception moves a party to the failed state
 from __future__ import annotations
 
 import enum
-import hashlib
 import hmac
 import secrets
 import struct
@@ -86,6 +85,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from ..crypto import filters
+from ..crypto.suite import GM, STANDARD, Suite, get_suite, hello_params as suite_params
 from ..crypto.groups import (
     DEFAULT_GROUP,
     GROUP_NAMES,
@@ -144,6 +144,7 @@ class Config:
     fpr_bits: int = 40
     batch_size: int = 8192
     window: int = 4
+    suite: str = "standard"  # psi.crypto.suite: "gm" forces group sm2 and SM3 filter keys
 
     def __post_init__(self) -> None:
         try:
@@ -160,6 +161,11 @@ class Config:
             raise UsageError("batch_size must be a positive integer")
         if not isinstance(self.window, int) or self.window < 1:
             raise UsageError("window must be a positive integer")
+        get_suite(self.suite).psi_group(self.group, DEFAULT_GROUP)  # gm: sm2 only
+
+    @property
+    def crypto(self) -> Suite:
+        return get_suite(self.suite)
 
     def hello_params(self) -> dict[str, Any]:
         return {
@@ -167,6 +173,7 @@ class Config:
             "group": self.group,
             "compression": self.compression,
             "fpr_bits": self.fpr_bits,
+            **suite_params(self.suite),
         }
 
 
@@ -190,9 +197,9 @@ class ServerKey:
 
     @property
     def fingerprint(self) -> str:
-        """Hex id of the key (domain-separated hash; reveals nothing about the scalar)."""
+        """Hex id of the key (domain-separated hash, SM3 for sm2 keys; reveals nothing about the scalar)."""
         tag = b"psiq-ecdh-key-fingerprint\x00" + self.group.encode() + b"\x00"
-        return hashlib.sha256(tag + self._scalar).hexdigest()[:32]
+        return file_suite(self.group).digest(tag + self._scalar).hexdigest()[:32]
 
     def to_bytes(self) -> bytes:
         name = self.group.encode("ascii")
@@ -220,9 +227,14 @@ class ServerKey:
         return f"ServerKey(group={self.group!r}, fingerprint={self.fingerprint!r})"
 
 
-def input_digest(items: Sequence[bytes]) -> bytes:
-    """SHA-256 over the items in order (length-prefixed): ties a prepared set to its input."""
-    h = hashlib.sha256(b"psiq-ecdh-input-digest\x00" + struct.pack(">Q", len(items)))
+def file_suite(group: str) -> Suite:
+    """The suite of a key or prepared-set file's own hashes: SM3 for sm2 (the gm suite's group), else SHA-256."""
+    return GM if group == "sm2" else STANDARD
+
+
+def input_digest(items: Sequence[bytes], suite: Suite = STANDARD) -> bytes:
+    """SHA-256 (SM3 under gm) over the items in order (length-prefixed): ties a prepared set to its input."""
+    h = suite.digest(b"psiq-ecdh-input-digest\x00" + struct.pack(">Q", len(items)))
     for item in items:
         h.update(struct.pack(">I", len(item)))
         h.update(item)
@@ -303,7 +315,7 @@ def prepare_server_set(
     work = partial(hash_and_multiply_batch, group, _dst(group), key._scalar)
     parts = executor.map(work, split(items, batch_size))
     elements = b"".join(b"".join(part) for part in parts)
-    return PreparedSet(key, len(items), input_digest(items), elements)
+    return PreparedSet(key, len(items), input_digest(items, file_suite(group)), elements)
 
 
 # -- worker entry points (top level: they pickle by name) --------------------------------------
@@ -312,9 +324,9 @@ def _blind_worker(group: str, dst: bytes, scalar: bytes, items: Sequence[bytes])
     return b"".join(hash_and_multiply_batch(group, dst, scalar, items))
 
 
-def _own_keys_worker(group: str, dst: bytes, scalar: bytes, items: Sequence[bytes]) -> bytes:
+def _own_keys_worker(group: str, dst: bytes, scalar: bytes, items: Sequence[bytes], suite: Suite = STANDARD) -> bytes:
     """Filter keys (fingerprints) of ``scalar * H(item)``, back to back."""
-    return filters.fingerprint(hash_and_multiply_batch(group, dst, scalar, items))
+    return filters.fingerprint(hash_and_multiply_batch(group, dst, scalar, items), suite)
 
 
 def _evaluate_worker(group: str, scalar: bytes, blob: bytes) -> bytes:
@@ -322,9 +334,9 @@ def _evaluate_worker(group: str, scalar: bytes, blob: bytes) -> bytes:
     return b"".join(multiply_batch(group, scalar, blob))
 
 
-def _unblind_worker(group: str, inverse: bytes, blob: bytes) -> bytes:
+def _unblind_worker(group: str, inverse: bytes, blob: bytes, suite: Suite = STANDARD) -> bytes:
     """Validate, unblind and fingerprint each received element (16-byte keys back to back)."""
-    return filters.fingerprint(multiply_batch(group, inverse, blob))
+    return filters.fingerprint(multiply_batch(group, inverse, blob), suite)
 
 
 def _blob_pieces(blob: bytes, width: int, parts: int) -> list[bytes]:
@@ -584,7 +596,7 @@ class Client(PsiParty):
             blob = unpack_items(body, width, exact_count=len(self._batches[index]))
         self._evaluated_messages += 1
         self._received += len(blob) // width
-        work = partial(_unblind_worker, self._config.group, self._inverse)
+        work = partial(_unblind_worker, self._config.group, self._inverse, suite=self._config.crypto)
         pieces = _blob_pieces(blob, width, self._executor.workers)
         self._unblinding.append([self._executor.submit(work, piece) for piece in pieces])
         if self._phase != "unblind":
@@ -631,7 +643,7 @@ class Client(PsiParty):
 def _submit_own_set(
     executor: Executor, config: Config, scalar: bytes, distinct: Sequence[bytes]
 ) -> "list[Future[bytes]]":
-    work = partial(_own_keys_worker, config.group, _dst(config.group), scalar)
+    work = partial(_own_keys_worker, config.group, _dst(config.group), scalar, suite=config.crypto)
     piece = max(1, config.batch_size // executor.workers)
     return [executor.submit(work, part) for part in split(distinct, piece)]
 
@@ -649,6 +661,7 @@ class HeadStart:
     def __init__(self, items: Sequence[bytes], config: Config, executor: Executor) -> None:
         self._items = items
         self._group = config.group
+        self._suite = config.suite
         self._batch_size = config.batch_size
         self.distinct, positions = _distinct(items)
         self.first = _first_positions(positions)
@@ -660,6 +673,7 @@ class HeadStart:
             self._scalar is not None
             and items is self._items
             and config.group == self._group
+            and config.suite == self._suite
             and config.batch_size == self._batch_size
         )
 
@@ -708,7 +722,7 @@ class Server(PsiParty):
         if prepared is not None:
             if prepared.group != config.group:
                 raise UsageError(f"prepared set is for group {prepared.group!r}, session uses {config.group!r}")
-            if prepared.count != len(items) or not hmac.compare_digest(prepared.digest, input_digest(items)):
+            if prepared.count != len(items) or not hmac.compare_digest(prepared.digest, input_digest(items, file_suite(prepared.group))):
                 raise UsageError("prepared set was made from other input data")
             self._scalar = prepared.key._scalar
         elif not self._head_start:
@@ -775,7 +789,7 @@ class Server(PsiParty):
         if self._prepared is not None:
             size = self._group.element_size
             blob = self._prepared.elements
-            self._own_keys = filters.fingerprint([blob[p * size : (p + 1) * size] for p in self._first])
+            self._own_keys = filters.fingerprint([blob[p * size : (p + 1) * size] for p in self._first], self._config.crypto)
             self._advance(n)
             return
         if not self._head_start:

@@ -19,6 +19,9 @@ from .base import Role
 __all__ = ["Hello", "check_peer_hello", "HELLO_KIND"]
 
 HELLO_KIND = "hello"
+#: Params a hello may leave out, and the value that absence stands for (so a side that does not
+#: send one, e.g. the default ``standard`` suite, compares equal to one that sends the default).
+ABSENT_MEANS: dict[str, Any] = {"suite": "standard"}
 
 
 @dataclass(frozen=True)
@@ -76,7 +79,12 @@ def check_peer_hello(own: Hello, peer: Hello) -> None:
     if peer.role == own.role:
         raise IncompatiblePeer(f"both sides are {own.role.value}s")
     keys = sorted(set(own.params) | set(peer.params))
-    differ = [k for k in keys if own.params.get(k) != peer.params.get(k)]
+    ours = {k: own.params.get(k, ABSENT_MEANS.get(k)) for k in keys}
+    theirs = {k: peer.params.get(k, ABSENT_MEANS.get(k)) for k in keys}
+    differ = [k for k in keys if ours[k] != theirs[k]]
+    if "suite" in differ:  # name both suites first: the other differences follow from it
+        differ.remove("suite")
+        differ.insert(0, "suite")
     if differ:
-        shown = "; ".join(f"{k}: ours={own.params.get(k)!r} peer={peer.params.get(k)!r}" for k in differ[:4])
+        shown = "; ".join(f"{k}: ours={ours[k]!r} peer={theirs[k]!r}" for k in differ[:4])
         raise ParameterMismatch(f"settings differ from the peer's ({shown})")
