@@ -24,8 +24,8 @@ import math
 import secrets
 
 import numpy as np
-from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
+from .crypto.suite import STANDARD, Suite
 from .errors import UsageError
 
 __all__ = [
@@ -56,8 +56,8 @@ def _split(digests: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return words[:, 0], right
 
 
-def bin_indices(digests: np.ndarray, seed: bytes, bins: int) -> np.ndarray:
-    """``int64 (n, 3)`` bin numbers for ``digests`` (``uint8 (n, 24)``) under ``seed``."""
+def bin_indices(digests: np.ndarray, seed: bytes, bins: int, suite: "Suite | None" = None) -> np.ndarray:
+    """``int64 (n, 3)`` bin numbers for ``digests`` (``uint8 (n, 24)``) under ``seed`` (AES; SM4 under gm)."""
     if len(seed) != 16:
         raise ValueError("cuckoo seed must be 16 bytes")
     left, right = _split(digests)
@@ -67,7 +67,7 @@ def bin_indices(digests: np.ndarray, seed: bytes, bins: int) -> np.ndarray:
     scratch = np.empty(flat.size + 16, dtype=np.uint8)
     for k in range(2):
         key = bytes(b ^ (0x5C * (k + 1) & 0xFF) for b in seed)
-        cipher = Cipher(algorithms.AES(key), modes.ECB()).encryptor()
+        cipher = (suite or STANDARD).ecb(key)
         cipher.update_into(flat, scratch)
         words[:, 2 * k : 2 * k + 2] = scratch[: flat.size].view(np.uint64).reshape(count, 2)
     m = np.uint64(bins)
@@ -125,7 +125,7 @@ class CuckooTable:
         return self.indices[np.arange(self.which.size), self.which]
 
 
-def build(digests: np.ndarray, *, bins: int | None = None, attempts: int = MAX_ATTEMPTS) -> CuckooTable:
+def build(digests: np.ndarray, *, bins: int | None = None, attempts: int = MAX_ATTEMPTS, suite: "Suite | None" = None) -> CuckooTable:
     """Hash ``digests`` (``uint8 (n, 24)``) into a fresh table, re-seeding on failure (raise
     after ``attempts``). The insertion walk's coin flips (numpy, seeded from the OS) only
     decide which of its bins an item takes; they never leave the client."""
@@ -133,7 +133,7 @@ def build(digests: np.ndarray, *, bins: int | None = None, attempts: int = MAX_A
     rng = np.random.default_rng(secrets.randbits(128))
     for _ in range(attempts):
         seed = secrets.token_bytes(16)
-        indices = bin_indices(digests, seed, bins)
+        indices = bin_indices(digests, seed, bins, suite)
         placed = insert(indices, bins, rng)
         if placed is not None:
             return CuckooTable(seed, bins, placed[0], placed[1], indices)

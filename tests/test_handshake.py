@@ -51,6 +51,7 @@ AGREED: dict[str, tuple[Any, str]] = {
     "compression": ("raw", "compression"),
     "fpr_bits": (48, "fpr_bits"),
     "key_bits": (3072, "key_bits"),
+    "suite": ("gm", "suite"),  # psi.crypto.suite; RSA has no gm form (refused before any hello)
 }
 # Settings that stay local to one side (deployment, local input handling).
 LOCAL = {"workers", "max_peer_size", "server_key", "cache_dir", "prepared", "timeout", "input_format", "skip_empty",

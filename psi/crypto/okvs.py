@@ -37,10 +37,10 @@ import math
 from dataclasses import dataclass
 
 import numpy as np
-from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
 from ..errors import LocalError
 from ..ot.aes_hash import derive_key
+from .suite import STANDARD, Suite
 
 __all__ = ["Params", "params_for", "expansion", "gap_bound", "bin_capacity", "bin_of", "rows_of", "encode", "decode",
            "EncodeFailure", "MAX_RETRIES", "BIN_SIZE", "STAT_BITS"]
@@ -135,25 +135,26 @@ def params_for(n: int, *, bin_size: int = BIN_SIZE, stat_bits: int = STAT_BITS) 
 # -- hashing keys to rows --------------------------------------------------------------------
 
 
-def _aes(key: bytes, blocks: np.ndarray) -> np.ndarray:
-    """AES-128-ECB of every 16-byte row of ``blocks`` (``uint8 (n, 16)``)."""
+def _aes(key: bytes, blocks: np.ndarray, suite: Suite = STANDARD) -> np.ndarray:
+    """AES-128-ECB (SM4 under gm) of every 16-byte row of ``blocks`` (``uint8 (n, 16)``)."""
     flat = np.ascontiguousarray(blocks, dtype=np.uint8).reshape(-1)
     out = np.empty(flat.size + 16, dtype=np.uint8)
-    Cipher(algorithms.AES(key), modes.ECB()).encryptor().update_into(flat, out)
+    suite.ecb(key).update_into(flat, out)
     return out[: flat.size].reshape(-1, 16)
 
 
-def bin_of(digests: np.ndarray, seed: bytes, bins: int) -> np.ndarray:
+def bin_of(digests: np.ndarray, seed: bytes, bins: int, suite: Suite = STANDARD) -> np.ndarray:
     """The bin of every key (``digests``: ``uint8 (n, 16)`` key hashes), ``int64 (n,)``."""
     if bins == 1 or digests.shape[0] == 0:
         return np.zeros(digests.shape[0], dtype=np.int64)
-    word = _aes(derive_key(b"rr22-okvs-bin", seed), digests).view(np.uint64)[:, 0]
+    word = _aes(derive_key(b"rr22-okvs-bin", seed, suite=suite), digests, suite).view(np.uint64)[:, 0]
     return ((word >> np.uint64(32)) * np.uint64(bins) >> np.uint64(32)).astype(np.int64)
 
 
-def _rows_one(digests: np.ndarray, seed: bytes, counter: int, params: Params) -> tuple[np.ndarray, np.ndarray]:
-    a = _aes(derive_key(b"rr22-okvs-row", seed, bytes([counter, 0])), digests).view(np.uint64)
-    b = _aes(derive_key(b"rr22-okvs-row", seed, bytes([counter, 1])), digests).view(np.uint64)
+def _rows_one(digests: np.ndarray, seed: bytes, counter: int, params: Params,
+              suite: Suite = STANDARD) -> tuple[np.ndarray, np.ndarray]:
+    a = _aes(derive_key(b"rr22-okvs-row", seed, bytes([counter, 0]), suite=suite), digests, suite).view(np.uint64)
+    b = _aes(derive_key(b"rr22-okvs-row", seed, bytes([counter, 1]), suite=suite), digests, suite).view(np.uint64)
     m = params.sparse
     low32 = np.uint64(0xFFFFFFFF)
     c0 = ((a[:, 0] & low32) % np.uint64(m)).astype(np.int64)
@@ -167,17 +168,18 @@ def _rows_one(digests: np.ndarray, seed: bytes, counter: int, params: Params) ->
     return np.stack([c0, c1, c2], axis=1), mask
 
 
-def rows_of(digests: np.ndarray, bins: np.ndarray, seed: bytes, counters: np.ndarray, params: Params) -> tuple[np.ndarray, np.ndarray]:
+def rows_of(digests: np.ndarray, bins: np.ndarray, seed: bytes, counters: np.ndarray, params: Params,
+            suite: Suite = STANDARD) -> tuple[np.ndarray, np.ndarray]:
     """Each key's three sparse columns (within its bin) and dense mask.
 
     ``bins``: each key's bin relative to ``counters`` (the retry counter of every bin in play).
     """
-    cols, masks = _rows_one(digests, seed, 0, params)
+    cols, masks = _rows_one(digests, seed, 0, params, suite)
     if digests.shape[0] and counters.size and counters.max() > 0:
         key_counters = counters[bins]
         for counter in np.unique(key_counters[key_counters > 0]).tolist():
             sel = np.flatnonzero(key_counters == counter)
-            cols[sel], masks[sel] = _rows_one(digests[sel], seed, int(counter), params)
+            cols[sel], masks[sel] = _rows_one(digests[sel], seed, int(counter), params, suite)
     return cols, masks
 
 
@@ -299,7 +301,7 @@ def _encode_bins(cols: np.ndarray, masks: np.ndarray, bins: np.ndarray, values: 
 
 
 def encode(digests: np.ndarray, bins: np.ndarray, values: np.ndarray, nb: int, seed: bytes,
-           params: Params) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+           params: Params, suite: Suite = STANDARD) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Encode keys spread over ``nb`` consecutive bins (``bins``: each key's bin, ``0..nb-1``).
 
     ``values``: ``uint64 (n, W)``. Returns ``(P, counters, cols, masks)``: ``P`` as
@@ -310,7 +312,7 @@ def encode(digests: np.ndarray, bins: np.ndarray, values: np.ndarray, nb: int, s
     if bins.size and np.bincount(bins, minlength=nb).max() > params.capacity:
         raise EncodeFailure("a bin is over capacity")
     counters = np.zeros(nb, dtype=np.uint8)
-    cols, masks = rows_of(digests, bins, seed, counters, params)
+    cols, masks = rows_of(digests, bins, seed, counters, params, suite)
     out, failed = _encode_bins(cols, masks, bins, values, nb, params)
     while failed.any():
         redo = np.flatnonzero(failed)
@@ -321,7 +323,7 @@ def encode(digests: np.ndarray, bins: np.ndarray, values: np.ndarray, nb: int, s
         remap[redo] = np.arange(redo.size)
         sel = np.flatnonzero(failed[bins])
         sub_bins = remap[bins[sel]]
-        sub_cols, sub_masks = rows_of(digests[sel], sub_bins, seed, counters[redo], params)
+        sub_cols, sub_masks = rows_of(digests[sel], sub_bins, seed, counters[redo], params, suite)
         cols[sel], masks[sel] = sub_cols, sub_masks
         sub_out, sub_failed = _encode_bins(sub_cols, sub_masks, sub_bins, values[sel], redo.size, params)
         out[redo] = sub_out

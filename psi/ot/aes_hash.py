@@ -10,23 +10,25 @@
   take one more tweak field (the output block number). Every tweak carries the global OT
   index, the block position, the output block and a domain byte, so no two hash calls in a
   session share a tweak unless they hash the same row for the same purpose.
+
+Both take a :class:`~psi.crypto.suite.Suite`: under ``gm`` the cipher is SM4 (same modes, same
+layouts) and :func:`derive_key` is SM3-based; the default ``standard`` suite is AES and BLAKE2b.
 """
 
 from __future__ import annotations
 
-import hashlib
-
 import numpy as np
-from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
+
+from ..crypto.suite import STANDARD, Suite
 
 __all__ = ["RowPrg", "TweakHash", "derive_key"]
 
 BLOCK = 16
 
 
-def derive_key(tag: bytes, *parts: bytes, size: int = 16) -> bytes:
-    """A ``size``-byte key: BLAKE2b over a tag and length-prefixed parts."""
-    h = hashlib.blake2b(digest_size=size, person=b"psiq-ot-kdf")
+def derive_key(tag: bytes, *parts: bytes, size: int = 16, suite: Suite = STANDARD) -> bytes:
+    """A ``size``-byte key: BLAKE2b (SM3 under gm) over a tag and length-prefixed parts."""
+    h = suite.hasher(person=b"psiq-ot-kdf", size=size)
     h.update(len(tag).to_bytes(2, "big") + tag)
     for part in parts:
         h.update(len(part).to_bytes(4, "big") + part)
@@ -40,12 +42,12 @@ class RowPrg:
     session's streams on its own; the bytes are those the sequential streams would give).
     """
 
-    def __init__(self, seeds: np.ndarray, offset: int = 0) -> None:
+    def __init__(self, seeds: np.ndarray, offset: int = 0, suite: Suite = STANDARD) -> None:
         seeds = np.asarray(seeds, dtype=np.uint8)
         if seeds.ndim != 2 or seeds.shape[1] != BLOCK:
             raise ValueError("seeds must be an (n, 16) uint8 array")
         counter = (offset // BLOCK).to_bytes(BLOCK, "big")
-        self._streams = [Cipher(algorithms.AES(bytes(seed)), modes.CTR(counter)).encryptor() for seed in seeds]
+        self._streams = [suite.ctr(bytes(seed), counter) for seed in seeds]
         self._zeros = np.zeros(0, dtype=np.uint8)
         self._scratch = np.zeros(0, dtype=np.uint8)
         if offset % BLOCK:
@@ -69,9 +71,9 @@ class RowPrg:
 class TweakHash:
     """Fixed-key AES hash over whole row buffers (see the module docstring)."""
 
-    def __init__(self, session: bytes) -> None:
-        key = derive_key(b"tccr-permutation", session)
-        self._perm = Cipher(algorithms.AES(key), modes.ECB()).encryptor()
+    def __init__(self, session: bytes, suite: Suite = STANDARD) -> None:
+        key = derive_key(b"tccr-permutation", session, suite=suite)
+        self._perm = suite.ecb(key)
 
     def permute(self, blocks: np.ndarray) -> np.ndarray:
         """``π`` applied to every 16-byte block of a C-contiguous uint8 array (new array)."""

@@ -24,6 +24,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..errors import MalformedMessage
+from ..crypto.suite import STANDARD, Suite
 from .aes_hash import RowPrg
 from .bitmatrix import round_up, transpose
 
@@ -38,13 +39,13 @@ def padded_rows(rows: int) -> int:
 class ExtensionReceiver:
     """Holds ``w`` base-OT seed pairs; turns code words into corrections (see module doc)."""
 
-    def __init__(self, keys0: np.ndarray, keys1: np.ndarray, offset: int = 0) -> None:
+    def __init__(self, keys0: np.ndarray, keys1: np.ndarray, offset: int = 0, suite: Suite = STANDARD) -> None:
         """``offset``: bytes of every seed's stream already used (see :class:`RowPrg`)."""
         if keys0.shape != keys1.shape or keys0.shape[0] % 8:
             raise ValueError("seed arrays must match and hold a multiple of 8 seeds")
         self.width = keys0.shape[0]
-        self._prg0 = RowPrg(keys0, offset)
-        self._prg1 = RowPrg(keys1, offset)
+        self._prg0 = RowPrg(keys0, offset, suite)
+        self._prg1 = RowPrg(keys1, offset, suite)
 
     def _expand(self, rows: int) -> tuple[np.ndarray, np.ndarray]:
         length = padded_rows(rows) // 8
@@ -85,11 +86,11 @@ class ExtensionReceiver:
 class ExtensionSender:
     """Holds ``k_j^{s_j}`` and ``s``; turns the receiver's ``U`` into rows ``q``."""
 
-    def __init__(self, keys: np.ndarray, secret_bits: np.ndarray, offset: int = 0) -> None:
+    def __init__(self, keys: np.ndarray, secret_bits: np.ndarray, offset: int = 0, suite: Suite = STANDARD) -> None:
         self.width = keys.shape[0]
         if self.width % 8 or secret_bits.size != self.width:
             raise ValueError("secret must have one bit per seed (a multiple of 8)")
-        self._prg = RowPrg(keys, offset)
+        self._prg = RowPrg(keys, offset, suite)
         self._mask = secret_bits.astype(bool)
         self.secret = np.packbits(secret_bits.astype(np.uint8), bitorder="little")  # (w/8,)
 

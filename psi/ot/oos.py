@@ -43,8 +43,8 @@ import hmac
 import secrets
 
 import numpy as np
-from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
+from ..crypto.suite import STANDARD, Suite
 from ..errors import MalformedMessage
 from .aes_hash import derive_key
 from .bch import BchCode, DIMENSION
@@ -89,7 +89,7 @@ def random_words(count: int) -> np.ndarray:
     return words
 
 
-def challenge_words(session: bytes, batch: int, seed: bytes, rows: int) -> np.ndarray:
+def challenge_words(session: bytes, batch: int, seed: bytes, rows: int, suite: Suite = STANDARD) -> np.ndarray:
     """``uint64`` coefficient words for a batch of ``rows`` real rows plus ``S`` check rows.
 
     Length ``round_up(rows + S, 8)``: 40 random bits per real row, ``1 << l`` for check row
@@ -98,8 +98,8 @@ def challenge_words(session: bytes, batch: int, seed: bytes, rows: int) -> np.nd
     if len(seed) != SEED_BYTES:
         raise MalformedMessage("OT check challenge has the wrong length")
     total = round_up(rows + S, 8)
-    key = derive_key(b"oos17-challenge", session, batch.to_bytes(8, "big"), seed)
-    stream = Cipher(algorithms.AES(key), modes.CTR(bytes(16))).encryptor()
+    key = derive_key(b"oos17-challenge", session, batch.to_bytes(8, "big"), seed, suite=suite)
+    stream = suite.ctr(key)
     words = np.zeros(total, dtype=np.uint64)
     if rows:
         raw = np.empty(8 * rows + 16, dtype=np.uint8)

@@ -7,9 +7,10 @@ first), so two sessions never share hash inputs even with the same inputs and pe
 
 from __future__ import annotations
 
-import hashlib
 import secrets
 from typing import Any
+
+from ..crypto.suite import STANDARD, Suite
 
 from ..errors import MalformedMessage, ParameterMismatch
 from ..messages import Message
@@ -22,8 +23,11 @@ __all__ = ["HelloState"]
 class HelloState:
     """Builds this side's hello, checks the peer's, derives the session id."""
 
-    def __init__(self, protocol: str, version: int, role: Role, params: dict[str, Any], info: dict[str, Any]) -> None:
+    def __init__(self, protocol: str, version: int, role: Role, params: dict[str, Any], info: dict[str, Any],
+                 suite: Suite = STANDARD) -> None:
+        """``suite``: hashes the session id (BLAKE2b or SM3); its name belongs in ``params``."""
         info = dict(info)
+        self._suite = suite
         info["nonce"] = secrets.token_hex(16)
         self.own = Hello(protocol, version, role, params, info)
         self.own_message = self.own.to_message()
@@ -39,7 +43,7 @@ class HelloState:
         bodies = (self.own_message.body, message.body)
         if self.own.role is Role.SERVER:
             bodies = bodies[::-1]
-        h = hashlib.blake2b(digest_size=32, person=b"psiq-session")
+        h = self._suite.hasher(person=b"psiq-session", size=32)
         for body in bodies:
             h.update(len(body).to_bytes(4, "big") + body)
         self.session = h.digest()

@@ -63,11 +63,12 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from ..crypto.suite import get_suite, hello_params as suite_params
 from ..errors import MalformedMessage
 from ..messages import Message
 from ..ot import bch, oos
 from ..ot.aes_hash import TweakHash
-from ..ot.base_ot import POINT_BYTES, BaseOtReceiver, BaseOtSender
+from ..ot.base_ot import BaseOtReceiver, BaseOtSender
 from ..ot.bitmatrix import transpose
 from ..ot.extension import ExtensionReceiver, ExtensionSender, padded_rows
 from ..parallel import Executor
@@ -92,9 +93,11 @@ class Config:
     reveal: Reveal = Reveal.RECEIVER
     batch_size: int = 1 << 16
     window: int = 4
+    suite: str = "standard"  # psi.crypto.suite: gm = SM3 hashes, SM4 PRG/π, SM2 base OT
 
     def __post_init__(self) -> None:
         check_options(NAME, self.reveal, "batch_size", self.batch_size, self.window)
+        get_suite(self.suite)
 
     def hello_params(self) -> dict:
         return {
@@ -106,6 +109,7 @@ class Config:
             "phasing_bits": cuckoo.PHASE_BITS,
             "sigma": SIGMA,
             "hashes": cuckoo.HASHES,
+            **suite_params(self.suite),
         }
 
 
@@ -155,7 +159,7 @@ class _Common(OtPsiParty):
 
     def _accept_hello(self, message: Message) -> None:
         super()._accept_hello(message)
-        self._hash = TweakHash(self._session)
+        self._hash = TweakHash(self._session, self._suite)
 
 
 class Client(_Common):
@@ -182,9 +186,9 @@ class Client(_Common):
 
     def _start(self) -> None:
         self._set_phase("cuckoo")
-        key = kkrt_work.digest_key(self._session)
-        digests = _gather(_scatter(self._executor, functools.partial(kkrt_work.digest_piece, key=key), self._items))
-        self._table = cuckoo.build(digests)
+        key = kkrt_work.digest_key(self._session, self._suite)
+        digests = _gather(_scatter(self._executor, functools.partial(kkrt_work.digest_piece, key=key, suite=self._suite), self._items))
+        self._table = cuckoo.build(digests, suite=self._suite)
         bins = self._table.bins
         inputs = oos.random_words(bins)  # empty bins: random code inputs
         occupied = self._table.table >= 0
@@ -193,14 +197,14 @@ class Client(_Common):
         self._inputs = inputs
         self._batches = -(-bins // self._config.batch_size)
         self._check_words = oos.random_words(oos.S * self._batches)  # the check rows' random words
-        self._base = BaseOtSender(CODE_WIDTH, self._session)
+        self._base = BaseOtSender(CODE_WIDTH, self._session, self._suite)
         body = self._base.first_message() + self._table.seed + bins.to_bytes(4, "big")
         self._send("kkrt.base.a", body)
         self._state = _State.BASE
         self._set_phase("base-ot")
 
     def _base_done(self, body: bytes) -> None:
-        if len(body) != CODE_WIDTH * POINT_BYTES:
+        if len(body) != CODE_WIDTH * self._suite.base_ot.point_bytes:
             raise MalformedMessage("kkrt.base.b has the wrong length")
         keys0, keys1 = self._base.finish(body)
         self._oprf = np.empty((self._table.bins, self._width), dtype=np.uint8)
@@ -215,15 +219,16 @@ class Client(_Common):
         self._parallel = self._executor.workers > 1 and self._table.bins >= 2 * _MIN_PIECE
         if self._parallel:
             self._batch_fn = functools.partial(
-                kkrt_work.client_batch, keys0=keys0, keys1=keys1, session=self._session, out_bytes=self._out_bytes
+                kkrt_work.client_batch, keys0=keys0, keys1=keys1, session=self._session, out_bytes=self._out_bytes,
+                suite=self._suite,
             )
             # the check answer is computed in a worker too, from the batch's T columns expanded
             # again there (cheaper than shipping them back and forth)
-            self._check_fn = functools.partial(kkrt_work.client_check, keys0=keys0, session=self._session)
+            self._check_fn = functools.partial(kkrt_work.client_check, keys0=keys0, session=self._session, suite=self._suite)
             self._pending: dict[int, Future] = {}
             self._submitted = 0
         else:
-            self._ext = ExtensionReceiver(keys0, keys1)
+            self._ext = ExtensionReceiver(keys0, keys1, suite=self._suite)
         self._state = _State.OPRF
         self._set_phase("oprf", self._batches)
 
@@ -275,7 +280,7 @@ class Client(_Common):
             stride = padded_rows(self._config.batch_size + oos.S) // 8
             self._answers[k] = self._executor.submit(functools.partial(self._check_fn, offset=k * stride, batch=k, seed=seed), inputs)
         else:
-            words = oos.challenge_words(self._session, k, seed, inputs.shape[0] - oos.S)
+            words = oos.challenge_words(self._session, k, seed, inputs.shape[0] - oos.S, self._suite)
             self._send_answer(oos.receiver_response(t_cols, inputs, words))
 
     def _send_answer(self, answer: bytes) -> None:
@@ -364,8 +369,9 @@ class Server(_Common):
         if state is _State.HELLO:
             self._accept_hello(message)
             # pre-hash in the background (workers) while the base OTs and corrections run
-            key = kkrt_work.digest_key(self._session)
-            self._digest_futures = _scatter(self._executor, functools.partial(kkrt_work.digest_piece, key=key), self._items)
+            key = kkrt_work.digest_key(self._session, self._suite)
+            self._digest_futures = _scatter(self._executor, functools.partial(kkrt_work.digest_piece, key=key, suite=self._suite),
+                                            self._items)
             self._state = _State.BASE
             self._set_phase("base-ot")
         elif state is _State.BASE and message.kind == "kkrt.base.a":
@@ -384,15 +390,16 @@ class Server(_Common):
             raise self._unexpected(message, state.value)
 
     def _base(self, body: bytes) -> None:
-        if len(body) != POINT_BYTES + 20:
+        point_bytes = self._suite.base_ot.point_bytes
+        if len(body) != point_bytes + 20:
             raise MalformedMessage("kkrt.base.a has the wrong length")
         bins = int.from_bytes(body[-4:], "big")
         if bins != cuckoo.table_size(self._n_client):
             raise MalformedMessage("peer's cuckoo table size does not match its set size")
-        self._bins, self._cuckoo_seed = bins, body[POINT_BYTES : POINT_BYTES + 16]
+        self._bins, self._cuckoo_seed = bins, body[point_bytes : point_bytes + 16]
         secret = np.frombuffer(secrets.token_bytes(CODE_WIDTH), dtype=np.uint8) & 1
-        reply, keys = BaseOtReceiver(secret, self._session).reply(body[:POINT_BYTES])
-        self._ext = ExtensionSender(keys, secret)
+        reply, keys = BaseOtReceiver(secret, self._session, self._suite).reply(body[:point_bytes])
+        self._ext = ExtensionSender(keys, secret, suite=self._suite)
         self._masked = bch.code().masked(self._ext.secret)  # C(·) ∧ Δ
         shape = (bins, CODE_WIDTH // 8)
         self._shm = None
@@ -419,7 +426,7 @@ class Server(_Common):
         self._q[start:stop] = transpose(q_cols)[: stop - start]
         # the batch's rows are fixed now: only then draw its challenge
         seed = secrets.token_bytes(oos.SEED_BYTES)
-        words = oos.challenge_words(self._session, self._received, seed, stop - start)
+        words = oos.challenge_words(self._session, self._received, seed, stop - start, self._suite)
         if self._shm is not None:  # several workers: combine there, the next batch's rows meanwhile here
             self._expected[self._received] = self._executor.submit(oos.sender_expected, q_cols, words)
         else:
@@ -449,6 +456,7 @@ class Server(_Common):
             session=self._session,
             width=self._width,
             step=step,
+            suite=self._suite,
         )
         values = _gather(_scatter(self._executor, fn, digests), axis=1) if self._n else np.empty((cuckoo.HASHES, 0, self._width), dtype=np.uint8)
         if self._reveal is Reveal.BOTH:
@@ -494,7 +502,7 @@ class Server(_Common):
             raise MalformedMessage("kkrt.matches names one item twice")
         if items.size:
             digests = self._digests[items]
-            bins = cuckoo.bin_indices(digests, self._cuckoo_seed, self._bins)[np.arange(items.size), h]
+            bins = cuckoo.bin_indices(digests, self._cuckoo_seed, self._bins, self._suite)[np.arange(items.size), h]
             rows = kkrt_work.server_rows(self._q, self._masked, digests, bins, h)
             expected = self._hash.hash_rows(rows, 0, out_bytes=16 + EVIDENCE_BYTES, domain=kkrt_work.DOMAIN, indices=bins)
             if not hmac.compare_digest(expected[:, 16 : 16 + EVIDENCE_BYTES].tobytes(), evidence.tobytes()):

@@ -7,7 +7,6 @@ bytes whether it runs on one piece or on several.
 
 from __future__ import annotations
 
-import hashlib
 import mmap
 import os
 from multiprocessing import shared_memory
@@ -16,6 +15,7 @@ from typing import Sequence
 import numpy as np
 
 from .. import cuckoo
+from ..crypto.suite import STANDARD, Suite
 from ..ot import bch, oos
 from ..ot.aes_hash import RowPrg, TweakHash, derive_key
 from ..ot.extension import ExtensionReceiver, padded_rows
@@ -26,37 +26,39 @@ __all__ = ["DOMAIN", "digest_piece", "digest_key", "client_batch", "client_check
 DOMAIN = 0x4B  # hash-tweak domain byte for KKRT OPRF outputs (block 0: value, block 1: evidence)
 
 
-def digest_piece(items: Sequence[bytes], key: bytes) -> np.ndarray:
-    """BLAKE2b-192 of each item keyed with ``key``: ``uint8 (len(items), 24)``."""
-    blake, size = hashlib.blake2b, cuckoo.DIGEST_BYTES
-    joined = b"".join([blake(item, digest_size=size, key=key).digest() for item in items])
+def digest_piece(items: Sequence[bytes], key: bytes, suite: Suite = STANDARD) -> np.ndarray:
+    """BLAKE2b-192 (SM3 under gm) of each item keyed with ``key``: ``uint8 (len(items), 24)``."""
+    size = cuckoo.DIGEST_BYTES
+    joined = suite.keyed_digests(items, key, size)
     return np.frombuffer(joined, dtype=np.uint8).reshape(len(items), size)
 
 
-def digest_key(session: bytes) -> bytes:
-    return derive_key(b"kkrt-item-digest", session, size=32)
+def digest_key(session: bytes, suite: Suite = STANDARD) -> bytes:
+    return derive_key(b"kkrt-item-digest", session, size=32, suite=suite)
 
 
-def digests_of(items: Sequence[bytes], session: bytes) -> np.ndarray:
-    return digest_piece(items, digest_key(session))
+def digests_of(items: Sequence[bytes], session: bytes, suite: Suite = STANDARD) -> np.ndarray:
+    return digest_piece(items, digest_key(session, suite), suite)
 
 
 def client_batch(
-    inputs: np.ndarray, *, keys0: np.ndarray, keys1: np.ndarray, offset: int, session: bytes, start: int, out_bytes: int
+    inputs: np.ndarray, *, keys0: np.ndarray, keys1: np.ndarray, offset: int, session: bytes, start: int, out_bytes: int,
+    suite: Suite = STANDARD,
 ) -> tuple[np.ndarray, bytes]:
     """One correction batch from scratch (``inputs``: its bins' code inputs, then the check
     rows'): (hashes of its bins, wire ``U``)."""
-    ext = ExtensionReceiver(keys0, keys1, offset)
+    ext = ExtensionReceiver(keys0, keys1, offset, suite)
     t_rows, wire = ext.extend_codewords(bch.code().encode(inputs))
     rows = inputs.shape[0] - oos.S
-    return TweakHash(session).hash_rows(t_rows[:rows], start, out_bytes=out_bytes, domain=DOMAIN), wire
+    return TweakHash(session, suite).hash_rows(t_rows[:rows], start, out_bytes=out_bytes, domain=DOMAIN), wire
 
 
-def client_check(inputs: np.ndarray, *, keys0: np.ndarray, offset: int, session: bytes, batch: int, seed: bytes) -> bytes:
+def client_check(inputs: np.ndarray, *, keys0: np.ndarray, offset: int, session: bytes, batch: int, seed: bytes,
+                 suite: Suite = STANDARD) -> bytes:
     """The client's OOS17 answer for one batch, its ``T`` columns expanded again from the seeds."""
     rows = inputs.shape[0] - oos.S
-    t_cols = RowPrg(keys0, offset).fill(np.empty((keys0.shape[0], padded_rows(inputs.shape[0]) // 8), dtype=np.uint8))
-    return oos.receiver_response(t_cols, inputs, oos.challenge_words(session, batch, seed, rows))
+    t_cols = RowPrg(keys0, offset, suite).fill(np.empty((keys0.shape[0], padded_rows(inputs.shape[0]) // 8), dtype=np.uint8))
+    return oos.receiver_response(t_cols, inputs, oos.challenge_words(session, batch, seed, rows, suite))
 
 
 def server_rows(q: np.ndarray, masked: bch.BchCode, digests: np.ndarray, bins: np.ndarray, hash_index: np.ndarray | int) -> np.ndarray:
@@ -76,6 +78,7 @@ def server_values(
     session: bytes,
     width: int,
     step: int,
+    suite: Suite = STANDARD,
 ) -> np.ndarray:
     """``uint8 (HASHES, len(digests), width)``: the server's OPRF values of these items.
 
@@ -88,9 +91,9 @@ def server_values(
         q = np.frombuffer(shm, dtype=np.uint8, count=q[1][0] * q[1][1]).reshape(q[1])
     try:
         n = digests.shape[0]
-        indices = cuckoo.bin_indices(digests, cuckoo_seed, bins)
+        indices = cuckoo.bin_indices(digests, cuckoo_seed, bins, suite)
         masked = bch.BchCode.from_tables(masked_tables)
-        hasher = TweakHash(session)
+        hasher = TweakHash(session, suite)
         values = np.empty((cuckoo.HASHES, n, width), dtype=np.uint8)
         # C is linear: C(d_R‖h) ∧ Δ = (C(d_R‖0) ∧ Δ) ⊕ (C(0‖h) ∧ Δ), so encode each item once
         offsets = masked.encode(cuckoo.code_inputs(np.zeros((cuckoo.HASHES, cuckoo.DIGEST_BYTES), dtype=np.uint8), np.arange(cuckoo.HASHES)))

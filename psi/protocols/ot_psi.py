@@ -15,6 +15,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
+from ..crypto.suite import get_suite
 from ..errors import MalformedMessage, UsageError
 from ..messages import Message
 from ..ot.session import HelloState
@@ -114,7 +115,8 @@ class OtPsiParty(PsiParty):
         self._peer_size = peer_size
         self._executor = executor
         self._states = states
-        self._hello = HelloState(name, version, role, config.hello_params(), {"size": len(items)})
+        self._suite = get_suite(getattr(config, "suite", None))  # psi.crypto.suite: every primitive of the run
+        self._hello = HelloState(name, version, role, config.hello_params(), {"size": len(items)}, self._suite)
         self._state = states.HELLO  # type: ignore[attr-defined]
         self._set_phase("hello")
         self._send(self._hello.own_message.kind, self._hello.own_message.body)

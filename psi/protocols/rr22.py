@@ -53,7 +53,6 @@ from __future__ import annotations
 
 import enum
 import functools
-import hashlib
 import hmac
 import secrets
 from concurrent.futures import Future
@@ -67,8 +66,8 @@ from ..errors import MalformedMessage
 from ..messages import Message
 from ..ot import bch, oos
 from ..ot.aes_hash import TweakHash, derive_key
-from ..ot.base_ot import POINT_BYTES, BaseOtReceiver, BaseOtSender
-from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
+from ..ot.base_ot import BaseOtReceiver, BaseOtSender
+from ..crypto.suite import STANDARD, Suite, get_suite, hello_params as suite_params
 
 from ..ot.extension import ExtensionReceiver, ExtensionSender
 from ..parallel import Executor
@@ -96,9 +95,11 @@ class Config:
     reveal: Reveal = Reveal.RECEIVER
     batch_rows: int = 1 << 17
     window: int = 4
+    suite: str = "standard"  # psi.crypto.suite: gm = SM3 hashes, SM4 PRG/π/OKVS rows, SM2 base OT
 
     def __post_init__(self) -> None:
         check_options(NAME, self.reveal, "batch_rows", self.batch_rows, self.window)
+        get_suite(self.suite)
 
     def hello_params(self) -> dict:
         return {
@@ -109,6 +110,7 @@ class Config:
             "okvs": f"rr22-w3-binary-dense-bin{okvs.BIN_SIZE}",
             "code": "bch-511-76",
             "checks": CHECKS,
+            **suite_params(self.suite),
         }
 
 
@@ -132,9 +134,8 @@ class _State(enum.Enum):
 # -- per-item work, top-level so the executor can ship it to workers ---------------------------
 
 
-def _digest_piece(items: Sequence[bytes], key: bytes) -> np.ndarray:
-    blake = hashlib.blake2b
-    joined = b"".join([blake(item, digest_size=16, key=key).digest() for item in items])
+def _digest_piece(items: Sequence[bytes], key: bytes, suite: Suite = STANDARD) -> np.ndarray:
+    joined = suite.keyed_digests(items, key, 16)
     return np.frombuffer(joined, dtype=np.uint8).reshape(len(items), 16)
 
 
@@ -142,29 +143,30 @@ def _tweaks(digests: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(digests[:, :8]).view(np.uint64).reshape(-1)
 
 
-def _oprf(decoded: np.ndarray, digests: np.ndarray, session: bytes) -> np.ndarray:
+def _oprf(decoded: np.ndarray, digests: np.ndarray, session: bytes, suite: Suite = STANDARD) -> np.ndarray:
     """``F = H(x, value)``: ``uint8 (n, 16)`` from 512-bit decoded values."""
     rows = np.ascontiguousarray(decoded).view(np.uint8).reshape(-1, WIDTH // 8)
-    return TweakHash(session).hash_rows(rows, 0, out_bytes=16, domain=_DOMAIN_OPRF, indices=_tweaks(digests))
+    return TweakHash(session, suite).hash_rows(rows, 0, out_bytes=16, domain=_DOMAIN_OPRF, indices=_tweaks(digests))
 
 
-def _second_hash(oprf: np.ndarray, digests: np.ndarray, session: bytes, domain: int, size: int) -> np.ndarray:
-    return TweakHash(session).hash_rows(oprf, 0, out_bytes=size, domain=domain, indices=_tweaks(digests))
+def _second_hash(oprf: np.ndarray, digests: np.ndarray, session: bytes, domain: int, size: int,
+                 suite: Suite = STANDARD) -> np.ndarray:
+    return TweakHash(session, suite).hash_rows(oprf, 0, out_bytes=size, domain=domain, indices=_tweaks(digests))
 
 
-def _item_hash(code_key: bytes, digests: np.ndarray) -> np.ndarray:
+def _item_hash(code_key: bytes, digests: np.ndarray, suite: Suite = STANDARD) -> np.ndarray:
     """``h(x)``: 76 bits per item (``uint64 (n, 2)``), AES under a key from the server's seed."""
     out = np.zeros((digests.shape[0], 2), dtype=np.uint64)
     if digests.shape[0]:
         flat = np.ascontiguousarray(digests, dtype=np.uint8).reshape(-1)
         buf = np.empty(flat.size + 16, dtype=np.uint8)
-        Cipher(algorithms.AES(code_key), modes.ECB()).encryptor().update_into(flat, buf)
+        suite.ecb(code_key).update_into(flat, buf)
         out[:] = buf[: flat.size].view(np.uint64).reshape(-1, 2)
         out[:, 1] &= _HIGH_MASK
     return out
 
 
-def _challenge_bits(seed: bytes, rows: int) -> np.ndarray:
+def _challenge_bits(seed: bytes, rows: int, suite: Suite = STANDARD) -> np.ndarray:
     """``bool (CHECKS, rows)``: the check coefficients expanded from the server's seed.
 
     rr22's own expansion (AES-CTR keyed by the fresh seed, one ``rows``-bit string per check),
@@ -173,15 +175,15 @@ def _challenge_bits(seed: bytes, rows: int) -> np.ndarray:
     wire. The comparison itself is the shared :func:`psi.ot.oos.verify_sums`."""
     length = -(-rows // 8)
     stream = np.empty(CHECKS * length + 16, dtype=np.uint8)
-    Cipher(algorithms.AES(seed), modes.CTR(bytes(16))).encryptor().update_into(np.zeros(CHECKS * length, np.uint8), stream)
+    suite.ctr(seed).update_into(np.zeros(CHECKS * length, np.uint8), stream)
     bits = np.unpackbits(stream[: CHECKS * length].reshape(CHECKS, length), axis=1, bitorder="little")
     return bits[:, :rows].astype(bool)
 
 
-def _check_sums(rows: np.ndarray, seed: bytes) -> np.ndarray:
+def _check_sums(rows: np.ndarray, seed: bytes, suite: Suite = STANDARD) -> np.ndarray:
     """``out_l = rows[real + l] ⊕ ⊕_{j : x_lj} rows[j]`` for the ``CHECKS`` extra rows at the end."""
     real = rows.shape[0] - CHECKS
-    bits = _challenge_bits(seed, real)
+    bits = _challenge_bits(seed, real, suite)
     out = rows[real:].copy()
     for l in range(CHECKS):
         picked = rows[:real][bits[l]]
@@ -192,41 +194,42 @@ def _check_sums(rows: np.ndarray, seed: bytes) -> np.ndarray:
 
 def _client_batch(digests: np.ndarray, bins: np.ndarray, *, nb: int, first_bin: int, batch: int, params: okvs.Params,
                   seed: bytes, code_key: bytes, keys0: np.ndarray, keys1: np.ndarray,
-                  session: bytes) -> tuple[bytes, bytes, np.ndarray, np.ndarray, np.ndarray]:
+                  session: bytes, suite: Suite = STANDARD) -> tuple[bytes, bytes, np.ndarray, np.ndarray, np.ndarray]:
     """Encode the bins ``first_bin .. first_bin+nb-1``, extend their rows (and ``CHECKS`` random
     rows for the consistency check), decode at own items.
 
     Returns (retry counters, wire ``U``, own OPRF values ``uint8 (n, 16)``, ``T`` and the
     messages ``P'`` of every row, kept for the check).
     """
-    table, counters, cols, masks = okvs.encode(digests, bins, _item_hash(code_key, digests), nb, seed, params)
+    table, counters, cols, masks = okvs.encode(digests, bins, _item_hash(code_key, digests, suite), nb, seed, params, suite)
     rows = nb * params.cols_per_bin
     messages = np.empty((rows + CHECKS, 2), dtype=np.uint64)
     messages[:rows] = table.reshape(rows, 2)
     messages[rows:] = oos.random_words(CHECKS)
     offset = (first_bin * params.cols_per_bin + batch * CHECKS) // 8
-    ext = ExtensionReceiver(keys0, keys1, offset=offset)
+    ext = ExtensionReceiver(keys0, keys1, offset=offset, suite=suite)
     t_rows, wire = ext.extend_codewords(bch.code().encode(messages))
     t_words = np.ascontiguousarray(t_rows).view(np.uint64).reshape(rows + CHECKS, _WORDS)
     decoded = okvs.decode(t_words[:rows].reshape(nb, params.cols_per_bin, _WORDS), bins, cols, masks, params)
-    return counters.tobytes(), wire, _oprf(decoded, digests, session), t_words, messages
+    return counters.tobytes(), wire, _oprf(decoded, digests, session, suite), t_words, messages
 
 
 def _server_batch(digests: np.ndarray, bins: np.ndarray, wire: bytes, *, counters: np.ndarray, nb: int, first_bin: int,
                   batch: int, challenge: bytes, params: okvs.Params, seed: bytes, code_key: bytes, keys: np.ndarray,
-                  secret_bits: np.ndarray, session: bytes, width: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+                  secret_bits: np.ndarray, session: bytes, width: int,
+                  suite: Suite = STANDARD) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """The server's OPRF values at its items in these bins (``F`` 16 bytes, wire ``ℓ`` bytes)
     and its side of the consistency check (``q̃``, ``uint64 (CHECKS, 8)``)."""
     rows = nb * params.cols_per_bin
-    ext = ExtensionSender(keys, secret_bits, offset=(first_bin * params.cols_per_bin + batch * CHECKS) // 8)
+    ext = ExtensionSender(keys, secret_bits, offset=(first_bin * params.cols_per_bin + batch * CHECKS) // 8, suite=suite)
     q_words = np.ascontiguousarray(ext.extend(rows + CHECKS, wire)).view(np.uint64).reshape(rows + CHECKS, _WORDS)
-    cols, masks = okvs.rows_of(digests, bins, seed, counters, params)
+    cols, masks = okvs.rows_of(digests, bins, seed, counters, params, suite)
     decoded = okvs.decode(q_words[:rows].reshape(nb, params.cols_per_bin, _WORDS), bins, cols, masks, params)
-    code = bch.code().encode(_item_hash(code_key, digests)).view(np.uint64)
+    code = bch.code().encode(_item_hash(code_key, digests, suite)).view(np.uint64)
     code &= ext.secret.view(np.uint64)[None, :]
     decoded ^= code
-    oprf = _oprf(decoded, digests, session)
-    return oprf, _second_hash(oprf, digests, session, _DOMAIN_WIRE, width), _check_sums(q_words, challenge)
+    oprf = _oprf(decoded, digests, session, suite)
+    return oprf, _second_hash(oprf, digests, session, _DOMAIN_WIRE, width, suite), _check_sums(q_words, challenge, suite)
 
 
 # -- the parties --------------------------------------------------------------------------------
@@ -238,8 +241,8 @@ class _Common(OtPsiParty):
 
     def _accept_hello(self, message: Message) -> None:
         super()._accept_hello(message)
-        key = derive_key(b"rr22-item-digest", self._session, size=32)
-        fn = functools.partial(_digest_piece, key=key)
+        key = derive_key(b"rr22-item-digest", self._session, size=32, suite=self._suite)
+        fn = functools.partial(_digest_piece, key=key, suite=self._suite)
         self._digest_futures = scatter(self._executor, fn, self._items)
 
     def _digests(self) -> np.ndarray:
@@ -252,7 +255,7 @@ class _Common(OtPsiParty):
     def _layout(self, digests: np.ndarray, seed: bytes) -> None:
         """Bin every own item; ``_order`` sorts items by bin, ``_starts[b]`` is bin b's first."""
         params = self._params
-        bins = okvs.bin_of(digests, seed, params.bins)
+        bins = okvs.bin_of(digests, seed, params.bins, self._suite)
         self._order = np.argsort(bins, kind="stable")
         self._sorted_digests = digests[self._order]
         self._sorted_bins = bins[self._order]
@@ -279,7 +282,7 @@ class Client(_Common):
         state = self._state
         if state is _State.HELLO:
             self._accept_hello(message)
-            self._base = BaseOtSender(WIDTH, self._session)
+            self._base = BaseOtSender(WIDTH, self._session, self._suite)
             self._send("rr22.base.a", self._base.first_message())
             self._state = _State.BASE
             self._set_phase("base-ot")
@@ -293,10 +296,11 @@ class Client(_Common):
             raise self._unexpected(message, state.value)
 
     def _base_done(self, body: bytes) -> None:
-        if len(body) != WIDTH * POINT_BYTES + 16:
+        point_bytes = self._suite.base_ot.point_bytes
+        if len(body) != WIDTH * point_bytes + 16:
             raise MalformedMessage("rr22.base.b has the wrong length")
-        keys0, keys1 = self._base.finish(body[: WIDTH * POINT_BYTES])
-        code_key = derive_key(b"rr22-code", self._session, body[-16:])
+        keys0, keys1 = self._base.finish(body[: WIDTH * point_bytes])
+        code_key = derive_key(b"rr22-code", self._session, body[-16:], suite=self._suite)
         self._set_phase("okvs-hash")
         digests = self._digests()
         while True:  # a seed under which some bin is over capacity is replaced (≤ 2^-42)
@@ -306,7 +310,7 @@ class Client(_Common):
                 break
         self._send("rr22.okvs", seed + self._params.bins.to_bytes(4, "big") + self._params.total.to_bytes(4, "big"))
         self._batch_fn = functools.partial(_client_batch, params=self._params, seed=seed, code_key=code_key,
-                                           keys0=keys0, keys1=keys1, session=self._session)
+                                           keys0=keys0, keys1=keys1, session=self._session, suite=self._suite)
         self._own = np.empty((self._n, 16), dtype=np.uint8)  # OPRF values, in bin order
         self._pending: dict[int, Future] = {}
         self._kept: dict[int, tuple[np.ndarray, np.ndarray]] = {}  # T and P' of sent batches until checked
@@ -338,7 +342,7 @@ class Client(_Common):
         if len(body) != 16:
             raise MalformedMessage("rr22.ack: the check challenge has the wrong length")
         t_words, messages = self._kept.pop(self._acked)
-        t_sum, w_sum = _check_sums(t_words, body), _check_sums(messages, body)
+        t_sum, w_sum = _check_sums(t_words, body, self._suite), _check_sums(messages, body, self._suite)
         self._send("rr22.check", t_sum.tobytes() + w_sum.tobytes())
         self._acked += 1
         self._advance(1)
@@ -368,11 +372,12 @@ class Client(_Common):
     def _match(self) -> None:
         self._set_phase("match")
         digests = self._sorted_digests
-        mine = _second_hash(self._own, digests, self._session, _DOMAIN_WIRE, self._width)
+        mine = _second_hash(self._own, digests, self._session, _DOMAIN_WIRE, self._width, self._suite)
         own_rows, wire_rows = _lookup(mine, self._values)
         self._values = None
         if self._reveal is Reveal.BOTH:
-            evidence = _second_hash(self._own[own_rows], digests[own_rows], self._session, _DOMAIN_EVIDENCE, EVIDENCE_BYTES)
+            evidence = _second_hash(self._own[own_rows], digests[own_rows], self._session, _DOMAIN_EVIDENCE, EVIDENCE_BYTES,
+                                    self._suite)
             # an order independent of either input order (the server follows the message order)
             order = np.argsort(np.ascontiguousarray(evidence[:, :8]).view(np.uint64).reshape(-1), kind="stable")
             own_rows, wire_rows, evidence = own_rows[order], wire_rows[order], evidence[order]
@@ -417,13 +422,13 @@ class Server(_Common):
             raise self._unexpected(message, state.value)
 
     def _base(self, body: bytes) -> None:
-        if len(body) != POINT_BYTES:
+        if len(body) != self._suite.base_ot.point_bytes:
             raise MalformedMessage("rr22.base.a has the wrong length")
         self._secret_bits = np.frombuffer(secrets.token_bytes(WIDTH), dtype=np.uint8) & 1
         self._masked = bch.code().masked(np.packbits(self._secret_bits, bitorder="little"))  # C(·) ∧ s
-        reply, self._keys = BaseOtReceiver(self._secret_bits, self._session).reply(body)
+        reply, self._keys = BaseOtReceiver(self._secret_bits, self._session, self._suite).reply(body)
         code_seed = secrets.token_bytes(16)
-        self._code_key = derive_key(b"rr22-code", self._session, code_seed)
+        self._code_key = derive_key(b"rr22-code", self._session, code_seed, suite=self._suite)
         self._send("rr22.base.b", reply + code_seed)
         self._state = _State.OKVS
         self._set_phase("okvs")
@@ -441,7 +446,7 @@ class Server(_Common):
         self._layout(self._digests(), seed)
         self._batch_fn = functools.partial(_server_batch, params=self._params, seed=seed, code_key=self._code_key,
                                            keys=self._keys, secret_bits=self._secret_bits, session=self._session,
-                                           width=self._width)
+                                           width=self._width, suite=self._suite)
         self._futures: list[Future] = []
         self._received = self._checked = 0
         self._state = _State.CORRECTIONS
@@ -523,7 +528,8 @@ class Server(_Common):
         if np.unique(wire).size != wire.size:
             raise MalformedMessage("rr22.matches names one item twice")
         rows = self._perm[wire]
-        expected = _second_hash(self._oprf[rows], self._sorted_digests[rows], self._session, _DOMAIN_EVIDENCE, EVIDENCE_BYTES)
+        expected = _second_hash(self._oprf[rows], self._sorted_digests[rows], self._session, _DOMAIN_EVIDENCE, EVIDENCE_BYTES,
+                                self._suite)
         if not hmac.compare_digest(expected.tobytes(), evidence.tobytes()):
             raise MalformedMessage("rr22.matches: match evidence does not verify (the peer claims items it did not match)")
         self._oprf = None
