@@ -53,6 +53,11 @@ def unpad_record(padded: bytes) -> bytes:
     return padded[_LENGTH.size : _LENGTH.size + length]
 
 
+_SUITE_OPTION = click.option(
+    "--suite", type=click.Choice(["standard", "gm"]), default="standard", show_default=True,
+    help="Crypto suite both sides must agree on: 'gm' = SM3, SM4 and an SM2 base OT (docs/GM.md).")
+
+
 @click.group("ot")
 def ot_group() -> None:
     """Oblivious transfer: the receiver gets one record, the sender does not learn which."""
@@ -65,17 +70,18 @@ def ot_group() -> None:
 @click.option("--listen", default="127.0.0.1:7768", show_default=True, help="HOST:PORT to listen on.")
 @click.option("--timeout", type=click.FloatRange(1), default=None,
               help="Seconds to wait for the receiver and for each of its messages (default: no limit).")
+@_SUITE_OPTION
 @tls_options
 @output_options
 def send_command(records_path: Path, listen: str, tls: object, as_json: bool, quiet: bool,
-                 timeout: float | None = None) -> None:
+                 timeout: float | None = None, suite: str = "standard") -> None:
     """Serve the records of the --records file (one per line) to one receiver."""
     from psi.driver import run_party
     from psi.ot import OneOfNSender
     from psi.transport.tcp import Listener
 
     records = read_records(records_path)
-    sender = OneOfNSender(pad_records(records))
+    sender = OneOfNSender(pad_records(records), suite=suite)
     with Listener(listen, tls) as listener:  # type: ignore[arg-type]
         host, port = listener.address
         info(f"listening {host}:{port}", quiet)
@@ -86,7 +92,7 @@ def send_command(records_path: Path, listen: str, tls: object, as_json: bool, qu
             finally:
                 bar.close()
     if as_json:
-        emit_json({"records": len(records), **stats.as_dict()})
+        emit_json({"records": len(records), "suite": suite, **stats.as_dict()})
     else:
         info(f"served {len(records)} records ({stats.bytes_sent} bytes sent, {stats.seconds:.2f} s)", quiet)
 
@@ -97,16 +103,17 @@ def send_command(records_path: Path, listen: str, tls: object, as_json: bool, qu
 @click.option("--peer", required=True, help="HOST:PORT of the sender.")
 @click.option("--timeout", type=click.FloatRange(1), default=None,
               help="Seconds to wait for each message from the sender (default: no limit).")
+@_SUITE_OPTION
 @tls_options
 @output_options
 def receive_command(index: int, peer: str, tls: object, as_json: bool, quiet: bool,
-                    timeout: float | None = None) -> None:
+                    timeout: float | None = None, suite: str = "standard") -> None:
     """Fetch record INDEX from the sender and print it on stdout."""
     from psi.driver import run_party
     from psi.ot import OneOfNReceiver
     from psi.transport.tcp import connect
 
-    receiver = OneOfNReceiver([index])
+    receiver = OneOfNReceiver([index], suite=suite)
     with connect(peer, tls) as channel:  # type: ignore[arg-type]
         bar = make_progress(quiet, "ot receive")
         try:
@@ -116,7 +123,7 @@ def receive_command(index: int, peer: str, tls: object, as_json: bool, quiet: bo
     record = unpad_record(receiver.result()[0].tobytes())
     if as_json:
         emit_json({"index": index, "record": record.decode("utf-8", "replace"), "record_bytes": len(record),
-                   "records_offered": receiver.message_count, **stats.as_dict()})
+                   "records_offered": receiver.message_count, "suite": suite, **stats.as_dict()})
     else:
         sys.stdout.buffer.write(record + b"\n")
         sys.stdout.flush()

@@ -43,6 +43,7 @@ from typing import Sequence
 
 import numpy as np
 
+from ..crypto.suite import Suite, get_suite, hello_params as suite_params
 from ..errors import MalformedMessage, UsageError
 from . import oos
 from ..messages import Message
@@ -101,8 +102,10 @@ class OtReceiver(Party):
         message_length: int = 16,
         batch_size: int = 1 << 18,
         window: int = 4,
+        suite: "Suite | str | None" = None,
     ) -> None:
         super().__init__()
+        self._suite = get_suite(suite)
         self.kind = OtKind(kind)
         bits = np.asarray(choices, dtype=np.int64).reshape(-1)
         if bits.size and (bits.min() < 0 or bits.max() > 1):
@@ -112,7 +115,7 @@ class OtReceiver(Party):
         self._length = message_length
         self._batch = batch_size
         self._window = window
-        self._hello = HelloState(NAME, VERSION, Role.CLIENT, _params(self.kind, bits.size, message_length, batch_size), {})
+        self._hello = HelloState(NAME, VERSION, Role.CLIENT, {**_params(self.kind, bits.size, message_length, batch_size), **suite_params(self._suite)}, {}, self._suite)
         self._state = _State.HELLO
         self._output = np.empty((bits.size, message_length), dtype=np.uint8)
         self._pads: dict[int, np.ndarray] = {}
@@ -130,20 +133,20 @@ class OtReceiver(Party):
     def _handle(self, message: Message) -> None:
         if self._state is _State.HELLO:
             self._hello.accept(message)
-            self._hash = TweakHash(self._hello.session)
-            self._base = BaseOtSender(WIDTH, self._hello.session)
+            self._hash = TweakHash(self._hello.session, self._suite)
+            self._base = BaseOtSender(WIDTH, self._hello.session, self._suite)
             self._send("iknp.base.a", self._base.first_message())
             self._state = _State.BASE
         elif self._state is _State.BASE and message.kind == "iknp.base.b":
             keys0, keys1 = self._base.finish(message.body)
-            self._ext = ExtensionReceiver(keys0, keys1)
+            self._ext = ExtensionReceiver(keys0, keys1, suite=self._suite)
             self._state = _State.EXTEND
             self._set_phase("extend", self._choices.size)
             self._maybe_finish()
         elif self._state is _State.EXTEND and message.kind == "iknp.challenge" and self._challenged < self._next:
             batch = self._challenged
             t_cols, bits = self._unchecked.pop(batch)
-            words = oos.challenge_words(self._hello.session, batch, message.body, bits.size - oos.S)
+            words = oos.challenge_words(self._hello.session, batch, message.body, bits.size - oos.S, self._suite)
             self._send("iknp.check", oos.repetition_response(t_cols, bits, words))
             self._challenged += 1
         elif self._state is _State.EXTEND and self._answered < self._challenged:
@@ -223,8 +226,10 @@ class OtSender(Party):
         delta: bytes | np.ndarray | None = None,
         batch_size: int = 1 << 18,
         window: int = 4,
+        suite: "Suite | str | None" = None,
     ) -> None:
         super().__init__()
+        self._suite = get_suite(suite)
         self.kind = OtKind(kind)
         _check_common(count, message_length, batch_size, window)
         self._count, self._length, self._batch = count, message_length, batch_size
@@ -244,7 +249,7 @@ class OtSender(Party):
         if self.kind is not OtKind.CHOSEN:
             self._x0 = np.empty((count, message_length), dtype=np.uint8)
             self._x1 = np.empty((count, message_length), dtype=np.uint8)
-        self._hello = HelloState(NAME, VERSION, Role.SERVER, _params(self.kind, count, message_length, batch_size), {})
+        self._hello = HelloState(NAME, VERSION, Role.SERVER, {**_params(self.kind, count, message_length, batch_size), **suite_params(self._suite)}, {}, self._suite)
         self._state = _State.HELLO
         self._batches = -(-count // batch_size)
         self._received = self._checked = 0
@@ -258,13 +263,13 @@ class OtSender(Party):
     def _handle(self, message: Message) -> None:
         if self._state is _State.HELLO:
             self._hello.accept(message)
-            self._hash = TweakHash(self._hello.session)
+            self._hash = TweakHash(self._hello.session, self._suite)
             self._state = _State.BASE
         elif self._state is _State.BASE and message.kind == "iknp.base.a":
             secret = np.frombuffer(secrets.token_bytes(WIDTH), dtype=np.uint8) & 1  # Δ: from the OS
-            base = BaseOtReceiver(secret, self._hello.session)
+            base = BaseOtReceiver(secret, self._hello.session, self._suite)
             reply, keys = base.reply(message.body)
-            self._ext = ExtensionSender(keys, secret)
+            self._ext = ExtensionSender(keys, secret, suite=self._suite)
             self._send("iknp.base.b", reply)
             self._state = _State.EXTEND
             self._set_phase("extend", self._count)
@@ -286,7 +291,7 @@ class OtSender(Party):
         rows = min(start + self._batch, self._count) - start
         q_cols = self._ext.extend_columns(rows + oos.S, wire)
         seed = secrets.token_bytes(oos.SEED_BYTES)  # drawn only now that the batch is fixed
-        words = oos.challenge_words(self._hello.session, batch, seed, rows)
+        words = oos.challenge_words(self._hello.session, batch, seed, rows, self._suite)
         self._unchecked[batch] = (transpose(q_cols)[:rows], oos.sender_expected(q_cols, words))
         self._received += 1
         self._send("iknp.challenge", seed)

@@ -39,13 +39,14 @@ from typing import Sequence
 
 import numpy as np
 
+from ..crypto.suite import Suite, get_suite, hello_params as suite_params
 from ..errors import InvalidToken, MalformedMessage, ProtocolStateError, UsageError
 from ..messages import Message
 from ..protocols.base import Party, Role
 from . import bch, oos
 from .aes_hash import TweakHash
 from .bitmatrix import transpose
-from .base_ot import POINT_BYTES, BaseOtReceiver, BaseOtSender
+from .base_ot import BaseOtReceiver, BaseOtSender
 from .extension import ExtensionReceiver, ExtensionSender
 from .session import HelloState
 
@@ -91,15 +92,17 @@ def _pads(hasher: TweakHash, rows: np.ndarray, indices: np.ndarray, length: int)
 class OneOfNReceiver(Party):
     """Gets message ``choices[i]`` of OT ``i``; :meth:`result` is ``uint8 (count, L)``."""
 
-    def __init__(self, choices: Sequence[int] | np.ndarray, *, window: int = 4, keep_ciphertexts: bool = False) -> None:
+    def __init__(self, choices: Sequence[int] | np.ndarray, *, window: int = 4, keep_ciphertexts: bool = False,
+                 suite: "Suite | str | None" = None) -> None:
         super().__init__()
+        self._suite = get_suite(suite)
         self._choices = np.asarray(choices, dtype=np.int64).reshape(-1)
         if self._choices.size == 0 or self._choices.min() < 0 or window < 1:
             raise UsageError("1-out-of-N OT needs at least one non-negative choice")
         self._window = window
         self._keep = keep_ciphertexts
         self._ciphertexts: dict[int, np.ndarray] = {}
-        self._hello = HelloState(NAME, VERSION, Role.CLIENT, {"count": int(self._choices.size), **_CHECK_PARAMS}, {})
+        self._hello = HelloState(NAME, VERSION, Role.CLIENT, {"count": int(self._choices.size), **_CHECK_PARAMS, **suite_params(self._suite)}, {}, self._suite)
         self._state = _State.HELLO
         self._send(self._hello.own_message.kind, self._hello.own_message.body)
 
@@ -134,15 +137,15 @@ class OneOfNReceiver(Party):
                     f"index {int(self._choices.max())} is out of range: the sender holds {self._n} messages (0..{self._n - 1})"
                 )
             self._batch, self._piece = _layout(self._choices.size, self._n, self._length)
-            self._hash = TweakHash(self._hello.session)
-            self._base = BaseOtSender(WIDTH, self._hello.session)
+            self._hash = TweakHash(self._hello.session, self._suite)
+            self._base = BaseOtSender(WIDTH, self._hello.session, self._suite)
             self._send("kk13.base.a", self._base.first_message())
             self._state = _State.BASE
         elif self._state is _State.BASE and message.kind == "kk13.base.b":
-            if len(message.body) != WIDTH * POINT_BYTES:
+            if len(message.body) != WIDTH * self._suite.base_ot.point_bytes:
                 raise MalformedMessage("kk13.base.b has the wrong length")
             keys0, keys1 = self._base.finish(message.body)
-            self._ext = ExtensionReceiver(keys0, keys1)
+            self._ext = ExtensionReceiver(keys0, keys1, suite=self._suite)
             self._output = np.empty((self._choices.size, self._length), dtype=np.uint8)
             self._pad_of: dict[int, np.ndarray] = {}
             self._pending: dict[int, tuple[np.ndarray, np.ndarray]] = {}  # batch → (T columns, code inputs)
@@ -176,7 +179,7 @@ class OneOfNReceiver(Party):
     def _answer_challenge(self, seed: bytes) -> None:
         batch = self._challenged
         t_cols, inputs = self._pending.pop(batch)
-        words = oos.challenge_words(self._hello.session, batch, seed, inputs.shape[0] - oos.S)
+        words = oos.challenge_words(self._hello.session, batch, seed, inputs.shape[0] - oos.S, self._suite)
         self._send("kk13.check", oos.receiver_response(t_cols, inputs, words))
         self._challenged += 1
 
@@ -218,8 +221,9 @@ class OneOfNReceiver(Party):
 class OneOfNSender(Party):
     """Holds ``messages``: ``uint8 (count, N, L)`` or, for one OT, a sequence of ``N`` byte strings."""
 
-    def __init__(self, messages: np.ndarray | Sequence[bytes], *, window: int = 4) -> None:
+    def __init__(self, messages: np.ndarray | Sequence[bytes], *, window: int = 4, suite: "Suite | str | None" = None) -> None:
         super().__init__()
+        self._suite = get_suite(suite)
         if isinstance(messages, np.ndarray):
             matrix = messages.astype(np.uint8, copy=False)
         else:
@@ -232,7 +236,7 @@ class OneOfNSender(Party):
         self._count, self._n, self._length = matrix.shape
         self._batch, self._piece = _layout(self._count, self._n, self._length)
         info = {"messages": self._n, "message_length": self._length}
-        self._hello = HelloState(NAME, VERSION, Role.SERVER, {"count": self._count, **_CHECK_PARAMS}, info)
+        self._hello = HelloState(NAME, VERSION, Role.SERVER, {"count": self._count, **_CHECK_PARAMS, **suite_params(self._suite)}, info, self._suite)
         self._state = _State.HELLO
         self._send(self._hello.own_message.kind, self._hello.own_message.body)
 
@@ -243,12 +247,12 @@ class OneOfNSender(Party):
     def _handle(self, message: Message) -> None:
         if self._state is _State.HELLO:
             self._hello.accept(message)
-            self._hash = TweakHash(self._hello.session)
+            self._hash = TweakHash(self._hello.session, self._suite)
             self._state = _State.BASE
         elif self._state is _State.BASE and message.kind == "kk13.base.a":
             secret = np.frombuffer(secrets.token_bytes(WIDTH), dtype=np.uint8) & 1
-            reply, keys = BaseOtReceiver(secret, self._hello.session).reply(message.body)
-            self._ext = ExtensionSender(keys, secret)
+            reply, keys = BaseOtReceiver(secret, self._hello.session, self._suite).reply(message.body)
+            self._ext = ExtensionSender(keys, secret, suite=self._suite)
             self._masked = bch.code().masked(self._ext.secret)  # C(·) ∧ Δ, linear
             self._send("kk13.base.b", reply)
             self._received = self._checked = 0
@@ -270,7 +274,7 @@ class OneOfNSender(Party):
         rows = min(start + self._batch, self._count) - start
         q_cols = self._ext.extend_columns(rows + oos.S, wire)
         seed = secrets.token_bytes(oos.SEED_BYTES)
-        words = oos.challenge_words(self._hello.session, batch, seed, rows)
+        words = oos.challenge_words(self._hello.session, batch, seed, rows, self._suite)
         self._unchecked[batch] = (transpose(q_cols)[:rows], oos.sender_expected(q_cols, words))
         self._received += 1
         self._send("kk13.challenge", seed)
