@@ -96,6 +96,10 @@ def pir_group() -> None:
     """Keyword PIR blacklist lookup (匿踪查询): the service never learns which id was asked."""
 
 
+def _suite_option(text: str) -> Any:
+    return click.option("--suite", type=click.Choice(["standard", "gm"]), default="standard", show_default=True, help=text)
+
+
 @pir_group.command("setup")
 @handles_errors
 @click.option("--input", "input_path", required=True, type=str,
@@ -115,11 +119,12 @@ def pir_group() -> None:
 @_normalize_option
 @_regex_option
 @_encoding_option
+@_suite_option("The table's crypto suite, fixed for good: 'gm' = SM2/SM3 OPRF, SM4-GCM records, SM4-CTR (docs/GM.md).")
 @output_options
 def setup_command(input_path: Any, on: str, label: str | None, out_dir: Path, replace: bool, dedup: str,
                   skip_empty: bool, label_width: int | None, workers: int | None, normalize: str,
                   key_regex: str | None, as_json: bool, quiet: bool, encoding: str | None = None,
-                  **db: Any) -> None:
+                  suite: str = "standard", **db: Any) -> None:
     """Build a new table version from a file or a database table (fresh keys: old hints and labels stop working)."""
     from pir import api
     from psi.encodings import utf8_copy
@@ -130,7 +135,7 @@ def setup_command(input_path: Any, on: str, label: str | None, out_dir: Path, re
     if not isinstance(input_path, Path):  # a database table or query: (id, label) pairs streamed
         report = api.setup(dbopts.pir_entries(input_path, on, label), out_dir, label_width=label_width,
                            workers=workers, normalization=normalization, dedup=dedup, skip_empty=skip_empty,
-                           replace=replace)
+                           replace=replace, suite=suite)
     else:
         if not input_path.is_file():
             raise InputError(f"{input_path}: no such file")
@@ -138,8 +143,9 @@ def setup_command(input_path: Any, on: str, label: str | None, out_dir: Path, re
             path = input_path if detect_format(input_path, None) == "parquet" else stack.enter_context(
                 utf8_copy(input_path, encoding))
             report = api.setup_file(path, on, out_dir, label=label, label_width=label_width, workers=workers,
-                                    normalization=normalization, dedup=dedup, skip_empty=skip_empty, replace=replace)
-    summary = report.as_dict()
+                                    normalization=normalization, dedup=dedup, skip_empty=skip_empty, replace=replace,
+                                    suite=suite)
+    summary = {**report.as_dict(), "suite": suite}
     if as_json:
         emit_json(summary)
     else:
@@ -258,12 +264,13 @@ def _print_result(result: object, as_json: bool) -> None:
 @_encoding_option
 @click.option("--timeout", type=click.FloatRange(1), default=120.0, show_default=True,
               help="Seconds to wait for any one message from the service.")
+@_suite_option("Crypto suite; must be the one the service's table was set up under (else exit 5).")
 @tls_options
 @output_options
 def query_command(peer: str, ident: str | None, input_path: Path | None, on: str | None, output_path: Path | None,
                   cache_dir: Path | None, skip_empty: bool, normalize: str, key_regex: str | None, tls: object,
                   as_json: bool, quiet: bool, encoding: str | None = None, timeout: float = 120.0,
-                  **db: Any) -> None:
+                  suite: str = "standard", **db: Any) -> None:
     """Look ids up; exit status 0 whether listed or not."""
     from pir import api
 
@@ -277,7 +284,7 @@ def query_command(peer: str, ident: str | None, input_path: Path | None, on: str
         raise UsageError("give exactly one of --id or --input")
     if ident is not None:
         results = api.lookup([ident], peer=peer, tls=tls, cache_dir=cache_dir, normalization=normalization,
-                             timeout=timeout)
+                             timeout=timeout, suite=suite)
         _print_result(results[0], as_json)
         return
     assert input_path is not None
@@ -307,7 +314,7 @@ def query_command(peer: str, ident: str | None, input_path: Path | None, on: str
                              "use --skip-empty-keys to leave such rows unasked")
     ids = [rows[i][id_col] for i in asked]
     found = api.lookup(ids, peer=peer, tls=tls, cache_dir=cache_dir, normalization=normalization,
-                       timeout=timeout) if ids else []
+                       timeout=timeout, suite=suite) if ids else []
     results: list = [None] * len(rows)
     for i, result in zip(asked, found):
         results[i] = result
@@ -327,7 +334,7 @@ def query_command(peer: str, ident: str | None, input_path: Path | None, on: str
                 writer.writerow([*row, state, (result.label or "") if result is not None else ""])
         os.replace(tmp, output_path)
     if as_json:
-        emit_json({"queried": len(found), "listed": listed, "skipped": len(rows) - len(found),
+        emit_json({"queried": len(found), "listed": listed, "skipped": len(rows) - len(found), "suite": suite,
                    "results": [r.as_dict() for r in found] if output_path is None else None,
                    "output": str(output_path) if output_path else None})
     elif output_path is None:

@@ -162,6 +162,7 @@ def setup(
     max_query_bytes: int = DEFAULT_MAX_QUERY_BYTES,
     max_hint_bytes: int = DEFAULT_MAX_HINT_BYTES,
     on_progress: Callable[[str, int, int], None] | None = None,
+    suite: str = "standard",
 ) -> SetupReport:
     """Build a new table version from (id, label) pairs into ``out_dir`` (fresh keys every time).
 
@@ -181,7 +182,7 @@ def setup(
     return _build(collector.keys, labels, out_dir, replace=replace, skipped=collector.skipped,
                   duplicates=collector.duplicates, normalization=normalization, workers=workers,
                   label_width=label_width, max_query_bytes=max_query_bytes, max_hint_bytes=max_hint_bytes,
-                  on_progress=on_progress)
+                  on_progress=on_progress, suite=suite)
 
 
 def setup_file(
@@ -200,6 +201,7 @@ def setup_file(
     max_query_bytes: int = DEFAULT_MAX_QUERY_BYTES,
     max_hint_bytes: int = DEFAULT_MAX_HINT_BYTES,
     on_progress: Callable[[str, int, int], None] | None = None,
+    suite: str = "standard",
 ) -> SetupReport:
     """Build a table from a CSV/TSV/Parquet file, read by :func:`psi.records.read_keys`.
 
@@ -228,7 +230,7 @@ def setup_file(
     return _build(ids.keys, labels, out_dir, replace=replace, skipped=ids.skipped_rows,
                   duplicates=ids.duplicate_rows, normalization=normalization, workers=workers,
                   label_width=label_width, max_query_bytes=max_query_bytes, max_hint_bytes=max_hint_bytes,
-                  on_progress=on_progress)
+                  on_progress=on_progress, suite=suite)
 
 
 def lookup_over(
@@ -240,13 +242,16 @@ def lookup_over(
     on_progress: Callable[[Progress], None] | None = None,
     timeout: float | None = 120.0,
     limits: ClientLimits | None = None,
+    suite: str = "standard",
 ) -> tuple[list[Lookup], RunStats, PirClient]:
-    """Run one lookup session over an open channel (ids are checked before anything is sent)."""
+    """Run one lookup session over an open channel (ids are checked before anything is sent).
+
+    ``suite`` must be the one the server's table was set up under (else exit 5, naming both)."""
     normalization = normalization or Normalization()
     cache = cache or HintCache()
     limits = limits or ClientLimits()
     client = PirClient(_normalise(ids, normalization), hints=cache.known(),
-                       settings={"normalization": normalization.to_params()}, limits=limits)
+                       settings={"normalization": normalization.to_params()}, limits=limits, suite=suite)
     if hasattr(channel, "max_body"):  # no frame larger than the biggest hint or answer batch we accept
         largest_answer = 4 + 4 * MAX_BATCH * (limits.max_hint_bytes // (4 * LWE_DIMENSION))
         bound = max(limits.max_hint_bytes, largest_answer) + 64 * 1024
@@ -271,6 +276,7 @@ def lookup(
     timeout: float = 120.0,
     on_progress: Callable[[Progress], None] | None = None,
     limits: ClientLimits | None = None,
+    suite: str = "standard",
 ) -> list[Lookup]:
     """Ask the service at ``peer`` about ``ids``; ``tls`` is a ``psi.transport.tcp.TlsConfig``.
 
@@ -283,5 +289,5 @@ def lookup(
     cache = HintCache(Path(cache_dir) if cache_dir is not None else None)
     with connect(peer, tls) as channel:
         results, _stats, _client = lookup_over(channel, ids, cache=cache, normalization=normalization,
-                                               on_progress=on_progress, timeout=timeout, limits=limits)
+                                               on_progress=on_progress, timeout=timeout, limits=limits, suite=suite)
     return results

@@ -16,6 +16,11 @@ SimplePIR matrix: bucket bytes -> bits -> ``log_p``-bit digits down the column.
 Public per version (the hint file): shape, seed, salt, record width, boundaries, the hint
 H = Dc.A, the SHA-256 of the matrix, and the version = SHA-256 over all of these. Private: the
 OPRF key (``oprf.key``, mode 0600) and the matrix itself.
+
+Under the ``gm`` suite (``suite`` in the public parameters, so a table is one suite for good):
+the OPRF is SM2/SM3 (:mod:`pir.oprf_sm2`); ``digest = SM3(domain || salt || F)`` gives the
+position (8 bytes), tag (8) and a 16-byte label key; records are sealed with SM4-GCM (same
+16-byte overhead); the matrix hash and the version are SM3 and A is expanded with SM4-CTR.
 """
 
 from __future__ import annotations
@@ -33,12 +38,12 @@ from typing import Any, Callable, Iterable
 
 import numpy as np
 from cryptography.exceptions import InvalidTag
-from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
 
+from psi.crypto.suite import STANDARD, Suite, checked_name, get_suite
 from psi.errors import InputError, InvalidToken, MalformedMessage, UsageError
 from psi.parallel import Executor, split
 
-from . import lwe, oprf
+from . import lwe, oprf, oprf_sm2
 
 __all__ = [
     "FORMAT",
@@ -71,22 +76,34 @@ def record_size(label_width: int) -> int:
     return TAG_SIZE + LENGTH_SIZE + label_width + AEAD_OVERHEAD
 
 
-def derive(salt: bytes, output: bytes) -> tuple[int, bytes, bytes]:
-    """(position, tag, label key) from an OPRF output, bound to the table's salt."""
+def oprf_for(suite: "Suite | str") -> Any:
+    """The OPRF module of a suite: :mod:`pir.oprf` (ristretto255/SHA-512) or :mod:`pir.oprf_sm2`."""
+    return oprf_sm2 if get_suite(suite).is_gm else oprf
+
+
+def derive(salt: bytes, output: bytes, suite: Suite = STANDARD) -> tuple[int, bytes, bytes]:
+    """(position, tag, label key) from an OPRF output, bound to the table's salt.
+
+    standard: SHA-512, a 32-byte ChaCha20-Poly1305 key; gm: SM3, a 16-byte SM4 key."""
+    if suite.is_gm:
+        digest = suite.digest(_DOMAIN + salt + output).digest()
+        return int.from_bytes(digest[:8], "big"), digest[8:16], digest[16:32]
     digest = hashlib.sha512(_DOMAIN + salt + output).digest()
     return int.from_bytes(digest[:8], "big"), digest[8:16], digest[16:48]
 
 
-def _seal_batch(job: tuple[bytes, bytes, int, list[bytes], list[bytes]]) -> tuple[bytes, bytes]:
+def _seal_batch(job: tuple) -> tuple[bytes, bytes]:
     """Worker: OPRF-evaluate and seal a batch; returns (positions u64 LE, records)."""
-    key, salt, width, ids, labels = job
+    key, salt, width, ids, labels, *rest = job
+    suite = get_suite(rest[0] if rest else None)
+    evaluate = oprf_for(suite).evaluate
     positions = np.empty(len(ids), dtype="<u8")
     records = bytearray()
     for i, (ident, label) in enumerate(zip(ids, labels)):
-        position, tag, label_key = derive(salt, oprf.evaluate(key, ident))
+        position, tag, label_key = derive(salt, evaluate(key, ident), suite)
         positions[i] = position
         plain = len(label).to_bytes(LENGTH_SIZE, "big") + label + bytes(width - len(label))
-        records += tag + ChaCha20Poly1305(label_key).encrypt(_NONCE, plain, _AAD + salt + tag)
+        records += tag + suite.seal(label_key, _NONCE, plain, _AAD + salt + tag)
     return positions.tobytes(), bytes(records)
 
 
@@ -164,10 +181,15 @@ class PublicParams:
     entries: int
     matrix_sha256: bytes
     n: int = lwe.LWE_DIMENSION
+    suite: str = "standard"  # psi.crypto.suite; absent from the JSON when standard (unchanged files)
+
+    @property
+    def crypto(self) -> Suite:
+        return get_suite(self.suite)
 
     @property
     def lwe(self) -> lwe.LweParams:
-        return lwe.LweParams(self.rows, self.columns, self.log_p, self.seed, self.n)
+        return lwe.LweParams(self.rows, self.columns, self.log_p, self.seed, self.n, self.suite)
 
     @property
     def record_size(self) -> int:
@@ -186,6 +208,7 @@ class PublicParams:
             "label_width": self.label_width,
             "entries": self.entries,
             "matrix_sha256": self.matrix_sha256.hex(),
+            **({"suite": self.suite} if self.suite != "standard" else {}),
         }
 
     @classmethod
@@ -204,6 +227,7 @@ class PublicParams:
                 entries=int(obj["entries"]),
                 matrix_sha256=bytes.fromhex(obj["matrix_sha256"]),
                 n=int(obj["n"]),
+                suite=checked_name(obj.get("suite")),
             )
         except (KeyError, TypeError, ValueError):
             raise MalformedMessage("table parameters lack a field or hold a bad value") from None
@@ -229,10 +253,11 @@ class PublicParams:
 
 
 def _version(params: PublicParams, hint: np.ndarray, boundaries: np.ndarray) -> str:
-    h = hashlib.sha256(b"psiq/pir/v1/version")
+    digest = params.crypto.digest  # SHA-256, or SM3 under gm
+    h = digest(b"psiq/pir/v1/version")
     h.update(json.dumps(params.to_json(), sort_keys=True, separators=(",", ":")).encode())
-    h.update(hashlib.sha256(hint.astype("<u4").tobytes()).digest())
-    h.update(hashlib.sha256(boundaries.astype("<u8").tobytes()).digest())
+    h.update(digest(hint.astype("<u4").tobytes()).digest())
+    h.update(digest(boundaries.astype("<u8").tobytes()).digest())
     return h.hexdigest()
 
 
@@ -253,7 +278,7 @@ class Hint:
     def a_matrix(self) -> np.ndarray:
         """The public matrix A, expanded once per Hint object and kept (columns x n x 4 bytes)."""
         if self._a_matrix is None:
-            self._a_matrix = lwe.expand_a(self.params.seed, self.params.columns, self.params.n)
+            self._a_matrix = lwe.expand_a(self.params.seed, self.params.columns, self.params.n, suite=self.params.suite)
         return self._a_matrix
 
     def bucket_of(self, position: int) -> int:
@@ -314,7 +339,7 @@ def open_bucket(params: PublicParams, digits: np.ndarray, output: bytes) -> byte
     Returns the label, or None when no record carries the tag ("not listed"). A record whose tag
     matches but fails authentication raises :class:`InvalidToken` (callers report "not listed").
     """
-    _position, tag, label_key = derive(params.salt, output)
+    _position, tag, label_key = derive(params.salt, output, params.crypto)
     raw = _digits_to_bytes(digits, params.log_p, params.capacity * params.record_size)
     size = params.record_size
     found = None
@@ -324,7 +349,7 @@ def open_bucket(params: PublicParams, digits: np.ndarray, output: bytes) -> byte
     if found is None:
         return None
     try:
-        plain = ChaCha20Poly1305(label_key).decrypt(_NONCE, found[TAG_SIZE:], _AAD + params.salt + tag)
+        plain = params.crypto.open(label_key, _NONCE, found[TAG_SIZE:], _AAD + params.salt + tag)
     except InvalidTag:
         raise InvalidToken("record does not open") from None
     length = int.from_bytes(plain[:LENGTH_SIZE], "big")
@@ -404,7 +429,8 @@ class Table:
         return self._hint_blob
 
     def evaluate_blinded(self, elements: list[bytes]) -> list[bytes]:
-        return [oprf.blind_evaluate(self._key, e) for e in elements]
+        blind_evaluate = oprf_for(self.params.suite).blind_evaluate
+        return [blind_evaluate(self._key, e) for e in elements]
 
     def answer(self, queries: np.ndarray) -> np.ndarray:
         if queries.shape[0] < 16:
@@ -437,9 +463,9 @@ class Table:
             raise InputError(f"{directory} is not a PIR table directory (missing {Path(err.filename).name})") from None
         except (ValueError, KeyError, MalformedMessage) as err:
             raise InputError(f"{directory}: damaged PIR table ({err})") from None
-        if len(key) != oprf.SCALAR_SIZE or digits.shape != (hint.params.rows, hint.params.columns):
+        if len(key) != oprf_for(hint.params.suite).SCALAR_SIZE or digits.shape != (hint.params.rows, hint.params.columns):
             raise InputError(f"{directory}: damaged PIR table (key or matrix size)")
-        if hashlib.sha256(digits.astype("<u4").tobytes()).digest() != hint.params.matrix_sha256:
+        if hint.params.crypto.digest(digits.astype("<u4").tobytes()).digest() != hint.params.matrix_sha256:
             raise InputError(f"{directory}: matrix does not match its parameters")
         settings = meta.get("settings", {})
         if not isinstance(settings, dict):
@@ -457,8 +483,12 @@ def build_table(
     on_progress: Callable[[str, int, int], None] | None = None,
     key: bytes | None = None,
     settings: dict[str, Any] | None = None,
+    suite: str = "standard",
 ) -> tuple[Table, SetupReport]:
-    """Build a fresh table version from (id, label) byte pairs (first label kept on duplicates)."""
+    """Build a fresh table version from (id, label) byte pairs (first label kept on duplicates).
+
+    ``suite`` (:mod:`psi.crypto.suite`) fixes every primitive of the table for good."""
+    crypto = get_suite(suite)
     import time
 
     clock: dict[str, float] = {}
@@ -478,7 +508,7 @@ def build_table(
     if width > 4096:
         raise InputError(f"label width {width} is too large (at most 4096 bytes)")
     shape = choose_shape(len(ids), width, max_query_bytes=max_query_bytes, max_hint_bytes=max_hint_bytes)
-    key = key if key is not None else oprf.generate_key()
+    key = key if key is not None else oprf_for(crypto).generate_key()
     rsize = record_size(width)
     own_executor = executor is None
     executor = executor or Executor()
@@ -486,7 +516,7 @@ def build_table(
         for _attempt in range(4):
             salt = secrets.token_bytes(32)
             positions, records = np.empty(0, dtype=np.uint64), bytearray()
-            batches = [(key, salt, width, list(i), list(l)) for i, l in zip(split(ids, 4096), split(labels, 4096))]
+            batches = [(key, salt, width, list(i), list(l), crypto.name) for i, l in zip(split(ids, 4096), split(labels, 4096))]
             done = 0
             for pos_blob, rec_blob in executor.imap(_seal_batch, batches):
                 positions = np.concatenate((positions, np.frombuffer(pos_blob, dtype="<u8")))
@@ -531,7 +561,8 @@ def build_table(
         capacity=shape.capacity,
         label_width=width,
         entries=len(ids),
-        matrix_sha256=hashlib.sha256(digits.astype("<u4").tobytes()).digest(),
+        matrix_sha256=crypto.digest(digits.astype("<u4").tobytes()).digest(),
+        suite=crypto.name,
     )
     hint_matrix = lwe.compute_hint(digits, params.lwe)
     hint = Hint(params, hint_matrix, boundaries)

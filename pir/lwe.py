@@ -33,7 +33,7 @@ from dataclasses import dataclass
 from fractions import Fraction
 
 import numpy as np
-from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
+from psi.crypto.suite import get_suite
 
 __all__ = [
     "LWE_DIMENSION",
@@ -95,6 +95,7 @@ class LweParams:
     log_p: int
     seed: bytes
     n: int = LWE_DIMENSION
+    suite: str = "standard"  # psi.crypto.suite: the PRG expanding A and the errors (AES-CTR or SM4-CTR)
 
     def __post_init__(self) -> None:
         if self.rows < 1 or self.columns < 1 or len(self.seed) != 16:
@@ -111,18 +112,19 @@ class LweParams:
         return 1 << (32 - self.log_p)
 
 
-def _ctr_stream(key: bytes, offset_blocks: int, nbytes: int) -> bytes:
-    cipher = Cipher(algorithms.AES(key), modes.CTR(offset_blocks.to_bytes(16, "big")))
-    return cipher.encryptor().update(bytes(nbytes))
+def _ctr_stream(key: bytes, offset_blocks: int, nbytes: int, suite: str = "standard") -> bytes:
+    """AES-CTR (SM4-CTR under the gm suite) keystream from block ``offset_blocks`` on."""
+    return get_suite(suite).ctr(key, offset_blocks.to_bytes(16, "big")).update(bytes(nbytes))
 
 
-def expand_a(seed: bytes, columns: int, n: int = LWE_DIMENSION, start: int = 0, stop: int | None = None) -> np.ndarray:
-    """Rows ``start:stop`` of the public matrix A (columns x n uint32), from AES-128-CTR(seed)."""
+def expand_a(seed: bytes, columns: int, n: int = LWE_DIMENSION, start: int = 0, stop: int | None = None,
+             suite: str = "standard") -> np.ndarray:
+    """Rows ``start:stop`` of the public matrix A (columns x n uint32), from AES-128-CTR(seed) (SM4-CTR under gm)."""
     stop = columns if stop is None else stop
     row_bytes = 4 * n
     if row_bytes % 16:
         raise ValueError("n must be a multiple of 4")
-    blob = _ctr_stream(seed, start * row_bytes // 16, (stop - start) * row_bytes)
+    blob = _ctr_stream(seed, start * row_bytes // 16, (stop - start) * row_bytes, suite)
     return np.frombuffer(blob, dtype="<u4").reshape(stop - start, n)
 
 
@@ -143,10 +145,10 @@ def _cdt() -> np.ndarray:
     return _gaussian_table(SIGMA)
 
 
-def sample_error(count: int) -> np.ndarray:
+def sample_error(count: int, suite: str = "standard") -> np.ndarray:
     """``count`` independent discrete Gaussian samples (sigma 6.4) as uint32 mod 2^32."""
-    key = os.urandom(32)
-    words = np.frombuffer(_ctr_stream(key, 0, 8 * count), dtype="<u8")
+    key = os.urandom(16 if suite == "gm" else 32)
+    words = np.frombuffer(_ctr_stream(key, 0, 8 * count, suite), dtype="<u8")
     values = np.searchsorted(_cdt(), words, side="right").astype(np.int64) - _TAIL
     return values.astype(np.uint32)
 
@@ -197,7 +199,7 @@ def compute_hint(digits: np.ndarray, params: LweParams, *, block: int = 4096) ->
     acc_hi = np.zeros((rows, params.n), dtype=np.float64)
     for start in range(0, columns, block):
         stop = min(columns, start + block)
-        a_lo, a_hi = _halves(expand_a(params.seed, columns, params.n, start, stop))
+        a_lo, a_hi = _halves(expand_a(params.seed, columns, params.n, start, stop, params.suite))
         centred = digits[:, start:stop].astype(np.float64) - half
         acc_lo += centred @ a_lo  # |sum| <= columns * 2^8 * 2^16 < 2^45: exact
         acc_hi += centred @ a_hi
@@ -223,13 +225,13 @@ def make_queries(params: LweParams, columns: list[int], a_matrix: np.ndarray | N
     k, m = len(columns), params.columns
     if k < 1 or any(not 0 <= j < m for j in columns):
         raise ValueError("column index out of range")
-    a = expand_a(params.seed, m, params.n) if a_matrix is None else a_matrix
+    a = expand_a(params.seed, m, params.n, suite=params.suite) if a_matrix is None else a_matrix
     secrets = sample_secret(params.n, k).reshape(params.n, k)
     if k == 1:
         body = np.einsum("ij,j->i", a, secrets[:, 0]).reshape(1, m)
     else:
         body = matmul_mod32(a, secrets).T.copy()
-    body += sample_error(k * m).reshape(k, m)
+    body += sample_error(k * m, params.suite).reshape(k, m)
     body[np.arange(k), np.asarray(columns)] += np.uint32(params.delta)
     offsets = (body.sum(axis=1, dtype=np.uint64) * np.uint64(params.p // 2)) & np.uint64(0xFFFFFFFF)
     return body, QueryState(secrets, offsets.astype(np.uint32), np.asarray(columns))

@@ -43,9 +43,11 @@ from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
+from psi.crypto.suite import get_suite
 from psi.errors import (
     InvalidToken,
     MalformedMessage,
+    ParameterMismatch,
     PolicyError,
     StaleVersion,
     UnexpectedMessage,
@@ -54,8 +56,8 @@ from psi.messages import Message, pack_items, unpack_items
 from psi.protocols.base import Party, Role
 from psi.protocols.handshake import Hello, check_peer_hello
 
-from . import lwe, oprf
-from .database import MAX_ROWS, Hint, Table, derive, open_bucket
+from . import lwe
+from .database import MAX_ROWS, Hint, Table, derive, open_bucket, oprf_for
 
 __all__ = [
     "PROTOCOL",
@@ -71,6 +73,9 @@ __all__ = [
 PROTOCOL = "psiq-pir"
 PROTOCOL_VERSION = 1
 SUITE = "oprf-ristretto255-sha512/simplepir-n1024-q2^32-sigma6.4/chacha20poly1305"
+#: The hello's ``suite`` under ``--suite gm`` (psi.crypto.suite): every primitive a national one.
+SUITE_GM = "gm/oprf-sm2-sm3/simplepir-n1024-q2^32-sigma6.4-sm4ctr/sm4-gcm"
+SUITE_STRINGS = {"standard": SUITE, "gm": SUITE_GM}
 MAX_BATCH = 1024
 #: Default cap on the ids one session may look up (the daily quota is separate).
 DEFAULT_MAX_LOOKUPS = 10_000
@@ -147,8 +152,23 @@ def _announced_int(info: Mapping[str, Any], name: str, low: int, high: int) -> i
     return value
 
 
-def _own_hello(role: Role, info: dict, settings: Mapping[str, Any] | None) -> Hello:
-    return Hello(PROTOCOL, PROTOCOL_VERSION, role, {"suite": SUITE, **dict(settings or {})}, info)
+def _own_hello(role: Role, info: dict, settings: Mapping[str, Any] | None, suite: str = "standard") -> Hello:
+    return Hello(PROTOCOL, PROTOCOL_VERSION, role, {"suite": SUITE_STRINGS[suite], **dict(settings or {})}, info)
+
+
+def _suite_name(value: Any) -> str:
+    names = {text: name for name, text in SUITE_STRINGS.items()}
+    return names.get(value, repr(value)) if isinstance(value, str) else repr(value)
+
+
+def _check_suite(own: Hello, peer: Hello) -> None:
+    """Refuse a peer of another crypto suite (exit 5), naming both suites."""
+    ours, theirs = own.params.get("suite"), peer.params.get("suite")
+    if ours != theirs:
+        raise ParameterMismatch(
+            f"suite: this side runs --suite {_suite_name(ours)}, the peer --suite {_suite_name(theirs)}"
+            " (a PIR table keeps the suite it was set up under)"
+        )
 
 
 class ClientState(enum.Enum):
@@ -176,8 +196,11 @@ class PirClient(Party):
         batch_size: int = MAX_BATCH,
         settings: Mapping[str, Any] | None = None,
         limits: ClientLimits | None = None,
+        suite: str = "standard",
     ) -> None:
         super().__init__()
+        self._suite = get_suite(suite)
+        self._oprf = oprf_for(self._suite)
         if not 1 <= batch_size <= MAX_BATCH:
             raise ValueError(f"batch_size must be in 1..{MAX_BATCH}")
         self._ids = [bytes(i) for i in ids]
@@ -197,7 +220,7 @@ class PirClient(Party):
         self._query_state: lwe.QueryState | None = None
         self._version = ""
         self._announced = (0, 0)
-        self._hello = _own_hello(Role.CLIENT, {"lookups": len(self._ids)}, settings)
+        self._hello = _own_hello(Role.CLIENT, {"lookups": len(self._ids)}, settings, self._suite.name)
 
     @property
     def state(self) -> ClientState:
@@ -222,6 +245,7 @@ class PirClient(Party):
         state = self._state
         if state is ClientState.WAIT_HELLO:
             peer = Hello.from_message(message)
+            _check_suite(self._hello, peer)
             check_peer_hello(self._hello, peer)
             version = peer.info.get("table_version")
             batch = peer.info.get("max_batch", MAX_BATCH)
@@ -240,6 +264,7 @@ class PirClient(Party):
             self._version = version
             if version in self._hints:
                 self._hint = self._hints[version]
+                self._check_hint_suite()
                 self._next_batch()
                 return
             self._limits.check(rows, columns)  # before asking for (and receiving) the hint
@@ -250,6 +275,7 @@ class PirClient(Party):
         elif state is ClientState.WAIT_HINT and message.kind == HINT:
             rows, columns = self._announced
             self._hint = Hint.from_bytes(message.body, self._version, expected_shape=(rows, columns))
+            self._check_hint_suite()
             self.fetched_hint = self._hint
             self._next_batch()
         elif state is ClientState.WAIT_EVALUATED and message.kind == EVALUATED:
@@ -258,6 +284,14 @@ class PirClient(Party):
             self._on_answer(message.body)
         else:
             raise self._unexpected(message, state.value)
+
+    def _check_hint_suite(self) -> None:
+        """A table is one suite for good: its hint must name ours (the hello already did)."""
+        assert self._hint is not None
+        if self._hint.params.suite != self._suite.name:
+            raise ParameterMismatch(
+                f"the server's table was set up under suite {self._hint.params.suite!r}; this side runs {self._suite.name!r}"
+            )
 
     def _next_batch(self) -> None:
         if self._next >= len(self._ids):
@@ -271,22 +305,22 @@ class PirClient(Party):
         blinded = []
         self._blinds = []
         for ident in batch:
-            r, b = oprf.blind(ident)
+            r, b = self._oprf.blind(ident)
             self._blinds.append(r)
             blinded.append(b)
-        self._send(OPRF, _version_bytes(self._version) + pack_items(blinded, oprf.ELEMENT_SIZE))
+        self._send(OPRF, _version_bytes(self._version) + pack_items(blinded, self._oprf.ELEMENT_SIZE))
         self._state = ClientState.WAIT_EVALUATED
 
     def _on_evaluated(self, body: bytes) -> None:
         assert self._hint is not None
         k = len(self._blinds)
-        blob = unpack_items(body, oprf.ELEMENT_SIZE, exact_count=k)
+        blob = unpack_items(body, self._oprf.ELEMENT_SIZE, exact_count=k)
         batch = self._ids[self._next : self._next + k]
         self._outputs = [
-            oprf.finalize(ident, r, blob[i * 32 : (i + 1) * 32]) for i, (ident, r) in enumerate(zip(batch, self._blinds))
+            self._oprf.finalize(ident, r, blob[i * 32 : (i + 1) * 32]) for i, (ident, r) in enumerate(zip(batch, self._blinds))
         ]
         self._blinds = []
-        columns = [self._hint.bucket_of(derive(self._hint.params.salt, out)[0]) for out in self._outputs]
+        columns = [self._hint.bucket_of(derive(self._hint.params.salt, out, self._suite)[0]) for out in self._outputs]
         self._set_phase("pir", len(self._ids))
         self._done_units = self._next
         queries, self._query_state = lwe.make_queries(self._hint.params.lwe, columns, self._hint.a_matrix())
@@ -364,7 +398,9 @@ class PirServerSession(Party):
             {"table_version": table.version, "max_batch": max_batch, "entries": table.params.entries,
              "rows": table.params.rows, "columns": table.params.columns, "max_lookups": max_lookups},
             settings,
+            table.params.suite,  # a table is one suite for good (set at setup)
         )
+        self._oprf = oprf_for(table.params.suite)
 
     @property
     def state(self) -> ServerState:
@@ -377,6 +413,7 @@ class PirServerSession(Party):
     def _handle(self, message: Message) -> None:
         if self._state is ServerState.WAIT_HELLO:
             peer = Hello.from_message(message)
+            _check_suite(self._hello, peer)
             check_peer_hello(self._hello, peer)
             lookups = peer.info.get("lookups")
             if isinstance(lookups, bool) or not isinstance(lookups, int) or lookups < 0:
@@ -423,8 +460,8 @@ class PirServerSession(Party):
             raise UnexpectedMessage("OPRF request before the previous batch was queried")
         version, rest = _split_version(body, "OPRF")
         self._check_version(version)
-        blob = unpack_items(rest, oprf.ELEMENT_SIZE, max_count=self._max_batch)
-        k = len(blob) // oprf.ELEMENT_SIZE
+        blob = unpack_items(rest, self._oprf.ELEMENT_SIZE, max_count=self._max_batch)
+        k = len(blob) // self._oprf.ELEMENT_SIZE
         if k == 0:
             raise MalformedMessage("OPRF request with no elements")
         if self.evaluations + k > self.announced:
@@ -432,10 +469,10 @@ class PirServerSession(Party):
                 f"OPRF request for {k} ids goes beyond the {self.announced} lookups announced "
                 f"({self.evaluations} already evaluated)"
             )
-        elements = [oprf.decode_element(blob[i * 32 : (i + 1) * 32]) for i in range(k)]
+        elements = [self._oprf.decode_element(blob[i * 32 : (i + 1) * 32]) for i in range(k)]
         if self._charge is not None:
             self._charge(k)
-        self._send(EVALUATED, pack_items(self._table.evaluate_blinded(elements), oprf.ELEMENT_SIZE))
+        self._send(EVALUATED, pack_items(self._table.evaluate_blinded(elements), self._oprf.ELEMENT_SIZE))
         self.evaluations += k
         self._granted = k
 
