@@ -135,6 +135,8 @@ def _scale(kw: dict[str, Any], via_dir: Path | None, forever: bool = False) -> A
         return None
     if buckets is None or work_dir is None:
         raise UsageError("--buckets and --work-dir go together")
+    if kw.get("suite") == "gm":  # the bucket split and its checkpoints hash with SHA-256/SHAKE (psi.scale)
+        raise UsageError("--buckets is not available with --suite gm yet (bucketing hashes keys with SHA-256)")
     if via_dir is not None or forever:
         raise UsageError("--buckets runs one session over a connection: drop --via-dir/--forever")
     return ScaleOptions(work_dir, parse_buckets(buckets), parse_size(memory), resume, reconnect, executor, ray_address)

@@ -91,7 +91,7 @@ def prepare_ecdh(items: Sequence[bytes], *, group: str, key_path: Path, out: Pat
 
 def load_prepared(options: Any, table: Any) -> Any:
     """The prepared set named by ``--prepared``, checked against ``--server-key`` and the input."""
-    from .protocols.ecdh import PreparedSet, input_digest
+    from .protocols.ecdh import PreparedSet, file_suite, input_digest
 
     if options.server_key is None:
         raise UsageError("--prepared needs the --server-key it was made with")
@@ -100,6 +100,6 @@ def load_prepared(options: Any, table: Any) -> Any:
     if not path.is_file():
         raise InputError(f"prepared set not found: {path}")
     prepared = PreparedSet.from_bytes(path.read_bytes(), key)
-    if prepared.count != table.unique_keys or prepared.digest != input_digest(table.keys):
+    if prepared.count != table.unique_keys or prepared.digest != input_digest(table.keys, file_suite(prepared.group)):
         raise InputError(f"{path} was prepared from another input (or other key settings): run 'psiq psi prepare' again")
     return prepared

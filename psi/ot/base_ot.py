@@ -72,14 +72,21 @@ class _Ristretto:
     def scalar() -> bytes:
         return _nonzero_scalar()  # looked up at call time (tests make it deterministic)
 
-    base = staticmethod(rbcl.crypto_scalarmult_ristretto255_base)
+    @staticmethod
+    def base(scalar: bytes) -> bytes:
+        return rbcl.crypto_scalarmult_ristretto255_base(scalar)
 
     @staticmethod
-    def mul(scalar: Any, point: bytes) -> bytes:
+    def mul(scalar: bytes, point: bytes) -> bytes:
         return rbcl.crypto_scalarmult_ristretto255(scalar, point)
 
-    add = staticmethod(rbcl.crypto_core_ristretto255_add)
-    sub = staticmethod(rbcl.crypto_core_ristretto255_sub)
+    @staticmethod
+    def add(left: bytes, right: bytes) -> bytes:
+        return rbcl.crypto_core_ristretto255_add(left, right)
+
+    @staticmethod
+    def sub(left: bytes, right: bytes) -> bytes:
+        return rbcl.crypto_core_ristretto255_sub(left, right)
 
     @staticmethod
     def is_identity(point: bytes) -> bool:
