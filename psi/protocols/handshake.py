@@ -82,9 +82,6 @@ def check_peer_hello(own: Hello, peer: Hello) -> None:
     ours = {k: own.params.get(k, ABSENT_MEANS.get(k)) for k in keys}
     theirs = {k: peer.params.get(k, ABSENT_MEANS.get(k)) for k in keys}
     differ = [k for k in keys if ours[k] != theirs[k]]
-    if "suite" in differ:  # name both suites first: the other differences follow from it
-        differ.remove("suite")
-        differ.insert(0, "suite")
     if differ:
         shown = "; ".join(f"{k}: ours={ours[k]!r} peer={theirs[k]!r}" for k in differ[:4])
         raise ParameterMismatch(f"settings differ from the peer's ({shown})")
