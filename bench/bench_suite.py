@@ -3,6 +3,7 @@
     python bench/bench_suite.py psi --protocol kkrt --n 100000 --rounds 1
     python bench/bench_suite.py psi --protocol ecdh --n 10000
     python bench/bench_suite.py pir --entries 10000 --lookups 1 --rounds 5
+    python bench/bench_suite.py prims
 
 Both parties run in this process over an in-memory channel, each with its own executor
 (``--workers`` each); the suites are interleaved round by round. Prints one JSON line per run:
@@ -104,9 +105,32 @@ def pir_run(suite: str, entries: int, lookups: int, rounds: int, workers: int) -
     return results
 
 
+def prims_run() -> list[dict]:
+    """The primitives alone: ECB/CTR MB/s, per-item keyed digests, per-element SM2/x25519 work."""
+    from psi.crypto.suite import GM, STANDARD
+
+    data = bytes(1 << 22)
+    items = [b"%018d" % i for i in range(20_000)]
+    rows = []
+    for suite in (STANDARD, GM):
+        row: dict = {"prims": suite.name}
+        for mode in ("ecb", "ctr"):
+            enc = getattr(suite, mode)(bytes(16))
+            t = time.perf_counter()
+            for _ in range(4):
+                enc.update(data)
+            row[f"{mode}_ms_per_MB"] = round((time.perf_counter() - t) / 16 * 1000, 2)
+        t = time.perf_counter()
+        suite.keyed_digests(items, bytes(32), 24)
+        row["keyed_digest_us"] = round((time.perf_counter() - t) / len(items) * 1e6, 2)
+        row["load"] = os.getloadavg()[0]
+        rows.append(row)
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("what", choices=["psi", "pir"])
+    parser.add_argument("what", choices=["psi", "pir", "prims"])
     parser.add_argument("--protocol", default="kkrt")
     parser.add_argument("--n", type=int, default=100_000)
     parser.add_argument("--rounds", type=int, default=1)
@@ -116,7 +140,10 @@ def main() -> None:
     parser.add_argument("--with-sm2-standard", action="store_true", help="ECDH: also standard with --group sm2")
     args = parser.parse_args()
     for _ in range(args.rounds):
-        if args.what == "psi":
+        if args.what == "prims":
+            for row in prims_run():
+                print(json.dumps(row), flush=True)
+        elif args.what == "psi":
             runs = [("standard", None), ("gm", None)]
             if args.with_sm2_standard:
                 runs.insert(1, ("standard", "sm2"))

@@ -348,3 +348,22 @@ def test_pir_gm_oprf_validates_elements():
             oprf_sm2.blind_evaluate(key, bad)
         with pytest.raises(MalformedMessage):
             oprf_sm2.finalize(b"id", r, bad)
+
+
+def test_ecdh_prepared_set_under_gm(monkeypatch):
+    """Unbalanced mode: an sm2 key and prepared set (SM3 fingerprint and input digest) serve gm."""
+    from psi.protocols import ecdh
+
+    client_items = [b"k%d" % i for i in range(30)]
+    server_items = [b"k%d" % i for i in range(20, 50)]
+    key = ecdh.ServerKey.generate("sm2")
+    prepared = ecdh.PreparedSet.from_bytes(ecdh.prepare_server_set(server_items, "sm2", key, EXECUTOR).to_bytes(), key)
+    assert prepared.digest == ecdh.input_digest(server_items, GM) != ecdh.input_digest(server_items)
+    config = ecdh.Config(group="sm2", suite="gm")
+    _forbid_standard_primitives(monkeypatch)
+    client = ecdh.Client(client_items, config, peer_size=len(server_items), executor=EXECUTOR)
+    server = ecdh.Server(server_items, config, peer_size=len(client_items), executor=EXECUTOR, prepared=prepared)
+    run_pair(client, server)
+    assert sorted(client_items[i] for i in client.result().indices) == [b"k%d" % i for i in range(20, 30)]
+    with pytest.raises(UsageError):
+        ecdh.Config(group="x25519", suite="gm")

@@ -115,7 +115,8 @@ class OtReceiver(Party):
         self._length = message_length
         self._batch = batch_size
         self._window = window
-        self._hello = HelloState(NAME, VERSION, Role.CLIENT, {**_params(self.kind, bits.size, message_length, batch_size), **suite_params(self._suite)}, {}, self._suite)
+        params = {**_params(self.kind, bits.size, message_length, batch_size), **suite_params(self._suite)}
+        self._hello = HelloState(NAME, VERSION, Role.CLIENT, params, {}, self._suite)
         self._state = _State.HELLO
         self._output = np.empty((bits.size, message_length), dtype=np.uint8)
         self._pads: dict[int, np.ndarray] = {}
@@ -249,7 +250,8 @@ class OtSender(Party):
         if self.kind is not OtKind.CHOSEN:
             self._x0 = np.empty((count, message_length), dtype=np.uint8)
             self._x1 = np.empty((count, message_length), dtype=np.uint8)
-        self._hello = HelloState(NAME, VERSION, Role.SERVER, {**_params(self.kind, count, message_length, batch_size), **suite_params(self._suite)}, {}, self._suite)
+        params = {**_params(self.kind, count, message_length, batch_size), **suite_params(self._suite)}
+        self._hello = HelloState(NAME, VERSION, Role.SERVER, params, {}, self._suite)
         self._state = _State.HELLO
         self._batches = -(-count // batch_size)
         self._received = self._checked = 0

@@ -102,7 +102,8 @@ class OneOfNReceiver(Party):
         self._window = window
         self._keep = keep_ciphertexts
         self._ciphertexts: dict[int, np.ndarray] = {}
-        self._hello = HelloState(NAME, VERSION, Role.CLIENT, {"count": int(self._choices.size), **_CHECK_PARAMS, **suite_params(self._suite)}, {}, self._suite)
+        params = {"count": int(self._choices.size), **_CHECK_PARAMS, **suite_params(self._suite)}
+        self._hello = HelloState(NAME, VERSION, Role.CLIENT, params, {}, self._suite)
         self._state = _State.HELLO
         self._send(self._hello.own_message.kind, self._hello.own_message.body)
 
@@ -236,7 +237,8 @@ class OneOfNSender(Party):
         self._count, self._n, self._length = matrix.shape
         self._batch, self._piece = _layout(self._count, self._n, self._length)
         info = {"messages": self._n, "message_length": self._length}
-        self._hello = HelloState(NAME, VERSION, Role.SERVER, {"count": self._count, **_CHECK_PARAMS, **suite_params(self._suite)}, info, self._suite)
+        params = {"count": self._count, **_CHECK_PARAMS, **suite_params(self._suite)}
+        self._hello = HelloState(NAME, VERSION, Role.SERVER, params, info, self._suite)
         self._state = _State.HELLO
         self._send(self._hello.own_message.kind, self._hello.own_message.body)
 
