@@ -11,7 +11,6 @@ import secrets
 from typing import Any
 
 from ..crypto.suite import STANDARD, Suite
-
 from ..errors import MalformedMessage, ParameterMismatch
 from ..messages import Message
 from ..protocols.base import Role
