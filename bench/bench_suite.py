@@ -123,6 +123,15 @@ def prims_run() -> list[dict]:
         t = time.perf_counter()
         suite.keyed_digests(items, bytes(32), 24)
         row["keyed_digest_us"] = round((time.perf_counter() - t) / len(items) * 1e6, 2)
+        import numpy as np
+
+        from psi.ot.base_ot import BaseOtReceiver, BaseOtSender
+
+        t = time.perf_counter()
+        sender = BaseOtSender(512, bytes(32), suite)
+        reply, _keys = BaseOtReceiver(np.arange(512, dtype=np.uint8) & 1, bytes(32), suite).reply(sender.first_message())
+        sender.finish(reply)
+        row["base_ot_512_s"] = round(time.perf_counter() - t, 2)
         row["load"] = os.getloadavg()[0]
         rows.append(row)
     return rows
