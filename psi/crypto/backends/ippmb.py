@@ -26,11 +26,14 @@ import ctypes
 import os
 from importlib import metadata
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 import numpy as np
 
 from ._base import BackendUnavailable
+
+if TYPE_CHECKING:
+    from .portable import PortableBackend
 
 __all__ = ["MultiBufferBackend", "NotInstalled", "load", "LIBRARY_ENV"]
 
@@ -135,9 +138,20 @@ class MultiBufferBackend:
     def __init__(self, x25519_mb8: X25519Mb8, version: str) -> None:
         self._x25519_mb8 = x25519_mb8
         self._version = version
+        self._fallback: PortableBackend | None = None
 
     def describe(self) -> dict[str, object]:
-        return {"x25519": f"{self._version} mbx_x25519_mb8"}
+        return {"x25519": f"{self._version} mbx_x25519_mb8", "rsa_private": self._portable().describe()["rsa_private"]}
+
+    def _portable(self) -> "PortableBackend":
+        if self._fallback is None:
+            from .portable import PortableBackend
+
+            self._fallback = PortableBackend()
+        return self._fallback
+
+    def rsa_private_many(self, params: Sequence[int], blob: bytes) -> bytes:
+        return self._portable().rsa_private_many(params, blob)
 
     def self_test(self) -> None:
         """Raise :class:`BackendUnavailable` unless the RFC 7748 vector comes out right."""
