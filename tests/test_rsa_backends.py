@@ -81,22 +81,20 @@ def test_openssl_never_returns_a_faulty_crt_value(key: RsaKey) -> None:
     assert got == pow(m, _d(key), n).to_bytes(key.public.size, "big")
 
 
-class _Wrong:
+class _Wrong(PortableBackend):
     """A backend whose private operation is off by one in one value (or short)."""
 
-    name = "wrong"
-
-    def __init__(self, short: bool = False) -> None:
-        self.short = short
-
-    def describe(self) -> dict[str, object]:
-        return {}
+    def __init__(self, short: bool = False, plus_n: bool = False) -> None:
+        super().__init__()
+        self.short, self.plus_n = short, plus_n
 
     def rsa_private_many(self, params, blob: bytes) -> bytes:
         good = rsa_private_gmpy2(params, blob)
+        k = (params[0].bit_length() + 7) // 8
         if self.short:
             return good[:-1]
-        k = (params[0].bit_length() + 7) // 8
+        if self.plus_n:  # s + n: the same s^e mod n, but not the signature (callers need s < n)
+            return (int.from_bytes(good, "big") + params[0]).to_bytes(k, "big")
         last = (int.from_bytes(good[-k:], "big") + 1) % params[0]
         return good[:-k] + last.to_bytes(k, "big")
 
@@ -107,6 +105,9 @@ def test_sign_batch_checks_every_backends_results(key: RsaKey, monkeypatch: pyte
         monkeypatch.setattr(backends, "_selected", backends.Selection(wrong, "portable"))
         with pytest.raises(SigningFailure):
             sign_batch(key.crt_params(), values)
+    monkeypatch.setattr(backends, "_selected", backends.Selection(_Wrong(plus_n=True), "portable"))
+    with pytest.raises(SigningFailure):
+        sign_batch(key.crt_params(), [pow(3, key.public.e, key.public.n)])  # s = 3, returned as 3 + n
     monkeypatch.setattr(backends, "_selected", backends.Selection(PortableBackend(), "portable"))
     d = _d(key)
     assert sign_batch(key.crt_params(), values) == [pow(v, d, key.public.n) for v in values]

@@ -317,16 +317,12 @@ def sign_batch(params: CrtParams, values: Sequence[T]) -> list[T]:
         if m < 0 or m >= n:
             raise ValueError("message representative out of range")
     blob = b"".join(m.to_bytes(k_len, "big") for m in ints)
-    signed = backends.current().rsa_private_many(params, blob)
+    backend = backends.current()
+    signed = backend.rsa_private_many(params, blob)
     if len(signed) != len(blob):
         raise SigningFailure("RSA signing failure: the backend returned the wrong amount of data")
-    mn, me, powmod, mpz_from = gmpy2.mpz(n), gmpy2.mpz(e), gmpy2.powmod, gmpy2.mpz.from_bytes
-    out: list = []
-    append = out.append
-    for i, (value, m) in enumerate(zip(values, ints)):
-        raw = signed[i * k_len : (i + 1) * k_len]
-        s = mpz_from(raw, "big")
-        if s >= mn or powmod(s, me, mn) != m:
-            raise SigningFailure("RSA signing failure: the signature did not verify (fault check)")
-        append(raw if isinstance(value, (bytes, bytearray, memoryview)) else int(s))
-    return out
+    n_bytes = n.to_bytes(k_len, "big")  # equal-length big-endian strings compare like the numbers
+    slices = [signed[i : i + k_len] for i in range(0, len(signed), k_len)]
+    if any(raw >= n_bytes for raw in slices) or backend.rsa_public_many(n, e, signed) != blob:
+        raise SigningFailure("RSA signing failure: the signature did not verify (fault check)")
+    return [raw if isinstance(value, (bytes, bytearray, memoryview)) else from_bytes(raw, "big") for value, raw in zip(values, slices)]

@@ -43,3 +43,7 @@ class Backend(Protocol):
         Returns the kLen-byte results concatenated. The caller verifies s^e == y afterwards.
         """
         ...
+
+    def rsa_public_many(self, n: int, e: int, blob: bytes) -> bytes:
+        """y^e mod n on each kLen-byte big-endian y in ``blob``; kLen-byte results concatenated."""
+        ...

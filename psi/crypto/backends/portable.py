@@ -111,6 +111,16 @@ class PortableBackend:
         """y^d mod n for each kLen-byte y in ``blob`` (each below n: the caller checks)."""
         return self._rsa_choice()[0](params, blob)
 
+    def rsa_public_many(self, n: int, e: int, blob: bytes) -> bytes:
+        """y^e mod n for each kLen-byte big-endian y in ``blob`` (gmpy2), concatenated."""
+        k_len = (n.bit_length() + 7) // 8
+        if len(blob) % k_len:
+            raise ValueError("RSA input buffer is not a whole number of kLen-byte values")
+        mn, me, powmod, from_bytes = gmpy2.mpz(n), gmpy2.mpz(e), gmpy2.powmod, gmpy2.mpz.from_bytes
+        return b"".join(
+            powmod(from_bytes(blob[i : i + k_len], "big"), me, mn).to_bytes(k_len, "big") for i in range(0, len(blob), k_len)
+        )
+
     def x25519_many(self, scalar: bytes, elements: Sequence[bytes] | bytes) -> list[bytes]:
         key = x25519.X25519PrivateKey.from_private_bytes(bytes(scalar))
         load, exchange = self._load, key.exchange
