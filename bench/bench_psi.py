@@ -179,7 +179,17 @@ def _variants(args: argparse.Namespace) -> list[dict[str, Any]]:
         for p in params:
             for reveal in reveals:
                 out.append({"protocol": protocol, "reveal": reveal, **p})
+    if args.trees:  # every variant once per code tree, interleaved
+        out = [{**v, "tree": label} for v in out for label in args.trees]
     return out
+
+
+def _tree_env(v: dict[str, Any], args: argparse.Namespace) -> dict[str, str]:
+    """PYTHONPATH for the psiq processes: the variant's code tree (``--trees``), else this one,
+    so the parties run the code next to this script whichever venv's ``psiq`` starts them."""
+    path = args.trees[v["tree"]] if v.get("tree") else str(REPO)
+    rest = os.environ.get("PYTHONPATH")
+    return {"PYTHONPATH": path + (os.pathsep + rest if rest else "")}
 
 
 def _label(v: dict[str, Any]) -> str:
@@ -195,6 +205,8 @@ def _label(v: dict[str, Any]) -> str:
         text += f" ({v['reveal']})"
     if v.get("backend"):
         text += f" [{v['backend']}]"
+    if v.get("tree"):
+        text += f" <{v['tree']}>"
     return text
 
 
@@ -246,7 +258,7 @@ def run_psiq(v: dict[str, Any], n: int, data: Path, pki: Path, expected: int, ar
         server_out = out_b if v["reveal"] == "both" else None
         res = run_pair(_party_cmd("serve", v, data, pki, port, server_out, args, timeout),
                        _party_cmd("connect", v, data, pki, port, out_a, args, timeout),
-                       port=port, timeout=timeout)
+                       port=port, timeout=timeout, env=_tree_env(v, args))
         c, s = res.client, res.server
         if c.get("intersection_size") != expected:
             raise BenchError(f"client reports intersection {c.get('intersection_size')}, plaintext answer {expected}")
@@ -554,6 +566,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--fpr-bits", type=int, default=40)
     ap.add_argument("--backends", default="",
                     help="ecdh: run every variant once per compute backend, interleaved (e.g. portable,mb)")
+    ap.add_argument("--trees", default="",
+                    help="label=path,...: run every psiq variant once per code tree (PYTHONPATH), interleaved, "
+                         "e.g. old=/work/main,new=. (default: this script's tree)")
     ap.add_argument("--repeat", type=int, default=1, help="run the psiq variants this many times, interleaved")
     ap.add_argument("--peers", default="", help="also run these on the same files: secretflow (spu.psi ECDH/KKRT/RR22)")
     ap.add_argument("--spu-python", default=None, help="interpreter with spu==0.9.5 (default $PSIQ_BENCH_SPU_PYTHON "
@@ -574,6 +589,12 @@ def main(argv: list[str] | None = None) -> int:
 
     args.protocols = [p.strip() for p in args.protocols.split(",") if p.strip()]
     args.backends = [b.strip() for b in args.backends.split(",") if b.strip()]
+    args.trees = dict(
+        (label.strip(), str(Path(path.strip()).resolve()))
+        for label, _, path in (t.partition("=") for t in args.trees.split(",") if t.strip())
+    )
+    if any(not label or not Path(path).is_dir() for label, path in args.trees.items()):
+        ap.error("--trees takes label=directory pairs")
     args.peers = [p.strip() for p in args.peers.split(",") if p.strip()]
     sf_python = None
     if "secretflow" in args.peers:
@@ -596,7 +617,7 @@ def main(argv: list[str] | None = None) -> int:
     ncores = args.workers or cores()
     doc: dict[str, Any] = {
         "machine": machine_info(),
-        "settings": {"protocols": args.protocols, "backends": args.backends, "repeat": args.repeat, "sizes": sizes, "overlap": args.overlap, "seed": args.seed,
+        "settings": {"protocols": args.protocols, "backends": args.backends, "trees": args.trees, "repeat": args.repeat, "sizes": sizes, "overlap": args.overlap, "seed": args.seed,
                      "group": args.group, "compression": args.compression, "all_compressions": args.all_compressions,
                      "fpr_bits": args.fpr_bits, "key_column": KEY_COLUMN, "workers": args.workers,
                      "cores_for_floors": ncores, "openmined": args.openmined,
