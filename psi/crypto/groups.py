@@ -275,26 +275,37 @@ class X25519Group(Group):
         if len(dst) > 255:
             raise ValueError("hash-to-group DST is longer than 255 bytes")
         prefix = bytes([len(dst)]) + dst
-        states = (hashlib.sha512(prefix + b"\x00"), hashlib.sha512(prefix + b"\x01"))  # ctr 0 and 1
-        legendre, mpz, from_bytes = gmpy2.legendre, gmpy2.mpz, int.from_bytes
-        p, a, mask = mpz(_P25519), _A25519, _MASK255
-        out = []
+        first, second = hashlib.sha512(prefix + b"\x00"), hashlib.sha512(prefix + b"\x01")  # ctr 0 and 1
+        # Unrolled over the four candidates of ctr 0 and 1 (15 items in 16 need no more), with
+        # gmpy2 integers throughout: the Legendre symbol is most of the cost that is left.
+        legendre, from_bytes = gmpy2.legendre, gmpy2.mpz.from_bytes
+        p, a, mask = _P25519_MPZ, _A25519, gmpy2.mpz(_MASK255)
+        out: list[bytes] = []
         append = out.append
         for item in items:
-            for state in states:
-                h = state.copy()
-                h.update(item)
-                d = h.digest()
-                u = mpz(from_bytes(d[:32], "little") & mask)
-                if u < p and legendre(u * (u * (u + a) + 1), p) == 1:  # _on_curve(u), inlined
-                    break
-                u = mpz(from_bytes(d[32:], "little") & mask)
-                if u < p and legendre(u * (u * (u + a) + 1), p) == 1:
-                    break
-            else:  # 1 item in 16 needs ctr >= 2
-                append(_x25519_hash_slow(prefix, item))
+            h = first.copy()
+            h.update(item)
+            d = h.digest()
+            u = from_bytes(d[:32], "little") & mask
+            if u < p and legendre(u * (u * (u + a) + 1), p) == 1:  # _on_curve(u), inlined
+                append(u.to_bytes(32, "little"))
                 continue
-            append(int(u).to_bytes(32, "little"))
+            u = from_bytes(d[32:], "little") & mask
+            if u < p and legendre(u * (u * (u + a) + 1), p) == 1:
+                append(u.to_bytes(32, "little"))
+                continue
+            h = second.copy()
+            h.update(item)
+            d = h.digest()
+            u = from_bytes(d[:32], "little") & mask
+            if u < p and legendre(u * (u * (u + a) + 1), p) == 1:
+                append(u.to_bytes(32, "little"))
+                continue
+            u = from_bytes(d[32:], "little") & mask
+            if u < p and legendre(u * (u * (u + a) + 1), p) == 1:
+                append(u.to_bytes(32, "little"))
+                continue
+            append(_x25519_hash_slow(prefix, item))  # 1 item in 16 needs ctr >= 2
         return out
 
     def check_element(self, element: bytes) -> None:
@@ -327,9 +338,9 @@ class X25519Group(Group):
             bad |= (limbs == u).all(axis=1)
         if bad.any():
             self.check_element(elements[int(np.flatnonzero(bad)[0])])  # raises with the precise reason
-        legendre, mpz, from_bytes, p, a = gmpy2.legendre, gmpy2.mpz, int.from_bytes, _P25519_MPZ, _A25519
+        legendre, from_bytes, p, a = gmpy2.legendre, gmpy2.mpz.from_bytes, _P25519_MPZ, _A25519
         for element in elements:
-            u = mpz(from_bytes(element, "little"))
+            u = from_bytes(element, "little")
             if legendre(u * (u * (u + a) + 1), p) != 1:
                 raise MalformedMessage("x25519 element is not on the curve (twist point)")
 
