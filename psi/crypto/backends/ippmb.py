@@ -18,6 +18,13 @@ Batches: one call computes 8 lanes. The whole batch is packed with numpy (inputs
 masked, ``u >= p`` reduced), the pointer arrays for every group of 8 lanes are built at once
 (base address + 32 * index), and the Python loop only makes the calls; a short last group is
 padded with the base point. Every lane's 4-bit status is checked.
+
+The same library's P-256 and SM2 ECDH (``mbx_nistp256_ecdh_mb8``, ``mbx_sm2_ecdh_mb8``) and RSA
+(``mbx_rsa_private_crt_mb8``, ``mbx_rsa_public_mb8``) are bound too when it exports them
+(:mod:`.ippmb_ops` holds their batching); each must reproduce a known answer against the portable
+code at load, else it is dropped and that primitive stays on the portable path
+(:attr:`MultiBufferBackend.disabled`). These were tested through fakes only: the machine they
+were written on has no AVX-512 IFMA.
 """
 
 from __future__ import annotations
