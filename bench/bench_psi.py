@@ -34,8 +34,9 @@ matches per session at most 2^-fpr_bits.
 Floors, from primitive costs measured in this run (one core, best of 3, once before and once after
 the sessions; the cheaper is used, since other load on the machine only adds time):
 
-* rsa:  ``(n_client + n_server) * t_crt / cores``, t_crt = one 2048-bit gmpy2 CRT signature
-  including the s^e check (``psi.crypto.rsa_keys.sign_batch``).
+* rsa:  ``(n_client + n_server) * t_private / cores``, t_private = the fastest bare 2048-bit
+  private operation available here (gmpy2 CRT, OpenSSL's libcrypto, the multi-buffer library
+  where it applies), without the s^e check the server adds (``t_crt_us``: ``sign_batch``).
 * ecdh: ``(3 m + n) * t_mul / cores`` (client 2m: blind and unblind; server m + n: evaluate and
   its own set; see psi/protocols/ecdh.py), t_mul = one ``multiply_batch`` element (validation
   included). ``floor_hash`` also charges hash-to-group for the m + n hashed items, using
@@ -92,14 +93,30 @@ def _best(fn, repeat: int = 3) -> float:
 
 
 def measure_rsa(bits: int = 2048, count: int = 300) -> dict[str, Any]:
+    """``t_crt_us``: what a server runs per value (the backend's private operation plus the s^e
+    check, ``sign_batch``); ``t_private_us``: the fastest bare private operation available here
+    (gmpy2, OpenSSL's libcrypto, the multi-buffer library where it applies), which the floor uses."""
+    from psi.crypto import backends
+    from psi.crypto.backends import openssl_rsa
+    from psi.crypto.backends.portable import rsa_private_gmpy2
     from psi.crypto.rsa_keys import RsaKey, sign_batch
 
     key = RsaKey.generate(bits)
     params = key.crt_params()
-    n = params[0]
+    n, k = params[0], key.public.size
     values = [secrets.randbelow(n - 2) + 2 for _ in range(count)]
+    blob = b"".join(v.to_bytes(k, "big") for v in values)
     t = _best(lambda: sign_batch(params, values)) / count
-    return {"bits": bits, "count": count, "t_crt_us": round(t * 1e6, 2)}
+    bare = {"gmpy2": rsa_private_gmpy2, backends.current().name: backends.current().rsa_private_many}
+    try:
+        bare["openssl"] = openssl_rsa.load().private_many
+    except backends.BackendUnavailable:
+        pass
+    per_op = {name: _best(lambda fn=fn: fn(params, blob)) / count for name, fn in bare.items()}
+    fastest = min(per_op, key=per_op.__getitem__)
+    return {"bits": bits, "count": count, "t_crt_us": round(t * 1e6, 2), "sign_batch": backends.describe()["rsa_private"],
+            "t_private_us": round(per_op[fastest] * 1e6, 2), "fastest": fastest,
+            "bare_us": {name: round(v * 1e6, 2) for name, v in per_op.items()}}
 
 
 def measure_group(group: str, count: int = 2000) -> dict[str, Any]:
@@ -132,7 +149,7 @@ def best_primitives(samples: list[dict[str, Any]]) -> dict[str, Any]:
     best: dict[str, Any] = {"samples": samples}
     rsa = [s["rsa"] for s in samples if "rsa" in s]
     if rsa:
-        best["rsa"] = min(rsa, key=lambda r: r["t_crt_us"])
+        best["rsa"] = min(rsa, key=lambda r: r.get("t_private_us", r["t_crt_us"]))
     groups: dict[str, Any] = {}
     for s in samples:
         for name, g in s.get("groups", {}).items():
@@ -162,7 +179,17 @@ def _variants(args: argparse.Namespace) -> list[dict[str, Any]]:
         for p in params:
             for reveal in reveals:
                 out.append({"protocol": protocol, "reveal": reveal, **p})
+    if args.trees:  # every variant once per code tree, interleaved
+        out = [{**v, "tree": label} for v in out for label in args.trees]
     return out
+
+
+def _tree_env(v: dict[str, Any], args: argparse.Namespace) -> dict[str, str]:
+    """PYTHONPATH for the psiq processes: the variant's code tree (``--trees``), else this one,
+    so the parties run the code next to this script whichever venv's ``psiq`` starts them."""
+    path = args.trees[v["tree"]] if v.get("tree") else str(REPO)
+    rest = os.environ.get("PYTHONPATH")
+    return {"PYTHONPATH": path + (os.pathsep + rest if rest else "")}
 
 
 def _label(v: dict[str, Any]) -> str:
@@ -178,6 +205,8 @@ def _label(v: dict[str, Any]) -> str:
         text += f" ({v['reveal']})"
     if v.get("backend"):
         text += f" [{v['backend']}]"
+    if v.get("tree"):
+        text += f" <{v['tree']}>"
     return text
 
 
@@ -187,7 +216,7 @@ def _party_cmd(role: str, v: dict[str, Any], data: Path, pki: Path, port: int, o
     table = data / ("bank_b.csv" if role == "serve" else "bank_a.csv")
     backend = ["--backend", v["backend"]] if v.get("backend") else []
     cmd = psiq_command() + backend + ["psi", role, "--protocol", v["protocol"], "--input", str(table), "--on", KEY_COLUMN,
-                            "--reveal", v["reveal"], "--fpr-bits", str(args.fpr_bits),
+                            "--reveal", v["reveal"],
                             "--tls-cert", str(pki / f"{me}.pem"), "--tls-key", str(pki / f"{me}.key"),
                             "--tls-ca", str(pki / "ca.pem"), "--peer-name", peer,
                             "--json", "--quiet", "--timeout", str(int(timeout))]
@@ -195,7 +224,7 @@ def _party_cmd(role: str, v: dict[str, Any], data: Path, pki: Path, port: int, o
     if out is not None:
         cmd += ["--output", str(out)]
     if v["protocol"] == "ecdh":
-        cmd += ["--group", v["group"], "--compression", v["compression"]]
+        cmd += ["--group", v["group"], "--compression", v["compression"], "--fpr-bits", str(args.fpr_bits)]
     if v["protocol"] == "rsa":
         cmd += ["--key-bits", str(v["key_bits"])]
     if args.workers:
@@ -229,7 +258,7 @@ def run_psiq(v: dict[str, Any], n: int, data: Path, pki: Path, expected: int, ar
         server_out = out_b if v["reveal"] == "both" else None
         res = run_pair(_party_cmd("serve", v, data, pki, port, server_out, args, timeout),
                        _party_cmd("connect", v, data, pki, port, out_a, args, timeout),
-                       port=port, timeout=timeout)
+                       port=port, timeout=timeout, env=_tree_env(v, args))
         c, s = res.client, res.server
         if c.get("intersection_size") != expected:
             raise BenchError(f"client reports intersection {c.get('intersection_size')}, plaintext answer {expected}")
@@ -345,8 +374,9 @@ def floors(runs: list[dict[str, Any]], prims: dict[str, Any], ncores: int) -> li
     for r in runs:
         m, n = r["n_client"], r["n_server"]
         if r["protocol"] == "rsa" and "rsa" in prims:
-            ideal = (m + n) * prims["rsa"]["t_crt_us"] * 1e-6 / ncores
-            out.append({"size": r["size"], "protocol": "rsa", "variant": _label(r), "formula": "(n_c + n_s) t_crt / cores",
+            ideal = (m + n) * prims["rsa"].get("t_private_us", prims["rsa"]["t_crt_us"]) * 1e-6 / ncores
+            out.append({"size": r["size"], "protocol": "rsa", "variant": _label(r),
+                        "formula": "(n_c + n_s) t_private / cores (fastest bare private operation)",
                         "floor_s": round(ideal, 3), "wall_s": r["wall_s"], "session_s": r["session_s"],
                         "ratio_wall": round(r["wall_s"] / ideal, 3), "ratio_session": round(r["session_s"] / ideal, 3),
                         "target": 1.3})
@@ -536,6 +566,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--fpr-bits", type=int, default=40)
     ap.add_argument("--backends", default="",
                     help="ecdh: run every variant once per compute backend, interleaved (e.g. portable,mb)")
+    ap.add_argument("--trees", default="",
+                    help="label=path,...: run every psiq variant once per code tree (PYTHONPATH), interleaved, "
+                         "e.g. old=/work/main,new=. (default: this script's tree)")
     ap.add_argument("--repeat", type=int, default=1, help="run the psiq variants this many times, interleaved")
     ap.add_argument("--peers", default="", help="also run these on the same files: secretflow (spu.psi ECDH/KKRT/RR22)")
     ap.add_argument("--spu-python", default=None, help="interpreter with spu==0.9.5 (default $PSIQ_BENCH_SPU_PYTHON "
@@ -556,6 +589,12 @@ def main(argv: list[str] | None = None) -> int:
 
     args.protocols = [p.strip() for p in args.protocols.split(",") if p.strip()]
     args.backends = [b.strip() for b in args.backends.split(",") if b.strip()]
+    args.trees = dict(
+        (label.strip(), str(Path(path.strip()).resolve()))
+        for label, _, path in (t.partition("=") for t in args.trees.split(",") if t.strip())
+    )
+    if any(not label or not Path(path).is_dir() for label, path in args.trees.items()):
+        ap.error("--trees takes label=directory pairs")
     args.peers = [p.strip() for p in args.peers.split(",") if p.strip()]
     sf_python = None
     if "secretflow" in args.peers:
@@ -578,7 +617,7 @@ def main(argv: list[str] | None = None) -> int:
     ncores = args.workers or cores()
     doc: dict[str, Any] = {
         "machine": machine_info(),
-        "settings": {"protocols": args.protocols, "backends": args.backends, "repeat": args.repeat, "sizes": sizes, "overlap": args.overlap, "seed": args.seed,
+        "settings": {"protocols": args.protocols, "backends": args.backends, "trees": args.trees, "repeat": args.repeat, "sizes": sizes, "overlap": args.overlap, "seed": args.seed,
                      "group": args.group, "compression": args.compression, "all_compressions": args.all_compressions,
                      "fpr_bits": args.fpr_bits, "key_column": KEY_COLUMN, "workers": args.workers,
                      "cores_for_floors": ncores, "openmined": args.openmined,

@@ -31,13 +31,16 @@ def _print_version(ctx: click.Context, param: click.Parameter, value: bool) -> N
     d = backends.describe()
     click.echo(f"psiq, version {__version__}")
     click.echo(f"backend: {d['name']} (requested {d['requested']}); x25519: {d['x25519']}")
+    for key in ("p256", "sm2", "rsa_private", "disabled"):  # what else the backend runs
+        if d.get(key):
+            click.echo(f"  {key}: {d[key]}")
     ctx.exit()
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--backend", type=click.Choice(["auto", "portable", "mb"], case_sensitive=False), default=None,
               envvar="PSIQ_BACKEND", is_eager=True, expose_value=False, callback=_choose_backend,
-              help="Compute backend for x25519: mb (Intel multi-buffer, AVX-512 IFMA), portable (OpenSSL), "
+              help="Compute backend for x25519, P-256, SM2 and RSA: mb (Intel multi-buffer, AVX-512 IFMA), portable (OpenSSL), "
                    "or auto (mb where it applies). Env: PSIQ_BACKEND.")
 @click.option("--version", is_flag=True, is_eager=True, expose_value=False, callback=_print_version,
               help="Show the version and the compute backend, then exit.")

@@ -161,7 +161,15 @@ def test_wrong_key_is_detected(key, other_key):
         B.finalize(key.public, message, forged_bytes[0], invs[0])
 
 
-def test_fault_check_refuses_a_wrong_crt_result(key):
+def test_fault_check_refuses_a_wrong_crt_result(key, monkeypatch):
+    # gmpy2's CRT has no check of its own: a wrong dp gives a wrong s, which sign_batch refuses.
+    # (OpenSSL's path recomputes instead: tests/test_rsa_backends.py.)
+    from psi.crypto import backends
+    from psi.crypto.backends.portable import PortableBackend, rsa_private_gmpy2
+
+    gmpy2_only = PortableBackend()
+    gmpy2_only._rsa = (rsa_private_gmpy2, "gmpy2")
+    monkeypatch.setattr(backends, "_selected", backends.Selection(gmpy2_only, "portable"))
     n, e, p, q, dp, dq, qinv = key.crt_params()
     faulty = (n, e, p, q, dp ^ 2, dq, qinv)
     with pytest.raises(SigningFailure):

@@ -63,7 +63,9 @@ x25519 row was re-measured after the v2 hash and the batch validation (numpy ran
 low-order checks, then one Legendre symbol per element); the others are from the first run.)
 
 x25519 multiplication runs on the process's compute backend (:mod:`psi.crypto.backends`:
-OpenSSL, or Intel's multi-buffer library on CPUs with AVX-512 IFMA), after validation here.
+OpenSSL, or Intel's multi-buffer library on CPUs with AVX-512 IFMA), after validation here;
+so do p256 and sm2 in the worker entry points when the backend is ``mb``
+(``mbx_nistp256_ecdh_mb8`` / ``mbx_sm2_ecdh_mb8`` on the validated even-y point).
 
 x25519 is the default: cheapest multiplication, and PSI costs about three multiplications
 per client item plus one per server item.
@@ -273,26 +275,37 @@ class X25519Group(Group):
         if len(dst) > 255:
             raise ValueError("hash-to-group DST is longer than 255 bytes")
         prefix = bytes([len(dst)]) + dst
-        states = (hashlib.sha512(prefix + b"\x00"), hashlib.sha512(prefix + b"\x01"))  # ctr 0 and 1
-        legendre, mpz, from_bytes = gmpy2.legendre, gmpy2.mpz, int.from_bytes
-        p, a, mask = mpz(_P25519), _A25519, _MASK255
-        out = []
+        first, second = hashlib.sha512(prefix + b"\x00"), hashlib.sha512(prefix + b"\x01")  # ctr 0 and 1
+        # Unrolled over the four candidates of ctr 0 and 1 (15 items in 16 need no more), with
+        # gmpy2 integers throughout: the Legendre symbol is most of the cost that is left.
+        legendre, from_bytes = gmpy2.legendre, gmpy2.mpz.from_bytes
+        p, a, mask = _P25519_MPZ, _A25519, gmpy2.mpz(_MASK255)
+        out: list[bytes] = []
         append = out.append
         for item in items:
-            for state in states:
-                h = state.copy()
-                h.update(item)
-                d = h.digest()
-                u = mpz(from_bytes(d[:32], "little") & mask)
-                if u < p and legendre(u * (u * (u + a) + 1), p) == 1:  # _on_curve(u), inlined
-                    break
-                u = mpz(from_bytes(d[32:], "little") & mask)
-                if u < p and legendre(u * (u * (u + a) + 1), p) == 1:
-                    break
-            else:  # 1 item in 16 needs ctr >= 2
-                append(_x25519_hash_slow(prefix, item))
+            h = first.copy()
+            h.update(item)
+            d = h.digest()
+            u = from_bytes(d[:32], "little") & mask
+            if u < p and legendre(u * (u * (u + a) + 1), p) == 1:  # _on_curve(u), inlined
+                append(u.to_bytes(32, "little"))
                 continue
-            append(int(u).to_bytes(32, "little"))
+            u = from_bytes(d[32:], "little") & mask
+            if u < p and legendre(u * (u * (u + a) + 1), p) == 1:
+                append(u.to_bytes(32, "little"))
+                continue
+            h = second.copy()
+            h.update(item)
+            d = h.digest()
+            u = from_bytes(d[:32], "little") & mask
+            if u < p and legendre(u * (u * (u + a) + 1), p) == 1:
+                append(u.to_bytes(32, "little"))
+                continue
+            u = from_bytes(d[32:], "little") & mask
+            if u < p and legendre(u * (u * (u + a) + 1), p) == 1:
+                append(u.to_bytes(32, "little"))
+                continue
+            append(_x25519_hash_slow(prefix, item))  # 1 item in 16 needs ctr >= 2
         return out
 
     def check_element(self, element: bytes) -> None:
@@ -325,9 +338,9 @@ class X25519Group(Group):
             bad |= (limbs == u).all(axis=1)
         if bad.any():
             self.check_element(elements[int(np.flatnonzero(bad)[0])])  # raises with the precise reason
-        legendre, mpz, from_bytes, p, a = gmpy2.legendre, gmpy2.mpz, int.from_bytes, _P25519_MPZ, _A25519
+        legendre, from_bytes, p, a = gmpy2.legendre, gmpy2.mpz.from_bytes, _P25519_MPZ, _A25519
         for element in elements:
-            u = mpz(from_bytes(element, "little"))
+            u = from_bytes(element, "little")
             if legendre(u * (u * (u + a) + 1), p) != 1:
                 raise MalformedMessage("x25519 element is not on the curve (twist point)")
 
@@ -539,12 +552,53 @@ def hash_to_group_batch(group_name: str, dst: bytes, items: Sequence[bytes]) -> 
     return get_group(group_name).hash_to_group(dst, items)
 
 
+def _p256_even_y(element: bytes) -> int:
+    """The even y of the P-256 point with x = ``element`` (32 bytes big-endian); raises
+    :class:`MalformedMessage` like :meth:`P256Group.check_element` for a bad element."""
+    if len(element) != 32:
+        raise MalformedMessage("p256 element is not 32 bytes")
+    x = gmpy2.mpz.from_bytes(bytes(element), "big")
+    if x >= _P256_P:
+        raise MalformedMessage("p256 element is not reduced modulo p")
+    gx = (x * x * x + _P256_A * x + _P256_B) % _P256_P
+    y = gmpy2.powmod(gx, (_P256_P + 1) // 4, _P256_P)  # p = 3 (mod 4)
+    if y * y % _P256_P != gx:
+        raise MalformedMessage("p256 element is not a point on the curve")
+    return int(_P256_P - y if y & 1 else y)
+
+
+def _ec_on_backend(group: Group, scalar: bytes, elements: Sequence[bytes] | bytes) -> list[bytes] | None:
+    """``scalar * element`` for p256 / sm2 on the compute backend when it has that curve (the
+    multi-buffer library), else None. Elements are validated and lifted to their even-y point
+    here first (the same checks and messages as the group's own path); results are the same
+    32-byte big-endian x as the portable path."""
+    backend = backends.current()
+    if group.name not in getattr(backend, "ec_curves", ()):
+        return None
+    group.check_scalar(scalar)
+    elements = _as_list(elements, 32)
+    if group.name == "p256":
+        ys = [_p256_even_y(e) for e in elements]
+    else:
+        from . import sm2
+
+        ys = [int(sm2.decode_x(bytes(e))[1]) for e in elements]
+    xs = b"".join(bytes(e) for e in elements)
+    try:
+        out = backend.ec_x_many(group.name, bytes(scalar), xs, b"".join(y.to_bytes(32, "big") for y in ys))
+    except ValueError:
+        raise MalformedMessage(f"{group.name} element is not a point on the curve") from None
+    return [out[i : i + 32] for i in range(0, len(out), 32)]
+
+
 def multiply_batch(group_name: str, scalar_bytes: bytes, elements: Sequence[bytes] | bytes) -> list[bytes]:
     """Worker entry point: validate each received element, then multiply it by the scalar."""
-    return get_group(group_name).multiply(scalar_bytes, elements)
+    group = get_group(group_name)
+    return _ec_on_backend(group, scalar_bytes, elements) or group.multiply(scalar_bytes, elements)
 
 
 def hash_and_multiply_batch(group_name: str, dst: bytes, scalar_bytes: bytes, items: Sequence[bytes]) -> list[bytes]:
     """Worker entry point: ``scalar * H(item)`` for each item (one round trip to the worker)."""
     group = get_group(group_name)
-    return group.multiply_own(scalar_bytes, group.hash_to_group(dst, items))
+    hashed = group.hash_to_group(dst, items)
+    return _ec_on_backend(group, scalar_bytes, hashed) or group.multiply_own(scalar_bytes, hashed)

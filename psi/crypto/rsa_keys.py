@@ -1,10 +1,13 @@
 """RSA keys for blind-signature PSI: generation, PEM files, validation, fast CRT signing.
 
 Keys are generated and parsed by ``cryptography`` (e = 65537; 2048, 3072 or 4096-bit moduli);
-the private operation itself runs in gmpy2 with the Chinese remainder theorem, because the
-server's cost is dominated by it and batches are shipped to worker processes.
+the private operation itself runs on the process's compute backend (:mod:`psi.crypto.backends`:
+OpenSSL's libcrypto when it loads, else gmpy2 with the Chinese remainder theorem; Intel's
+multi-buffer library with ``--backend mb``), because the server's cost is dominated by it and
+batches are shipped to worker processes.
 
-Private operation, measured on the development machine (2048-bit modulus, one core)::
+Private operation, gmpy2 path, measured on the development machine (2048-bit modulus, one
+core; OpenSSL's figures are in ``bench/bench_rsa_private.py`` and the README)::
 
     gmpy2.powmod      CRT  ~719 us per signature
     gmpy2.powmod_sec  CRT  ~777 us per signature   (+8%, up to +12% under load)   <- used
@@ -188,7 +191,7 @@ class RsaKey:
     Build with :meth:`generate`, :meth:`from_pem`, :meth:`load` or :meth:`from_numbers`.
     """
 
-    __slots__ = ("_public", "_d", "_p", "_q", "_dp", "_dq", "_qinv", "_mpz")
+    __slots__ = ("_public", "_d", "_p", "_q", "_dp", "_dq", "_qinv")
 
     def __init__(self, n: int, e: int, d: int, p: int, q: int, *, error: type[PsiqError] = InputError) -> None:
         if p * q != n:
@@ -204,7 +207,6 @@ class RsaKey:
         self._p, self._q = p, q
         self._dp, self._dq = d % (p - 1), d % (q - 1)
         self._qinv = int(gmpy2.invert(q, p))
-        self._mpz = tuple(gmpy2.mpz(x) for x in self.crt_params())
 
     # -- construction ------------------------------------------------------------------------
     @classmethod
@@ -287,7 +289,7 @@ class RsaKey:
 
     def sign_int(self, m: int) -> int:
         """RSASP1 with CRT and the s^e == m check; ``0 <= m < n`` is required."""
-        return int(_sign_one(gmpy2.mpz(m), *self._mpz))
+        return sign_batch(self.crt_params(), [int(m)])[0]
 
     def __repr__(self) -> str:
         return f"RsaKey(bits={self.bits}, fingerprint={self._public.fingerprint_hex()[:16]}...)"
@@ -296,32 +298,31 @@ class RsaKey:
         raise TypeError("RsaKey is not picklable; ship key.crt_params() to workers explicitly")
 
 
-def _sign_one(m, n, e, p, q, dp, dq, qinv):  # all gmpy2.mpz
-    if m < 0 or m >= n:
-        raise ValueError("message representative out of range")
-    sp = gmpy2.powmod_sec(m % p, dp, p)
-    sq = gmpy2.powmod_sec(m % q, dq, q)
-    s = sq + q * ((qinv * (sp - sq)) % p)
-    if gmpy2.powmod(s, e, n) != m:
-        raise SigningFailure("RSA signing failure: the signature did not verify (fault check)")
-    return s
-
-
 def sign_batch(params: CrtParams, values: Sequence[T]) -> list[T]:
     """RSASP1 on each value (ints, or big-endian byte strings of any length); same type out.
 
     Byte strings come back as kLen-byte big-endian strings. Raises ``ValueError`` if a value
     is not in [0, n) (callers validate peer data first) and :class:`SigningFailure` on a fault.
+    The private operation runs on the process's compute backend (:mod:`psi.crypto.backends`:
+    OpenSSL's libcrypto or gmpy2, or Intel's multi-buffer library), one call per batch; every
+    result is then checked here (s^e == m mod n) whichever backend computed it.
     """
-    mp = tuple(gmpy2.mpz(x) for x in params)
-    n = mp[0]
-    k_len = (int(n).bit_length() + 7) // 8
-    out: list = []
-    append = out.append
-    for value in values:
-        if isinstance(value, (bytes, bytearray, memoryview)):
-            s = _sign_one(gmpy2.mpz.from_bytes(bytes(value), "big"), *mp)
-            append(s.to_bytes(k_len, "big"))
-        else:
-            append(int(_sign_one(gmpy2.mpz(value), *mp)))
-    return out
+    from . import backends  # imported late: backends' gmpy2 path imports nothing from here
+
+    n, e = params[0], params[1]
+    k_len = (n.bit_length() + 7) // 8
+    from_bytes = int.from_bytes
+    ints = [from_bytes(v, "big") if isinstance(v, (bytes, bytearray, memoryview)) else int(v) for v in values]
+    for m in ints:
+        if m < 0 or m >= n:
+            raise ValueError("message representative out of range")
+    blob = b"".join(m.to_bytes(k_len, "big") for m in ints)
+    backend = backends.current()
+    signed = backend.rsa_private_many(params, blob)
+    if len(signed) != len(blob):
+        raise SigningFailure("RSA signing failure: the backend returned the wrong amount of data")
+    n_bytes = n.to_bytes(k_len, "big")  # equal-length big-endian strings compare like the numbers
+    slices = [signed[i : i + k_len] for i in range(0, len(signed), k_len)]
+    if any(raw >= n_bytes for raw in slices) or backend.rsa_public_many(n, e, signed) != blob:
+        raise SigningFailure("RSA signing failure: the signature did not verify (fault check)")
+    return [raw if isinstance(value, (bytes, bytearray, memoryview)) else from_bytes(raw, "big") for value, raw in zip(values, slices)]

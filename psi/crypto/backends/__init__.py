@@ -1,10 +1,13 @@
 """Compute backends for the hot primitives, chosen once per process.
 
 ``portable``
-    OpenSSL through ``cryptography`` (and gmpy2 for RSA, untouched here): every machine.
+    OpenSSL through ``cryptography`` for X25519; RSA's private operation through OpenSSL's
+    libcrypto 3.x (:mod:`.openssl_rsa`), else gmpy2 (``PSIQ_RSA_PRIVATE``): every machine.
 ``mb``
     Intel's multi-buffer library (:mod:`.ippmb`, ``pip install 'psiq[accel]'``): eight X25519
-    ladders per call where the CPU has AVX-512 IFMA.
+    ladders per call where the CPU has AVX-512 IFMA; P-256 and SM2 ECDH and RSA's CRT private
+    and public operations through the same library (:mod:`.ippmb_ops`), anything it cannot
+    do (or whose self-test fails) on the portable path.
 ``auto`` (default)
     ``mb`` when it loads, applies to this CPU and passes its known-answer test, else
     ``portable``. If the ``accel`` extra is installed but unusable (no IFMA, a library that

@@ -35,3 +35,15 @@ class Backend(Protocol):
     def x25519_many(self, scalar: bytes, elements: Sequence[bytes] | bytes) -> list[bytes]:
         """``X25519(scalar, u)`` for every ``u`` in ``elements`` (a list or a packed buffer)."""
         ...
+
+    def rsa_private_many(self, params: Sequence[int], blob: bytes) -> bytes:
+        """RSA's private operation y^d mod n on each kLen-byte big-endian y in ``blob``.
+
+        ``params`` is ``(n, e, p, q, dp, dq, qinv)``; every y is below n (the caller checks).
+        Returns the kLen-byte results concatenated. The caller verifies s^e == y afterwards.
+        """
+        ...
+
+    def rsa_public_many(self, n: int, e: int, blob: bytes) -> bytes:
+        """y^e mod n on each kLen-byte big-endian y in ``blob``; kLen-byte results concatenated."""
+        ...

@@ -18,6 +18,13 @@ Batches: one call computes 8 lanes. The whole batch is packed with numpy (inputs
 masked, ``u >= p`` reduced), the pointer arrays for every group of 8 lanes are built at once
 (base address + 32 * index), and the Python loop only makes the calls; a short last group is
 padded with the base point. Every lane's 4-bit status is checked.
+
+The same library's P-256 and SM2 ECDH (``mbx_nistp256_ecdh_mb8``, ``mbx_sm2_ecdh_mb8``) and RSA
+(``mbx_rsa_private_crt_mb8``, ``mbx_rsa_public_mb8``) are bound too when it exports them
+(:mod:`.ippmb_ops` holds their batching); each must reproduce a known answer against the portable
+code at load, else it is dropped and that primitive stays on the portable path
+(:attr:`MultiBufferBackend.disabled`). These were tested through fakes only: the machine they
+were written on has no AVX-512 IFMA.
 """
 
 from __future__ import annotations
@@ -26,11 +33,15 @@ import ctypes
 import os
 from importlib import metadata
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 import numpy as np
 
+from . import ippmb_ops
 from ._base import BackendUnavailable
+
+if TYPE_CHECKING:
+    from .portable import PortableBackend
 
 __all__ = ["MultiBufferBackend", "NotInstalled", "load", "LIBRARY_ENV"]
 
@@ -53,6 +64,27 @@ _KAT = (
 )
 
 X25519Mb8 = Callable[[int, int, int], int]
+
+# Known answers for the optional functions: k * G on each curve, and a 1024-bit RSA test key
+# (two random 512-bit primes made for this test; they protect nothing).
+_KAT_EC_SCALAR = 0x5D1C5AA1F0D3B8E29A7C4E61B2F08D3C7A95E4D1C3B2A1908F7E6D5C4B3A2918
+_KAT_RSA_P = int(
+    "e3f204ab15e7576e65faf1ba0a67fc33edac5d774ab4b4711f244de6899c1f95"
+    "2da3237378b1f57739d7d3ea6f73187f037ea90f10213d71ebc501697660c089", 16)
+_KAT_RSA_Q = int(
+    "d3d9506f06462442c5e5dd8f84bb0291947fd6cfad5b62773d7dc7415596412f"
+    "aaa8ef9bd1a56d9405d6d4191e6701f622b10f9a48b032021200ad373133db0d", 16)
+
+
+def _ec_reference(curve: str, k: int) -> bytes:
+    """x(k * G), 32 bytes big-endian, from the portable code (``cryptography`` / gmpy2)."""
+    if curve == "p256":
+        from cryptography.hazmat.primitives.asymmetric import ec
+
+        return ec.derive_private_key(k, ec.SECP256R1()).public_key().public_numbers().x.to_bytes(32, "big")
+    from .. import sm2
+
+    return sm2.multiply_x(k, sm2.G)
 
 
 class NotInstalled(BackendUnavailable):
@@ -100,8 +132,27 @@ class _Version(ctypes.Structure):
     ]
 
 
-def _open() -> tuple[X25519Mb8, str]:
-    """Load the library, check it applies to this CPU; (mbx_x25519_mb8, version text)."""
+_OPTIONAL = {  # keyword of MultiBufferBackend -> (symbol, ctypes prototype)
+    "p256": ("mbx_nistp256_ecdh_mb8", "EC_PROTO"),
+    "sm2": ("mbx_sm2_ecdh_mb8", "EC_PROTO"),
+    "rsa_crt": ("mbx_rsa_private_crt_mb8", "RSA_CRT_PROTO"),
+    "rsa_pub": ("mbx_rsa_public_mb8", "RSA_PUB_PROTO"),
+}
+
+
+def _optional(lib: ctypes.CDLL) -> dict[str, Any]:
+    """The library's P-256, SM2 and RSA functions that it exports (a missing one stays None)."""
+    out: dict[str, Any] = {}
+    for keyword, (symbol, proto) in _OPTIONAL.items():
+        try:
+            out[keyword] = getattr(ippmb_ops, proto)((symbol, lib))
+        except AttributeError:
+            out[keyword] = None
+    return out
+
+
+def _open() -> tuple[X25519Mb8, str, dict[str, Any]]:
+    """Load the library, check it applies to this CPU; (mbx_x25519_mb8, version text, others)."""
     library, runtime = _locate()
     try:
         for path in runtime:
@@ -124,20 +175,73 @@ def _open() -> tuple[X25519Mb8, str]:
         raise BackendUnavailable(
             f"this CPU lacks what {version} needs (AVX-512 IFMA; CPU features {features:#x})"
         )
-    return fn, version
+    return fn, version, _optional(lib)
 
 
 class MultiBufferBackend:
-    """X25519 through ``mbx_x25519_mb8`` (any callable with its C signature, for tests)."""
+    """X25519 through ``mbx_x25519_mb8``; P-256 and SM2 ECDH and RSA's private (CRT) and public
+    operations through the library's functions when given (each any callable with the C
+    signature, for tests; a missing or self-test-failing one leaves that primitive on the
+    portable path)."""
 
     name = "mb"
 
-    def __init__(self, x25519_mb8: X25519Mb8, version: str) -> None:
+    def __init__(
+        self,
+        x25519_mb8: X25519Mb8,
+        version: str,
+        *,
+        p256: Any = None,
+        sm2: Any = None,
+        rsa_crt: Any = None,
+        rsa_pub: Any = None,
+    ) -> None:
         self._x25519_mb8 = x25519_mb8
         self._version = version
+        self._ec = {name: fn for name, fn in (("p256", p256), ("sm2", sm2)) if fn is not None}
+        self._rsa_crt = rsa_crt
+        self._rsa_pub = rsa_pub
+        self._fallback: PortableBackend | None = None
+        self.disabled: dict[str, str] = {}  # primitive -> why it runs on the portable path
+
+    @property
+    def ec_curves(self) -> tuple[str, ...]:
+        """The curves :meth:`ec_x_many` computes here (``p256``, ``sm2``)."""
+        return tuple(self._ec)
 
     def describe(self) -> dict[str, object]:
-        return {"x25519": f"{self._version} mbx_x25519_mb8"}
+        portable = self._portable()
+        out: dict[str, object] = {"x25519": f"{self._version} mbx_x25519_mb8"}
+        for curve in ("p256", "sm2"):
+            if curve in self._ec:
+                out[curve] = f"{self._version} {_OPTIONAL[curve][0]}"
+        rsa = str(portable.describe()["rsa_private"])
+        out["rsa_private"] = f"{self._version} mbx_rsa_private_crt_mb8 (else {rsa})" if self._rsa_crt else rsa
+        if self.disabled:
+            out["disabled"] = dict(self.disabled)
+        return out
+
+    def ec_x_many(self, curve: str, scalar: bytes, xs: bytes, ys: bytes) -> bytes:
+        """x(k * P) for affine points P = (x, y) on ``curve`` (32-byte big-endian each; valid
+        points, checked by the caller); ``ValueError`` if the library finds one invalid."""
+        return ippmb_ops.ec_x_many(self._ec[curve], curve, scalar, xs, ys)
+
+    def rsa_public_many(self, n: int, e: int, blob: bytes) -> bytes:
+        if self._rsa_pub is not None and e == 65537 and n.bit_length() in ippmb_ops.RSA_BITS:
+            return ippmb_ops.rsa_public_many(self._rsa_pub, n, blob)
+        return self._portable().rsa_public_many(n, e, blob)
+
+    def _portable(self) -> "PortableBackend":
+        if self._fallback is None:
+            from .portable import PortableBackend
+
+            self._fallback = PortableBackend()
+        return self._fallback
+
+    def rsa_private_many(self, params: Sequence[int], blob: bytes) -> bytes:
+        if self._rsa_crt is not None and ippmb_ops.rsa_supported(params):
+            return ippmb_ops.rsa_private_crt_many(self._rsa_crt, params, blob)
+        return self._portable().rsa_private_many(params, blob)
 
     def self_test(self) -> None:
         """Raise :class:`BackendUnavailable` unless the RFC 7748 vector comes out right."""
@@ -148,6 +252,42 @@ class MultiBufferBackend:
             raise BackendUnavailable(f"{self._version} self-test failed: {err}") from None
         if got != [expected] * 3:
             raise BackendUnavailable(f"{self._version} self-test failed: wrong X25519 result")
+
+    def self_test_optional(self) -> None:
+        """Known answers for P-256, SM2 and RSA (1024-bit test key) against the portable code;
+        a function that fails is dropped (its primitive stays portable) and named in
+        :attr:`disabled` (shown by :meth:`describe`)."""
+        k = _KAT_EC_SCALAR
+        for curve in list(self._ec):
+            gx, gy = ippmb_ops.CURVES[curve]
+            expected = _ec_reference(curve, k)
+            try:
+                got = self.ec_x_many(curve, k.to_bytes(32, "big"), gx.to_bytes(32, "big") * 3, gy.to_bytes(32, "big") * 3)
+                ok = got == expected * 3
+            except (ValueError, RuntimeError) as err:
+                ok, got = False, str(err).encode()
+            if not ok:
+                del self._ec[curve]
+                self.disabled[curve] = f"{_OPTIONAL[curve][0]} failed its self-test"
+        p, q = _KAT_RSA_P, _KAT_RSA_Q
+        n, e = p * q, 65537
+        d = pow(e, -1, (p - 1) * (q - 1))
+        ys = [2, n - 1, 0x0123456789ABCDEF << 500]
+        blob = b"".join(y.to_bytes(128, "big") for y in ys)
+        checks = (
+            ("rsa_crt", lambda: self.rsa_private_many((n, e, p, q, d % (p - 1), d % (q - 1), pow(q, -1, p)), blob), d),
+            ("rsa_pub", lambda: self.rsa_public_many(n, e, blob), e),
+        )
+        for attr, run, exponent in checks:
+            if getattr(self, "_" + attr) is None:
+                continue
+            try:
+                ok = run() == b"".join(pow(y, exponent, n).to_bytes(128, "big") for y in ys)
+            except (ValueError, RuntimeError):
+                ok = False
+            if not ok:
+                setattr(self, "_" + attr, None)
+                self.disabled[attr] = f"{_OPTIONAL[attr][0]} failed its self-test"
 
     def x25519_many(self, scalar: bytes, elements: Sequence[bytes] | bytes) -> list[bytes]:
         if isinstance(elements, (bytes, bytearray, memoryview)):
@@ -223,9 +363,10 @@ def load() -> MultiBufferBackend:
     """The backend, loaded and self-tested once per process; raises :class:`BackendUnavailable`."""
     if "backend" not in _LOADED:
         try:
-            fn, version = _open()
-            backend = MultiBufferBackend(fn, version)
+            fn, version, optional = _open()
+            backend = MultiBufferBackend(fn, version, **optional)
             backend.self_test()
+            backend.self_test_optional()
             _LOADED["backend"] = backend
         except BackendUnavailable as err:
             _LOADED["backend"] = err
