@@ -352,7 +352,9 @@ def _outcome(path: Path, fmt: str, on: list[str], **options: object) -> object:
 def _write_outcome(path: Path, fmt: str, out: Path) -> object:
     try:
         total = count_rows(path, fmt=fmt)
-        write_rows(path, [*range(total - 1, -1, -1), None, *range(total)], out, fmt=fmt)
+        # expect_rows: the row offsets go into one preallocated array (without: grown in parts)
+        write_rows(path, [*range(total - 1, -1, -1), None, *range(total)], out, fmt=fmt,
+                   expect_rows=total if total % 2 else None)
     except (InputError, UsageError) as err:
         return type(err).__name__, str(err)
     return total, out.read_bytes()
