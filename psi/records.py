@@ -136,6 +136,8 @@ class KeyTable:
     duplicate_rows: int
     skipped_rows: int
     _groups: tuple[np.ndarray, np.ndarray] | None = field(default=None, repr=False)
+    #: CSV/TSV: where each row is in the file (about 2 bytes per row), for :func:`write_rows`
+    offsets: "RowOffsets | None" = field(default=None, repr=False)
 
     @property
     def unique_keys(self) -> int:
@@ -198,6 +200,7 @@ class _Collector:
         self.row_keys = array("q")
         self.duplicates = 0
         self.skipped = 0
+        self.offsets: RowOffsets | None = None  # set by the CSV reader when asked to record them
 
     def add(self, row: int, line: int, values: Sequence[str]) -> None:
         normalize = self.normalize
@@ -635,7 +638,11 @@ def read_keys(
     if fmt == "parquet":
         header, columns, collector, rows = _read_parquet_keys(path, on, normalization, dedup, skip_empty, progress)
     else:
-        header, columns, collector, rows = _read_csv_keys(path, fmt, on, normalization, dedup, skip_empty, progress)
+        stat = _file_stat(path)  # before reading: a change during the read makes the writer scan again
+        header, columns, collector, rows = _read_csv_keys(path, fmt, on, normalization, dedup, skip_empty, progress,
+                                                          record_offsets=True)
+        if collector.offsets is not None:
+            collector.offsets.stat = stat
     return KeyTable(
         path=path,
         fmt=fmt,
@@ -650,13 +657,19 @@ def read_keys(
         rows_read=rows,
         duplicate_rows=collector.duplicates,
         skipped_rows=collector.skipped,
+        offsets=collector.offsets,
     )
 
 
 def _read_csv_keys(path: Path, fmt: str, on: list[str], normalization: Normalization, dedup: str,
                    skip_empty: bool, progress: Callable[[int], None] | None,
-                   collector_cls: type[_Collector] | None = None) -> tuple[list[str], list[int], _Collector, int]:
-    scan = _CsvScan(path, fmt)
+                   collector_cls: type[_Collector] | None = None, *,
+                   record_offsets: bool = False) -> tuple[list[str], list[int], _Collector, int]:
+    """The CSV/TSV half of :func:`read_keys`; ``record_offsets`` leaves the rows' byte ranges in
+    ``collector.offsets`` (a :class:`RowOffsets`) for the writer."""
+    scan = _CsvScan(path, fmt, offsets=record_offsets)
+    offsets = RowOffsets() if record_offsets else None
+    slow_starts, slow_ends = array("q"), array("q")
     collector = (collector_cls or _Collector)(path.name, on, normalization, dedup, skip_empty, "line")
     add = collector.add
     delimiter = scan.delimiter.encode()
@@ -669,13 +682,21 @@ def _read_csv_keys(path: Path, fmt: str, on: list[str], normalization: Normaliza
             columns = _key_columns(path.name, scan.header, on)
             single = columns[0] if len(columns) == 1 else None
         if isinstance(item, _Block):
+            if offsets is not None:
+                if slow_starts:
+                    offsets.add(np.frombuffer(slow_starts, dtype=np.int64), np.frombuffer(slow_ends, dtype=np.int64))
+                    slow_starts, slow_ends = array("q"), array("q")
+                offsets.add(item.starts, item.ends)  # type: ignore[arg-type]
             values = [item.fields(c, delimiter, trim) for c in columns]
             collector.add_batch(item.row0, values, item.first_lines, trim)
             before, rows = rows, rows + len(item)
             if progress is not None and rows // _PROGRESS_EVERY != before // _PROGRESS_EVERY:
                 progress(rows)
             continue
-        _row, line, _start, _end, fields = item
+        _row, line, start, end, fields = item
+        if offsets is not None:
+            slow_starts.append(start)
+            slow_ends.append(end)
         if single is not None:
             add(_row, line, (fields[single],))
         else:
@@ -687,6 +708,9 @@ def _read_csv_keys(path: Path, fmt: str, on: list[str], normalization: Normaliza
         columns = _key_columns(path.name, scan.header, on)
     if progress is not None:
         progress(rows)
+    if offsets is not None:
+        offsets.add(np.frombuffer(slow_starts, dtype=np.int64), np.frombuffer(slow_ends, dtype=np.int64))
+        collector.offsets = offsets.finish(scan)
     return list(scan.header), columns, collector, rows
 
 
@@ -767,6 +791,7 @@ def write_rows(
     *,
     fmt: str | None = None,
     expect_rows: int | None = None,
+    offsets: RowOffsets | None = None,
 ) -> int:
     """Write the header of ``src_path`` then its rows in ``row_order`` to ``out_path``.
 
@@ -778,7 +803,8 @@ def write_rows(
     ``expect_rows`` (e.g. ``key_table.rows_read``) guards against the source file having
     changed since it was read: a different row count raises :class:`InputError`. The output
     file is created with mode 0600 (owner only), as customer data should be; I/O failures
-    such as a full disk raise :class:`InputError`.
+    such as a full disk raise :class:`InputError`. ``offsets`` (``KeyTable.offsets``) spares
+    the scan for the rows' byte ranges when the file's size and modification time are unchanged.
     Returns the number of data rows written.
     """
     src = Path(src_path)
@@ -793,7 +819,10 @@ def write_rows(
         writer = _write_csv
     try:
         with AtomicFile(out) as handle:
-            writer(src, fmt, order, handle, expect_rows)
+            if fmt == "parquet" or offsets is None:
+                writer(src, fmt, order, handle, expect_rows)
+            else:
+                writer(src, fmt, order, handle, expect_rows, offsets)
     except OSError as err:
         raise InputError(f"{out}: cannot write the output ({err.strerror or err})") from None
     return int(len(order))
@@ -807,74 +836,85 @@ def _check_range(order: np.ndarray, total: int, name: str, expect_rows: int | No
         raise UsageError(f"{name}: row {int(order.max())} requested but the file has {total} data rows")
 
 
-class _RowOffsets:
-    """Byte range of every data record in the file, 8 bytes per record: its start, plus the end
-    of the few records that do not end where the next one starts (blank lines between them, the
-    last record). With ``expect`` (the row count read before) the starts go straight into one
-    array of that size, so the peak stays at 8 bytes per record."""
+class RowOffsets:
+    """Where each data record of a CSV/TSV file is, in about 2 bytes per record: its length
+    (uint16; longer records listed apart) and, for the few records that do not start where the
+    previous one ended (the first, and any after blank lines), the gap. Recorded by
+    :func:`read_keys` (``KeyTable.offsets``) so that :func:`write_rows` need not scan the file
+    again; it does anyway when the file's size or modification time differ from ``stat``.
+    Also carries what the writer copies besides rows: BOM, header line, line ending, width."""
 
-    def __init__(self, expect: int | None) -> None:
-        self._buffer = np.empty(expect, dtype=np.int64) if expect else None
-        self._parts: list[np.ndarray] = []
-        self._odd_rows: list[np.ndarray] = []
-        self._odd_ends: list[np.ndarray] = []
-        self._previous_end = -1
+    _LONG = 0xFFFF
+
+    def __init__(self) -> None:
+        self._lengths: list[np.ndarray] = []
+        self._long: list[tuple[np.ndarray, np.ndarray]] = []
+        self._gaps: list[tuple[np.ndarray, np.ndarray]] = []
+        self._end = 0
         self.count = 0
-        self.starts = np.empty(0, dtype=np.int64)
-        self.odd_rows = self.odd_ends = self.starts
+        self.stat: tuple[int, int] | None = None
+        self.bom = self.header_bytes = b""
+        self.newline = b"\n"
+        self.width = 0
+        self.lengths = np.empty(0, dtype=np.uint16)
+        self.long_rows = self.long_lengths = self.gap_rows = self.gap_sizes = np.empty(0, dtype=np.int64)
 
     def add(self, starts: np.ndarray, ends: np.ndarray) -> None:
         n = len(starts)
         if not n:
             return
-        if self.count and self._previous_end != starts[0]:
-            self._odd(np.array([self.count - 1]), np.array([self._previous_end]))
-        gaps = np.flatnonzero(ends[:-1] != starts[1:])
+        lengths = ends - starts
+        previous = np.empty(n, dtype=np.int64)
+        previous[0] = self._end
+        previous[1:] = ends[:-1]
+        gaps = np.flatnonzero(starts != previous)
         if len(gaps):
-            self._odd(gaps + self.count, ends[gaps])
-        buffer = self._buffer
-        if buffer is not None and self.count + n > len(buffer):  # more rows than expected: keep them all anyway
-            self._parts.append(buffer[: self.count])
-            buffer = self._buffer = None
-        if buffer is not None:
-            buffer[self.count : self.count + n] = starts
-        else:
-            self._parts.append(np.array(starts, dtype=np.int64))
-        self._previous_end = int(ends[-1])
+            self._gaps.append((gaps + self.count, starts[gaps] - previous[gaps]))
+        long = np.flatnonzero(lengths >= self._LONG)
+        if len(long):
+            self._long.append((long + self.count, lengths[long]))
+        self._lengths.append(np.minimum(lengths, self._LONG).astype(np.uint16))
+        self._end = int(ends[-1])
         self.count += n
 
-    def _odd(self, rows: np.ndarray, ends: np.ndarray) -> None:
-        self._odd_rows.append(rows.astype(np.int64))
-        self._odd_ends.append(ends.astype(np.int64))
+    def finish(self, scan: "_CsvScan") -> "RowOffsets":
+        self.bom, self.header_bytes, self.newline, self.width = scan.bom, scan.header_bytes, scan.newline, len(scan.header)
+        if self._lengths:
+            self.lengths = np.concatenate(self._lengths)
+        for name, parts in (("long", self._long), ("gap", self._gaps)):
+            if parts:
+                rows, values = np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
+                setattr(self, f"{name}_rows", rows.astype(np.int64))
+                setattr(self, f"{name}_lengths" if name == "long" else "gap_sizes", values.astype(np.int64))
+        self._lengths, self._long, self._gaps = [], [], []
+        return self
 
-    def finish(self) -> None:
-        if self.count:
-            self._odd(np.array([self.count - 1]), np.array([self._previous_end]))
-        if self._buffer is not None:
-            self.starts = self._buffer[: self.count]
-        elif self._parts:
-            self.starts = np.concatenate(self._parts)
-        self._parts = []
-        if self._odd_rows:
-            self.odd_rows, self.odd_ends = np.concatenate(self._odd_rows), np.concatenate(self._odd_ends)
+    def starts(self) -> np.ndarray:
+        """Start of every record (int64, 8 bytes per record, built on demand)."""
+        starts = np.empty(self.count, dtype=np.int64)
+        if not self.count:
+            return starts
+        starts[0] = 0
+        starts[1:] = self.lengths[:-1]
+        inner = self.long_rows[self.long_rows < self.count - 1]
+        starts[inner + 1] = self.long_lengths[: len(inner)]
+        starts[self.gap_rows] += self.gap_sizes
+        np.cumsum(starts, out=starts)
+        return starts
 
-    def bounds(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """(starts, ends) of the records ``rows`` (all in range)."""
-        begin = self.starts[rows]
-        end = self.starts[np.minimum(rows + 1, self.count - 1)]
-        at = np.minimum(np.searchsorted(self.odd_rows, rows), len(self.odd_rows) - 1)
-        odd = self.odd_rows[at] == rows
-        end[odd] = self.odd_ends[at[odd]]
-        return begin, end
-
-    @property
-    def last_end(self) -> int:
-        return int(self.odd_ends[-1]) if self.count else 0
+    def length_of(self, rows: np.ndarray) -> np.ndarray:
+        lengths = self.lengths[rows].astype(np.int64)
+        if len(self.long_rows):
+            at = np.minimum(np.searchsorted(self.long_rows, rows), len(self.long_rows) - 1)
+            hit = self.long_rows[at] == rows
+            lengths[hit] = self.long_lengths[at[hit]]
+        return lengths
 
 
-def _write_csv(src: Path, fmt: str, order: np.ndarray, handle: Any, expect_rows: int | None) -> None:
+def _scan_offsets(src: Path, fmt: str) -> RowOffsets:
+    """Scan ``src`` for its records' byte ranges (when read_keys did not record them)."""
     scan = _CsvScan(src, fmt, offsets=True)
-    offsets = _RowOffsets(expect_rows)
+    offsets = RowOffsets()
     starts = array("q")
     ends = array("q")
     for item in scan.items():
@@ -882,30 +922,44 @@ def _write_csv(src: Path, fmt: str, order: np.ndarray, handle: Any, expect_rows:
             if starts:
                 offsets.add(np.frombuffer(starts, dtype=np.int64), np.frombuffer(ends, dtype=np.int64))
                 starts, ends = array("q"), array("q")
-            if item.starts is not None:
-                offsets.add(item.starts, item.ends)  # type: ignore[arg-type]
+            offsets.add(item.starts, item.ends)  # type: ignore[arg-type]
             continue
         starts.append(item[2])
         ends.append(item[3])
     offsets.add(np.frombuffer(starts, dtype=np.int64), np.frombuffer(ends, dtype=np.int64))
-    offsets.finish()
+    return offsets.finish(scan)
+
+
+def _file_stat(path: Path) -> tuple[int, int] | None:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return st.st_size, st.st_mtime_ns
+
+
+def _write_csv(src: Path, fmt: str, order: np.ndarray, handle: Any, expect_rows: int | None,
+               offsets: RowOffsets | None = None) -> None:
+    if offsets is None or offsets.stat is None or offsets.stat != _file_stat(src):
+        offsets = _scan_offsets(src, fmt)  # not recorded, or the file changed since: scan it again
     total = offsets.count
     _check_range(order, total, src.name, expect_rows)
-    width = len(scan.header)
-    newline = scan.newline
+    width = offsets.width
+    newline = offsets.newline
     empty = (b"," * (width - 1) if fmt == "csv" else b"\t" * (width - 1)) if width > 1 else b'""'
     if width == 1 and fmt == "tsv":
         empty = b""  # TSV has no quoting; a lone empty field is unavoidable
     empty += newline
-    header = scan.bom + scan.header_bytes
+    header = offsets.bom + offsets.header_bytes
     if not header.endswith(b"\n"):
         header += newline
     handle.write(header)
     if not len(order):
         return
+    starts = offsets.starts()
     with open(src, "rb") as source, mmap.mmap(source.fileno(), 0, access=mmap.ACCESS_READ) as data:
         # only the file's last record can lack a line ending
-        last = offsets.last_end
+        last = int(starts[-1] + offsets.length_of(np.array([total - 1]))[0]) if total else 0
         unterminated = total - 1 if total and not data[last - 1 : last] == b"\n" else -2
         write = handle.write
         for begin in range(0, len(order), _CSV_CHUNK):
@@ -913,7 +967,9 @@ def _write_csv(src: Path, fmt: str, order: np.ndarray, handle: Any, expect_rows:
             if not total:  # only empty rows can be asked for
                 pieces = [empty] * len(rows)
             else:
-                start_at, end_at = offsets.bounds(np.maximum(rows, 0))
+                safe = np.maximum(rows, 0)
+                start_at = starts[safe]
+                end_at = start_at + offsets.length_of(safe)
                 pieces = list(map(data.__getitem__, map(slice, start_at.tolist(), end_at.tolist())))
                 for i in np.flatnonzero(rows < 0).tolist():
                     pieces[i] = empty
