@@ -6,9 +6,48 @@ import click
 
 from psi import __version__
 
-from .certs import certs_group
-
 __all__ = ["main", "cli"]
+
+# Command groups, imported only when used: `psiq psi connect` need not load PIR, OT, interop,
+# certificates or dataset code (and their libraries). `psiq --help` lists (so imports) them all.
+_COMMANDS = {
+    "certs": ("cli.certs", "certs_group"),
+    "psi": ("cli.psi", "psi_group"),
+    "pir": ("cli.pir", "pir_group"),
+    "ot": ("cli.ot", "ot_group"),
+    "datasets": ("cli.datasets", "datasets_group"),
+    "demo": ("cli.demo", "demo_command"),
+    "interop": ("cli.interop", "interop_group"),
+}
+
+
+class _LazyGroup(click.Group):
+    """A group whose subcommands (:data:`_COMMANDS`) are imported on first use; a module that is
+    not installed (an optional part of psiq) simply has no command."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted(name for name in {*self.commands, *_COMMANDS} if self.get_command(ctx, name) is not None)
+
+    def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
+        command = self.commands.get(name)
+        if command is None and name in _COMMANDS:
+            command = _load(*_COMMANDS[name])
+            if command is not None:
+                _whole_short_help(command)
+                self.add_command(command, name)
+        return command
+
+
+def _load(module: str, attr: str) -> click.Command | None:
+    import importlib
+
+    try:
+        mod = importlib.import_module(module)
+    except ModuleNotFoundError as err:
+        if err.name != module:
+            raise
+        return None
+    return getattr(mod, attr)
 
 
 def _choose_backend(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
@@ -37,7 +76,7 @@ def _print_version(ctx: click.Context, param: click.Parameter, value: bool) -> N
     ctx.exit()
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(cls=_LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--backend", type=click.Choice(["auto", "portable", "mb"], case_sensitive=False), default=None,
               envvar="PSIQ_BACKEND", is_eager=True, expose_value=False, callback=_choose_backend,
               help="Compute backend for x25519, P-256, SM2 and RSA: mb (Intel multi-buffer, AVX-512 IFMA), portable (OpenSSL), "
@@ -53,43 +92,14 @@ def cli() -> None:
     """
 
 
-cli.add_command(certs_group)
-
-
-def _register_optional() -> None:
-    import importlib
-
-    for module, attr in (
-        ("cli.psi", "psi_group"),
-        ("cli.pir", "pir_group"),
-        ("cli.ot", "ot_group"),
-        ("cli.datasets", "datasets_group"),
-        ("cli.demo", "demo_command"),
-        ("cli.interop", "interop_group"),
-    ):
-        try:
-            mod = importlib.import_module(module)
-        except ModuleNotFoundError as err:
-            if err.name != module:
-                raise
-            continue
-        cli.add_command(getattr(mod, attr))
-
-
-_register_optional()
-
-
-def _whole_short_help(group: click.Group) -> None:
+def _whole_short_help(command: click.Command) -> None:
     """List every command with its whole first sentence (click cuts it at about 45 characters)."""
-    for command in group.commands.values():
-        if command.short_help is None and command.help:
-            first = command.help.strip().split("\n\n")[0]
-            command.short_help = " ".join(first.split())
-        if isinstance(command, click.Group):
-            _whole_short_help(command)
-
-
-_whole_short_help(cli)
+    if command.short_help is None and command.help:
+        first = command.help.strip().split("\n\n")[0]
+        command.short_help = " ".join(first.split())
+    if isinstance(command, click.Group):
+        for sub in command.commands.values():
+            _whole_short_help(sub)
 
 
 class Stopped(KeyboardInterrupt):

@@ -124,8 +124,6 @@ def _scale_options(fn: Callable[..., Any]) -> Callable[..., Any]:
 
 def _scale(kw: dict[str, Any], via_dir: Path | None, forever: bool = False) -> Any:
     """The bucketed-session settings, or None when --buckets/--work-dir are not given."""
-    from psi.scale import ScaleOptions, parse_buckets, parse_size
-
     buckets, work_dir = kw.pop("buckets"), kw.pop("work_dir")
     memory, resume, reconnect = kw.pop("memory_limit"), kw.pop("resume"), kw.pop("reconnect_timeout")
     executor, ray_address = kw.pop("executor_kind"), kw.pop("ray_address")
@@ -139,6 +137,8 @@ def _scale(kw: dict[str, Any], via_dir: Path | None, forever: bool = False) -> A
         raise UsageError("--buckets is not available with --suite gm yet (bucketing hashes keys with SHA-256)")
     if via_dir is not None or forever:
         raise UsageError("--buckets runs one session over a connection: drop --via-dir/--forever")
+    from psi.scale import ScaleOptions, parse_buckets, parse_size  # only for bucketed sessions
+
     return ScaleOptions(work_dir, parse_buckets(buckets), parse_size(memory), resume, reconnect, executor, ray_address)
 
 

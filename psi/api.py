@@ -298,7 +298,8 @@ def run_session(
                 summary.output_rows = io_write_rows(table, rows, output)
             else:
                 summary.output_rows = write_output(table.path, table.fmt, rows, output, fmt=options.output_format,
-                                                   encoding=options.encoding, expect_rows=table.rows_read)
+                                                   encoding=options.encoding, expect_rows=table.rows_read,
+                                                   offsets=getattr(table, "offsets", None))
             summary.output = str(output)
             stats.phases["write-output"] = time.perf_counter() - t0
         summary.peak_rss_mb = _peak_rss_mb()
@@ -348,15 +349,23 @@ def _read(input: Any, on: Sequence[str], options: PsiOptions, stack: contextlib.
     """Read the keys of ``input`` (a file, a database source or a DataFrame); a non-UTF-8 CSV/TSV
     is read through a UTF-8 copy that lives as long as ``stack`` (the session), since the
     output's rows are copied from it."""
-    from .io import is_database_url, is_source
+    from .io.urls import is_database_url
 
     if is_database_url(input):
         raise UsageError("a database URL needs a table or a query: pass psi.io.SqlSource(url, table=...) as input")
+    if isinstance(input, (str, os.PathLike)):  # a file: psi.io.sql (and what it imports) is not needed
+        return _read_file(input, on, options, stack)
+    from .io import is_source
+
     if is_source(input):  # a database table or query, a pandas DataFrame
         from .io import read_keys as io_read_keys
 
         return io_read_keys(input, list(on), normalization=options.normalization, dedup=options.dedup,
                             skip_empty=options.skip_empty)
+    return _read_file(input, on, options, stack)
+
+
+def _read_file(input: Any, on: Sequence[str], options: PsiOptions, stack: contextlib.ExitStack) -> KeyTable:
     fmt = detect_format(input, options.input_format)
     path = input if fmt == "parquet" else stack.enter_context(utf8_copy(input, options.encoding))
     table = read_keys(

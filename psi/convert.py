@@ -43,17 +43,18 @@ def output_format(output: str | os.PathLike[str], explicit: str | None, input_fo
 
 
 def write_output(src: Path, src_fmt: str, rows: Any, output: str | os.PathLike[str], *, fmt: str | None = None,
-                 encoding: str | None = None, expect_rows: int | None = None) -> int:
-    """Write ``rows`` of ``src`` (UTF-8 or Parquet) to ``output`` in its format and encoding."""
+                 encoding: str | None = None, expect_rows: int | None = None, offsets: Any = None) -> int:
+    """Write ``rows`` of ``src`` (UTF-8 or Parquet) to ``output`` in its format and encoding
+    (``offsets``: the source's ``KeyTable.offsets``, see :func:`psi.records.write_rows`)."""
     out_fmt = output_format(output, fmt, src_fmt)
     text_out = out_fmt != "parquet"
     if out_fmt == src_fmt and (not text_out or is_utf8(encoding)):
-        return write_rows(src, rows, output, fmt=src_fmt, expect_rows=expect_rows)
+        return write_rows(src, rows, output, fmt=src_fmt, expect_rows=expect_rows, offsets=offsets)
     folder = Path(output).parent if str(Path(output).parent) else Path(".")
     work = Path(tempfile.mkdtemp(prefix=".psiq-out-", dir=folder))
     try:
         middle = work / f"rows.{src_fmt}"
-        count = write_rows(src, rows, middle, fmt=src_fmt, expect_rows=expect_rows)
+        count = write_rows(src, rows, middle, fmt=src_fmt, expect_rows=expect_rows, offsets=offsets)
         if out_fmt != src_fmt:
             converted = work / f"converted.{out_fmt}"
             _convert(middle, src_fmt, converted, out_fmt)

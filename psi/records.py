@@ -34,7 +34,7 @@ import mmap
 import os
 from array import array
 from dataclasses import dataclass, field
-from itertools import filterfalse, repeat
+from itertools import repeat
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Literal, Sequence
 
@@ -42,7 +42,10 @@ import numpy as np
 
 from .atomic import AtomicFile
 from .errors import InputError, UsageError
+from .keyindex import KeyIndex
 from .normalize import KeyNormalizationError, Normalization
+from .rowoffsets import RowOffsets
+from .textblocks import field_bounds, gather, line_bounds, trim_bounds
 
 __all__ = [
     "FORMATS",
@@ -64,12 +67,14 @@ _BOM = b"\xef\xbb\xbf"
 _PROGRESS_EVERY = 100_000
 _PARQUET_BATCH = 65_536
 _PARQUET_CHUNK = 1 << 20
-_CSV_CHUNK = 1 << 16
+_CSV_CHUNK = 1 << 14  # rows gathered per write: ~4 MB of pieces in flight
 _SCAN_BLOCK = 1 << 22  # bytes read at a time by the CSV/TSV scan
 _HEADER_ONLY = object()
 _FAST = True  # False: parse every CSV/TSV record with the csv module (the reference path, for tests)
 _ASCII_SPACE = b" \t\n\r\x0b\x0c\x1c\x1d\x1e\x1f"  # what str.strip() removes from ASCII text
 _LENGTHS = [n.to_bytes(4, "big") for n in range(256)]
+_SPACE_TABLE = np.zeros(256, dtype=bool)
+_SPACE_TABLE[list(_ASCII_SPACE)] = True
 
 
 # -- formats --------------------------------------------------------------------------------
@@ -132,6 +137,8 @@ class KeyTable:
     duplicate_rows: int
     skipped_rows: int
     _groups: tuple[np.ndarray, np.ndarray] | None = field(default=None, repr=False)
+    #: CSV/TSV: where each row is in the file (about 2 bytes per row), for :func:`write_rows`
+    offsets: "RowOffsets | None" = field(default=None, repr=False)
 
     @property
     def unique_keys(self) -> int:
@@ -187,13 +194,14 @@ class _Collector:
         elif normalization == Normalization():  # trim only (the default)
             self.ascii_fold = _ASCII_SPACE
         self.dedup, self.skip_empty = dedup, skip_empty
-        self.index: dict[bytes, int] = {}
+        self._index = KeyIndex()
         self.keys: list[bytes] = []
         self.first_line = array("q")  # per key, only kept (and needed) with dedup="error"
         self.row_numbers = array("q")
         self.row_keys = array("q")
         self.duplicates = 0
         self.skipped = 0
+        self.offsets: RowOffsets | None = None  # set by the CSV reader when asked to record them
 
     def add(self, row: int, line: int, values: Sequence[str]) -> None:
         normalize = self.normalize
@@ -223,9 +231,10 @@ class _Collector:
 
     def _keep(self, row: int, line: int, key: bytes) -> None:
         """Apply the dedup policy to one valid key (``psi.scale`` overrides this to spill)."""
-        known = self.index.get(key)
+        known = self._index.find(key, self.keys)
         if known is None:
-            known = self.index[key] = len(self.keys)
+            known = len(self.keys)
+            self._index.add(key, known)
             self.keys.append(key)
             if self.dedup == "error":
                 self.first_line.append(line)
@@ -253,16 +262,21 @@ class _Collector:
         return self.on[0]
 
     # -- a block of rows at once ------------------------------------------------------------
-    def add_batch(self, row0: int, columns: list[list[bytes]], lines: np.ndarray) -> None:
+    def add_batch(self, row0: int, columns: list[list[bytes]], lines: np.ndarray, trimmed: bool = False) -> None:
         """Rows ``row0, row0+1, ...`` whose key fields are ``columns[j][i]`` (raw UTF-8 bytes,
-        no newlines, already validated as UTF-8); ``lines[i]`` is row ``i``'s first line."""
+        no newlines, already validated as UTF-8); ``lines[i]`` is row ``i``'s first line.
+        ``trimmed``: the caller already removed ASCII whitespace from both ends of every field
+        (only meaningful with ``trim`` on, where it changes no key: trimming removes it anyway)."""
         count = len(columns[0])
         if not count:
             return
         fold = self.ascii_fold
         encoded: list[list[bytes]] | None = None
         if fold is not None and b"".join([b"".join(column) for column in columns]).isascii():
-            encoded = columns if not fold else [list(map(bytes.strip, column, repeat(fold))) for column in columns]
+            if not fold or (trimmed and self.normalization.trim):
+                encoded = columns
+            else:
+                encoded = [list(map(bytes.strip, column, repeat(fold))) for column in columns]
         else:
             texts = [b"\n".join(column).decode("utf-8").split("\n") for column in columns]
             try:
@@ -282,50 +296,32 @@ class _Collector:
             add(row0 + i, int(lines[i]), values)
 
     def _dedup_batch(self, row0: int, keys: list[bytes], lines: np.ndarray) -> None:
-        index = self.index
-        before = len(index)
         count = len(keys)
+        before = len(self.keys)
+        numbers, new = self._index.assign(keys, self.keys)
         if self.dedup == "error":
-            index.update(zip(keys, range(before, before + count)))
-            if len(index) != before + count:
-                self._batch_duplicate_error(keys, lines)
+            if len(new) != count:  # the first repeat in row order, and where its key was first seen
+                fresh = np.zeros(count, dtype=bool)
+                fresh[new] = True
+                at = int(np.argmin(fresh))
+                number = int(numbers[at])
+                first = self.first_line[number] if number < before else int(lines[new[number - before]])
+                self.duplicates += 1
+                self._duplicate_error(int(lines[at]), first)
             self.keys.extend(keys)
             self.first_line.frombytes(np.ascontiguousarray(lines, dtype=np.int64).tobytes())
             self.row_numbers.frombytes(np.arange(row0, row0 + count, dtype=np.int64).tobytes())
             self.row_keys.frombytes(np.arange(before, before + count, dtype=np.int64).tobytes())
             return
-        new = list(filterfalse(index.__contains__, dict.fromkeys(keys)))
-        index.update(zip(new, range(before, before + len(new))))
-        self.keys.extend(new)
+        self.keys.extend(keys if len(new) == count else map(keys.__getitem__, new.tolist()))
         self.duplicates += count - len(new)
-        if len(new) == count:
+        if self.dedup == "keep-all" or len(new) == count:
             rows = np.arange(row0, row0 + count, dtype=np.int64)
-            known = np.arange(before, before + count, dtype=np.int64)
-        else:
-            known = np.fromiter(map(index.__getitem__, keys), dtype=np.int64, count=count)
-            if self.dedup == "keep-all":
-                rows = np.arange(row0, row0 + count, dtype=np.int64)
-            else:  # first: keep the first row of each key new in this block
-                values, first = np.unique(known, return_index=True)
-                first = first[values >= before]  # new keys are numbered in order of first row
-                rows = first.astype(np.int64) + row0
-                known = known[first]
+        else:  # first: keep the first row of each key new in this block (new keys are numbered in row order)
+            rows = new.astype(np.int64) + row0
+            numbers = numbers[new]
         self.row_numbers.frombytes(rows.tobytes())
-        self.row_keys.frombytes(np.ascontiguousarray(known, dtype=np.int64).tobytes())
-
-    def _batch_duplicate_error(self, keys: list[bytes], lines: np.ndarray) -> None:
-        # the index is spoiled by now, but this ends the read: find the first repeat in row order
-        earlier = set(self.keys)
-        seen: dict[bytes, int] = {}
-        for i, key in enumerate(keys):
-            if key in earlier:
-                self.duplicates += 1
-                self._duplicate_error(int(lines[i]), self.first_line[self.keys.index(key)])
-            if key in seen:
-                self.duplicates += 1
-                self._duplicate_error(int(lines[i]), int(lines[seen[key]]))
-            seen[key] = i
-        raise AssertionError("no duplicate found")  # pragma: no cover
+        self.row_keys.frombytes(np.ascontiguousarray(numbers, dtype=np.int64).tobytes())
 
 
 def _join_fields(columns: list[list[bytes]]) -> list[bytes]:
@@ -342,18 +338,42 @@ def _join_fields(columns: list[list[bytes]]) -> list[bytes]:
 
 
 # -- CSV / TSV scanning ---------------------------------------------------------------------
-@dataclass
 class _Block:
     """Consecutive data records of a clean stretch of a CSV/TSV file (no quotes, no stray CR,
-    valid UTF-8, every record of the header's width): ``lines[i]`` is record ``row0 + i``
-    without its line ending; ``first_lines[i]`` its line number; ``starts``/``ends`` its byte
-    range (only when the scan was asked for offsets)."""
+    valid UTF-8, every record of the header's width): record ``row0 + i`` is
+    ``block[begins[i]:ends[i]]`` (line ending excluded), ``first_lines[i]`` its line number,
+    ``starts``/``ends_in_file`` its byte range in the file, line ending included (only when
+    the scan was asked for offsets)."""
 
-    row0: int
-    lines: list[bytes]
-    first_lines: np.ndarray
-    starts: np.ndarray | None = None
-    ends: np.ndarray | None = None
+    __slots__ = ("row0", "first_lines", "starts", "ends", "_block", "_arr", "_begins", "_stops", "_delims",
+                 "_width")
+
+    def __init__(self, row0: int, first_lines: np.ndarray, block: bytes, arr: np.ndarray, begins: np.ndarray,
+                 stops: np.ndarray, delims: np.ndarray | None, width: int) -> None:
+        self.row0, self.first_lines = row0, first_lines
+        self.starts: np.ndarray | None = None
+        self.ends: np.ndarray | None = None
+        self._block, self._arr, self._begins, self._stops = block, arr, begins, stops
+        self._delims, self._width = delims, width
+
+    def __len__(self) -> int:
+        return len(self._begins)
+
+    @property
+    def lines(self) -> list[bytes]:
+        """The records' bytes, line endings excluded."""
+        return gather(self._block, self._arr, self._begins, self._stops)
+
+    def fields(self, column: int, delimiter: bytes, trim: bool = False) -> list[bytes]:
+        """Field ``column`` of every record (raw bytes; ``trim``: ASCII whitespace stripped from
+        both ends, as ``bytes.strip`` with ``str.strip``'s ASCII whitespace would)."""
+        delims = self._delims
+        if delims is None:
+            delims = self._delims = np.flatnonzero(self._arr == delimiter[0])
+        begin, end = field_bounds(delims, self._begins, self._stops, self._width, column)
+        if trim:
+            begin, end = trim_bounds(self._arr, begin, end, _SPACE_TABLE)
+        return gather(self._block, self._arr, begin, end)
 
 
 def _blocks(handle: Any, size: int) -> Iterator[bytes]:
@@ -448,66 +468,51 @@ class _CsvScan:
                 block.decode("utf-8")
             except UnicodeDecodeError:
                 return None
-        terminated = block.endswith(b"\n")
-        lines = (block.replace(b"\r\n", b"\n") if crlf else block).split(b"\n")
-        if terminated:
-            lines.pop()
-        if len(block) >= self.limit and max(map(len, lines)) >= self.limit:
+        arr = np.frombuffer(block, dtype=np.uint8)
+        begins, stops, raw_ends = line_bounds(arr, crlf)
+        lengths = stops - begins
+        if len(block) >= self.limit and int(lengths.max()) >= self.limit:
             return None
         first = 0  # index of the first data line
         header = None
         if not self.width:
-            while first < len(lines) and not lines[first]:
-                first += 1
-            if first == len(lines):  # blank lines only
-                self.line += len(lines)
+            filled = np.flatnonzero(lengths)
+            if not len(filled):  # blank lines only
+                self.line += len(begins)
                 self.pos += len(block)
                 return _HEADER_ONLY
-            header = lines[first].decode("utf-8").split(self.delimiter)
+            first = int(filled[0])
+            header = block[begins[first] : stops[first]].decode("utf-8").split(self.delimiter)
             first += 1
         width = self.width or len(header)  # type: ignore[arg-type]
-        data = lines[first:] if first else lines
-        blanks = data.count(b"")
-        counts = list(map(bytes.count, data, repeat(self.delimiter.encode())))
-        if counts.count(width - 1) != len(data) - (blanks if width > 1 else 0):
-            return None
-        if header is not None:  # commit the header
-            raw = (block.split(b"\n", first)[first - 1])
-            if first < len(lines) or terminated:
-                raw += b"\n"
-            self.header, self.header_line, self.header_bytes = header, self.line + first, raw
-            self.width = width
-            if raw.endswith(b"\r\n"):
-                self.newline = b"\r\n"
-        base = self.line + first + 1  # line number of data[0]
-        if blanks:
-            kept = np.flatnonzero(np.fromiter(map(len, data), dtype=np.int64, count=len(data)))
-            first_lines = kept + base
-            data = list(filter(None, data))
+        delimiter = self.delimiter.encode()
+        kept = np.flatnonzero(lengths[first:]) + first  # data lines that are not blank
+        delims = None
+        if width == 1:
+            if delimiter in block:  # a one-column header has none: some record is too wide
+                return None
         else:
-            kept = None
-            first_lines = np.arange(base, base + len(data), dtype=np.int64)
-        if not data:
-            self.line += len(lines)
+            delims = np.flatnonzero(arr == delimiter[0])
+            counts = np.searchsorted(delims, stops[kept]) - np.searchsorted(delims, begins[kept])
+            if not bool((counts == width - 1).all()):
+                return None
+        if header is not None:  # commit the header
+            at = first - 1
+            self.header, self.header_line = header, self.line + first
+            self.header_bytes = block[begins[at] : raw_ends[at]]
+            self.width = width
+            if self.header_bytes.endswith(b"\r\n"):
+                self.newline = b"\r\n"
+        if not len(kept):
+            self.line += len(begins)
             self.pos += len(block)
             return _HEADER_ONLY  # nothing to yield: consumers look at the header on the first record
-        result = _Block(self.row, data, first_lines)
-        if self.offsets and data:
-            raw_lines = block.split(b"\n") if crlf else lines
-            if crlf and terminated:
-                raw_lines.pop()
-            sizes = np.fromiter(map(len, raw_lines), dtype=np.int64, count=len(raw_lines)) + 1
-            if not terminated:
-                sizes[-1] -= 1
-            bounds = np.empty(len(sizes) + 1, dtype=np.int64)
-            bounds[0] = self.pos
-            np.cumsum(sizes, out=bounds[1:])
-            bounds[1:] += self.pos
-            at = np.arange(first, len(raw_lines), dtype=np.int64) if kept is None else kept + first
-            result.starts, result.ends = bounds[at], bounds[at + 1]
-        self.line += len(lines)
+        result = _Block(self.row, kept + (self.line + 1), block, arr, begins[kept], stops[kept], delims, width)
+        if self.offsets:
+            result.starts, result.ends = begins[kept] + self.pos, raw_ends[kept] + self.pos
+        self.line += len(begins)
         self.pos += len(block)
-        self.row += len(data)
+        self.row += len(kept)
         return result
 
     # -- the csv module path ----------------------------------------------------------------
@@ -634,7 +639,11 @@ def read_keys(
     if fmt == "parquet":
         header, columns, collector, rows = _read_parquet_keys(path, on, normalization, dedup, skip_empty, progress)
     else:
-        header, columns, collector, rows = _read_csv_keys(path, fmt, on, normalization, dedup, skip_empty, progress)
+        stat = _file_stat(path)  # before reading: a change during the read makes the writer scan again
+        header, columns, collector, rows = _read_csv_keys(path, fmt, on, normalization, dedup, skip_empty, progress,
+                                                          record_offsets=True)
+        if collector.offsets is not None:
+            collector.offsets.stat = stat
     return KeyTable(
         path=path,
         fmt=fmt,
@@ -649,16 +658,23 @@ def read_keys(
         rows_read=rows,
         duplicate_rows=collector.duplicates,
         skipped_rows=collector.skipped,
+        offsets=collector.offsets,
     )
 
 
 def _read_csv_keys(path: Path, fmt: str, on: list[str], normalization: Normalization, dedup: str,
                    skip_empty: bool, progress: Callable[[int], None] | None,
-                   collector_cls: type[_Collector] | None = None) -> tuple[list[str], list[int], _Collector, int]:
-    scan = _CsvScan(path, fmt)
+                   collector_cls: type[_Collector] | None = None, *,
+                   record_offsets: bool = False) -> tuple[list[str], list[int], _Collector, int]:
+    """The CSV/TSV half of :func:`read_keys`; ``record_offsets`` leaves the rows' byte ranges in
+    ``collector.offsets`` (a :class:`RowOffsets`) for the writer."""
+    scan = _CsvScan(path, fmt, offsets=record_offsets)
+    offsets = RowOffsets() if record_offsets else None
+    slow_starts, slow_ends = array("q"), array("q")
     collector = (collector_cls or _Collector)(path.name, on, normalization, dedup, skip_empty, "line")
     add = collector.add
     delimiter = scan.delimiter.encode()
+    trim = normalization.trim  # strip ASCII whitespace while gathering the fields: trimming would anyway
     columns: list[int] | None = None
     single: int | None = None
     rows = 0
@@ -667,17 +683,21 @@ def _read_csv_keys(path: Path, fmt: str, on: list[str], normalization: Normaliza
             columns = _key_columns(path.name, scan.header, on)
             single = columns[0] if len(columns) == 1 else None
         if isinstance(item, _Block):
-            lines = item.lines
-            if scan.width == 1:
-                values = [lines]
-            else:  # one pass per column: cheaper than keeping a list of parts per line alive
-                values = [[line.split(delimiter, c + 1)[c] for line in lines] for c in columns]
-            collector.add_batch(item.row0, values, item.first_lines)
-            before, rows = rows, rows + len(lines)
+            if offsets is not None:
+                if slow_starts:
+                    offsets.add(np.frombuffer(slow_starts, dtype=np.int64), np.frombuffer(slow_ends, dtype=np.int64))
+                    slow_starts, slow_ends = array("q"), array("q")
+                offsets.add(item.starts, item.ends)  # type: ignore[arg-type]
+            values = [item.fields(c, delimiter, trim) for c in columns]
+            collector.add_batch(item.row0, values, item.first_lines, trim)
+            before, rows = rows, rows + len(item)
             if progress is not None and rows // _PROGRESS_EVERY != before // _PROGRESS_EVERY:
                 progress(rows)
             continue
-        _row, line, _start, _end, fields = item
+        _row, line, start, end, fields = item
+        if offsets is not None:
+            slow_starts.append(start)
+            slow_ends.append(end)
         if single is not None:
             add(_row, line, (fields[single],))
         else:
@@ -689,6 +709,9 @@ def _read_csv_keys(path: Path, fmt: str, on: list[str], normalization: Normaliza
         columns = _key_columns(path.name, scan.header, on)
     if progress is not None:
         progress(rows)
+    if offsets is not None:
+        offsets.add(np.frombuffer(slow_starts, dtype=np.int64), np.frombuffer(slow_ends, dtype=np.int64))
+        collector.offsets = offsets.finish(scan)
     return list(scan.header), columns, collector, rows
 
 
@@ -747,7 +770,7 @@ def count_rows(path: str | os.PathLike[str], fmt: str | None = None) -> int:
     if fmt == "parquet":
         _pa, pq = _pyarrow(path)
         return int(_open_parquet(path, pq).metadata.num_rows)
-    return sum(len(item.lines) if isinstance(item, _Block) else 1 for item in _CsvScan(path, fmt).items())
+    return sum(len(item) if isinstance(item, _Block) else 1 for item in _CsvScan(path, fmt).items())
 
 
 # -- writing --------------------------------------------------------------------------------
@@ -759,7 +782,9 @@ def _order_array(row_order: Iterable[int | None] | np.ndarray) -> np.ndarray:
         order = row_order.astype(np.int64, copy=False)
     else:
         order = np.fromiter((-1 if r is None else r for r in row_order), dtype=np.int64)
-    return np.where(order < 0, -1, order)
+    if len(order) and int(order.min()) < -1:  # copy only when there is something to change
+        order = np.where(order < 0, -1, order)
+    return order
 
 
 def write_rows(
@@ -769,6 +794,7 @@ def write_rows(
     *,
     fmt: str | None = None,
     expect_rows: int | None = None,
+    offsets: RowOffsets | None = None,
 ) -> int:
     """Write the header of ``src_path`` then its rows in ``row_order`` to ``out_path``.
 
@@ -780,7 +806,8 @@ def write_rows(
     ``expect_rows`` (e.g. ``key_table.rows_read``) guards against the source file having
     changed since it was read: a different row count raises :class:`InputError`. The output
     file is created with mode 0600 (owner only), as customer data should be; I/O failures
-    such as a full disk raise :class:`InputError`.
+    such as a full disk raise :class:`InputError`. ``offsets`` (``KeyTable.offsets``) spares
+    the scan for the rows' byte ranges when the file's size and modification time are unchanged.
     Returns the number of data rows written.
     """
     src = Path(src_path)
@@ -795,7 +822,10 @@ def write_rows(
         writer = _write_csv
     try:
         with AtomicFile(out) as handle:
-            writer(src, fmt, order, handle, expect_rows)
+            if fmt == "parquet" or offsets is None:
+                writer(src, fmt, order, handle, expect_rows)
+            else:
+                writer(src, fmt, order, handle, expect_rows, offsets)
     except OSError as err:
         raise InputError(f"{out}: cannot write the output ({err.strerror or err})") from None
     return int(len(order))
@@ -809,54 +839,68 @@ def _check_range(order: np.ndarray, total: int, name: str, expect_rows: int | No
         raise UsageError(f"{name}: row {int(order.max())} requested but the file has {total} data rows")
 
 
-def _write_csv(src: Path, fmt: str, order: np.ndarray, handle: Any, expect_rows: int | None) -> None:
+def _scan_offsets(src: Path, fmt: str) -> RowOffsets:
+    """Scan ``src`` for its records' byte ranges (when read_keys did not record them)."""
     scan = _CsvScan(src, fmt, offsets=True)
-    start_parts: list[np.ndarray] = []
-    end_parts: list[np.ndarray] = []
+    offsets = RowOffsets()
     starts = array("q")
     ends = array("q")
     for item in scan.items():
         if isinstance(item, _Block):
             if starts:
-                start_parts.append(np.frombuffer(starts, dtype=np.int64).copy())
-                end_parts.append(np.frombuffer(ends, dtype=np.int64).copy())
+                offsets.add(np.frombuffer(starts, dtype=np.int64), np.frombuffer(ends, dtype=np.int64))
                 starts, ends = array("q"), array("q")
-            if item.starts is not None:
-                start_parts.append(item.starts)
-                end_parts.append(item.ends)  # type: ignore[arg-type]
+            offsets.add(item.starts, item.ends)  # type: ignore[arg-type]
             continue
         starts.append(item[2])
         ends.append(item[3])
-    start_parts.append(np.frombuffer(starts, dtype=np.int64))
-    end_parts.append(np.frombuffer(ends, dtype=np.int64))
-    start_at = np.concatenate(start_parts)
-    end_at = np.concatenate(end_parts)
-    total = len(start_at)
+    offsets.add(np.frombuffer(starts, dtype=np.int64), np.frombuffer(ends, dtype=np.int64))
+    return offsets.finish(scan)
+
+
+def _file_stat(path: Path) -> tuple[int, int] | None:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return st.st_size, st.st_mtime_ns
+
+
+def _write_csv(src: Path, fmt: str, order: np.ndarray, handle: Any, expect_rows: int | None,
+               offsets: RowOffsets | None = None) -> None:
+    if offsets is None or offsets.stat is None or offsets.stat != _file_stat(src):
+        offsets = _scan_offsets(src, fmt)  # not recorded, or the file changed since: scan it again
+    total = offsets.count
     _check_range(order, total, src.name, expect_rows)
-    width = len(scan.header)
-    newline = scan.newline
+    width = offsets.width
+    newline = offsets.newline
     empty = (b"," * (width - 1) if fmt == "csv" else b"\t" * (width - 1)) if width > 1 else b'""'
     if width == 1 and fmt == "tsv":
         empty = b""  # TSV has no quoting; a lone empty field is unavoidable
     empty += newline
-    header = scan.bom + scan.header_bytes
+    header = offsets.bom + offsets.header_bytes
     if not header.endswith(b"\n"):
         header += newline
     handle.write(header)
     if not len(order):
         return
-    if not total:  # only empty rows can be asked for
-        start_at = end_at = np.zeros(1, dtype=np.int64)
+    starts = offsets.starts()
     with open(src, "rb") as source, mmap.mmap(source.fileno(), 0, access=mmap.ACCESS_READ) as data:
         # only the file's last record can lack a line ending
-        unterminated = total - 1 if total and not data[end_at[-1] - 1 : end_at[-1]] == b"\n" else -2
+        last = int(starts[-1] + offsets.length_of(np.array([total - 1]))[0]) if total else 0
+        unterminated = total - 1 if total and not data[last - 1 : last] == b"\n" else -2
         write = handle.write
         for begin in range(0, len(order), _CSV_CHUNK):
             rows = order[begin : begin + _CSV_CHUNK]
-            safe = np.maximum(rows, 0)
-            pieces = list(map(data.__getitem__, map(slice, start_at[safe].tolist(), end_at[safe].tolist())))
-            for i in np.flatnonzero(rows < 0).tolist():
-                pieces[i] = empty
+            if not total:  # only empty rows can be asked for
+                pieces = [empty] * len(rows)
+            else:
+                safe = np.maximum(rows, 0)
+                start_at = starts[safe]
+                end_at = start_at + offsets.length_of(safe)
+                pieces = list(map(data.__getitem__, map(slice, start_at.tolist(), end_at.tolist())))
+                for i in np.flatnonzero(rows < 0).tolist():
+                    pieces[i] = empty
             for i in np.flatnonzero(rows == unterminated).tolist():
                 pieces[i] += newline
             write(b"".join(pieces))

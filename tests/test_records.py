@@ -349,10 +349,24 @@ def _outcome(path: Path, fmt: str, on: list[str], **options: object) -> object:
             t.duplicate_rows, t.skipped_rows)
 
 
+def _write_with_offsets(path: Path, fmt: str, on: list[str], out: Path) -> object:
+    """Write as the session does: with the row offsets read_keys recorded (no second scan)."""
+    try:
+        t = read_keys(path, on, fmt=fmt, dedup="keep-all", skip_empty=True)
+    except (InputError, UsageError):
+        return None
+    total = t.rows_read
+    write_rows(path, [*range(total - 1, -1, -1), None, *range(total)], out, fmt=fmt, expect_rows=total,
+               offsets=t.offsets)
+    return total, out.read_bytes()
+
+
 def _write_outcome(path: Path, fmt: str, out: Path) -> object:
     try:
         total = count_rows(path, fmt=fmt)
-        write_rows(path, [*range(total - 1, -1, -1), None, *range(total)], out, fmt=fmt)
+        # expect_rows: the row offsets go into one preallocated array (without: grown in parts)
+        write_rows(path, [*range(total - 1, -1, -1), None, *range(total)], out, fmt=fmt,
+                   expect_rows=total if total % 2 else None)
     except (InputError, UsageError) as err:
         return type(err).__name__, str(err)
     return total, out.read_bytes()
@@ -374,10 +388,28 @@ def test_fast_path_matches_csv_module(tmp_path: Path, monkeypatch: pytest.Monkey
         patch.setattr(records, "_FAST", False)
         expected = _outcome(path, fmt, on, **options)
         expected_write = _write_outcome(path, fmt, tmp_path / "slow.out")
+        slow_offsets = _write_with_offsets(path, fmt, on, tmp_path / "slow2.out")
     with monkeypatch.context() as patch:
         patch.setattr(records, "_SCAN_BLOCK", block)
         assert _outcome(path, fmt, on, **options) == expected
         assert _write_outcome(path, fmt, tmp_path / "fast.out") == expected_write
+        fast_offsets = _write_with_offsets(path, fmt, on, tmp_path / "fast2.out")
+        assert fast_offsets == slow_offsets
+        if fast_offsets is not None:
+            assert fast_offsets == expected_write
+
+
+def test_recorded_offsets_are_not_trusted_after_the_file_changed(tmp_path: Path) -> None:
+    path = write(tmp_path / "in.csv", "id,v\n1,a\n2,b\n")
+    table = read_keys(path, ["id"])
+    assert table.offsets is not None and table.offsets.count == 2
+    write(path, "id,v\n1,aaaa\n2,bbbb\n")  # same rows, other bytes: the writer scans again
+    os.utime(path, ns=(1, 1))
+    write_rows(path, [1, 0], tmp_path / "out.csv", expect_rows=2, offsets=table.offsets)
+    assert (tmp_path / "out.csv").read_bytes() == b"id,v\n2,bbbb\n1,aaaa\n"
+    write(path, "id,v\n1,a\n")  # and a changed row count is still refused
+    with pytest.raises(InputError, match="the file changed during the run"):
+        write_rows(path, [0], tmp_path / "out2.csv", expect_rows=2, offsets=table.offsets)
 
 
 def test_fast_path_big_clean_file_matches(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
