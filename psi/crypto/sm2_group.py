@@ -78,10 +78,8 @@ class SM2Group(Group):
 
     def multiply(self, scalar: bytes, elements: Sequence[bytes] | bytes) -> list[bytes]:
         self.check_scalar(scalar)
-        k = int.from_bytes(scalar, "big")
-        out = []
-        for element in _as_list(elements, 32):
+        elements = _as_list(elements, 32)
+        for element in elements:
             if len(element) != 32:
                 raise MalformedMessage("sm2 element is not 32 bytes")
-            out.append(sm2.multiply_x(k, sm2.decode_x(bytes(element))))
-        return out
+        return sm2.multiply_x_batch(bytes(scalar), elements)

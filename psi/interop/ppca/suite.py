@@ -151,10 +151,9 @@ def mask_items(args: tuple[str, bytes, Sequence[bytes]]) -> bytes:
             except ValueError:  # the digest is a low-order u: probability ~2^-250
                 raise MalformedMessage("an item hashes to a low-order x25519 value") from None
         return b"".join(out)
-    scalar = int.from_bytes(secret, "big")
     hash_name = _sm2_hash_name(suite)
-    return b"".join(sm2.encode_compressed(sm2.multiply(scalar, sm2.hash_to_point_rehash(item, hash_name)))
-                    for item in items)
+    points = [sm2.encode_uncompressed(sm2.hash_to_point_rehash(item, hash_name)) for item in items]
+    return b"".join(sm2.multiply_points_batch(secret, points))
 
 
 def remask_points(args: tuple[str, bytes, bytes, int]) -> bytes:
@@ -177,8 +176,6 @@ def remask_points(args: tuple[str, bytes, bytes, int]) -> bytes:
             full = _x25519(secret, u)
             out.append(full[-tail:] if tail else full)
         return b"".join(out)
-    scalar = int.from_bytes(secret, "big")
-    for value in values:
-        full = sm2.encode_compressed(sm2.multiply(scalar, sm2.decode_point(value)))
+    for full in sm2.multiply_points_batch(secret, values):
         out.append(full[-tail:] if tail else full)
     return b"".join(out)
