@@ -93,6 +93,7 @@ class PsiOptions:
     allow_empty: bool = False  # run with an input that has no keys (header only)
     encoding: str | None = None  # CSV/TSV text encoding of input and output (default UTF-8; a BOM decides)
     output_format: str | None = None  # default: from the output's extension, else the input's format
+    sm2_signing: Any = None  # psi.transport.signed.Sm2Signing: SM2-sign every frame (--sm2-key/--sm2-peer-key)
 
     def __post_init__(self) -> None:
         if self.protocol not in PROTOCOLS:
@@ -436,6 +437,15 @@ def _serve_on(table: KeyTable, listener: Listener, executor: Executor, output: A
                 continue
             with channel:
                 sessions += 1
+                try:
+                    channel = _signed(channel, options, Role.SERVER)
+                except TransportError as err:  # wrong SM2 key either way: refused, keep listening
+                    sessions -= 1
+                    if forever or not isinstance(err, AuthenticationError):
+                        raise
+                    if on_refused is not None:
+                        on_refused(err)
+                    continue
                 out = None if output is None else expand_output(output, peer=channel.peer_name, session=sessions)
                 try:
                     last = run_session(Role.SERVER, channel, table, options=options, output=out,
@@ -493,9 +503,19 @@ def connect(
         _warm(executor, options)
         table = _read(input, on, options, stack)
         with tcp_connect(peer, tls, timeout=connect_timeout, retries=retries) as channel:
+            channel = _signed(channel, options, Role.CLIENT)
             out = None if output is None else expand_output(output, peer=channel.peer_name, session=1)
             return run_session(Role.CLIENT, channel, table, options=options, output=out,
                                on_progress=on_progress, executor=executor)
+
+
+def _signed(channel: Channel, options: PsiOptions, role: Role) -> Channel:
+    """The channel itself, or wrapped in SM2 message signing when ``options.sm2_signing`` is set."""
+    if options.sm2_signing is None:
+        return channel
+    from .transport.signed import SignedChannel
+
+    return SignedChannel.establish(channel, options.sm2_signing, role.value, timeout=options.timeout)
 
 
 def exchange_via_folder(
