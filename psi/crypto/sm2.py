@@ -23,7 +23,8 @@ What this module promises:
   :mod:`psi.crypto.libcrypto`.
 * Hash-to-curve: :func:`hash_to_point_rehash` is the "try and rehash" map SecretFlow uses for
   ECDH-PSI (``x = H(m) mod p``; while ``x^3 + a x + b`` is not a square, ``h = H(h)``), with
-  SHA-256 or SM3. The returned point has even y.
+  SHA-256 or SM3. The returned point has even y. :func:`hash_to_point_increment` is the spec's
+  TRY_AND_INCREMENT (``x = H(m) mod p``, then ``x + 1``, ``x + 2``... until on the curve).
 
 Scalars are integers in ``[1, n)`` drawn with :mod:`secrets`.
 """
@@ -56,6 +57,7 @@ __all__ = [
     "is_on_curve",
     "sm3",
     "hash_to_point_rehash",
+    "hash_to_point_increment",
     "implementation",
     "multiply_x_batch",
     "multiply_points_batch",
@@ -271,6 +273,20 @@ def hash_to_point_rehash(message: bytes, hash_name: str = "sha256") -> Point:
         if y is not None:
             return (x, y)
         digest = digest_fn(digest)
+
+
+def hash_to_point_increment(message: bytes, hash_name: str = "sm3") -> Point:
+    """Try-and-increment as in Icart (eprint 2009/226, the reference the PPCA spec gives for
+    TRY_AND_INCREMENT): ``u = H(m) mod p``; the first ``x = u + i (mod p)``, i = 0, 1, ...,
+    with ``x^3 + a x + b`` a square; the point with even y. Expected two square roots and one
+    hash; i > 255 has probability about 2^-256 and is refused (``ValueError``)."""
+    x = mpz(int.from_bytes(_hash_function(hash_name)(message), "big")) % P
+    for _ in range(256):
+        y = _lift_x(x, 0)
+        if y is not None:
+            return (x, y)
+        x = (x + 1) % P
+    raise ValueError("try-and-increment found no point in 256 steps")  # pragma: no cover - p ~ 2^-256
 
 
 def hash_to_points_rehash(messages: Iterable[bytes], hash_name: str = "sha256") -> list[Point]:
