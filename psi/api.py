@@ -536,6 +536,8 @@ def exchange_via_folder(
     from .transport.files import FolderChannel
 
     options = options or PsiOptions()
+    if options.sm2_signing is not None:
+        raise UsageError("SM2 message signing (sm2_signing) applies to serve()/connect(), not to a folder exchange")
     _preflight(Role(role), input, output, options)
     _check_output(output)
     with contextlib.ExitStack() as stack:
@@ -595,6 +597,8 @@ def intersect_files(
 
 def _intersect_tables(client_table: KeyTable, server_table: KeyTable, client_output: Any, server_output: Any,
                       options: PsiOptions, tls: Any, on_progress: Any) -> tuple[PsiSummary, PsiSummary]:
+    if options.sm2_signing is not None:
+        raise UsageError("SM2 message signing (sm2_signing) applies to serve()/connect()")
     box: dict[str, Any] = {}
     listening = threading.Event()
 
