@@ -42,3 +42,38 @@ def init(directory: Path, parties: tuple[str, ...], days: int, as_json: bool, fo
     else:
         for name, path in written.items():
             info(f"wrote {path}" + ("" if name == "ca" else f" and {path.with_suffix('.key')}"))
+
+
+@certs_group.command("sm2-keygen")
+@click.argument("directory", type=click.Path(file_okay=False, path_type=Path))
+@click.option("--party", required=True, help="Party name: writes NAME.sm2.key (mode 0600) and NAME.sm2.pub.")
+@click.option("--force", is_flag=True, help="Replace an existing key pair.")
+@click.option("--json", "as_json", is_flag=True, help="Print the written paths and the key fingerprint as JSON.")
+@handles_errors
+def sm2_keygen(directory: Path, party: str, force: bool, as_json: bool) -> None:
+    """Create an SM2 key pair for message signing (--sm2-key / the peer's --sm2-peer-key).
+
+    Give NAME.sm2.pub to the peer; keep NAME.sm2.key. Uses the system's OpenSSL 3.
+    """
+    import os
+
+    from psi.crypto.libcrypto import Sm2PrivateKey
+    from psi.errors import UsageError
+
+    key_path, pub_path = directory / f"{party}.sm2.key", directory / f"{party}.sm2.pub"
+    if not party or "/" in party or party.startswith("."):
+        raise UsageError(f"bad party name {party!r}")
+    if (key_path.exists() or pub_path.exists()) and not force:
+        raise UsageError(f"{key_path} already exists: pass --force to replace it")
+    key = Sm2PrivateKey.generate()
+    directory.mkdir(parents=True, exist_ok=True)
+    tmp = key_path.with_suffix(".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as handle:
+        handle.write(key.private_pem())
+    os.replace(tmp, key_path)
+    pub_path.write_bytes(key.public_pem())
+    if as_json:
+        emit_json({"key": str(key_path), "public_key": str(pub_path), "fingerprint": key.fingerprint()})
+    else:
+        info(f"wrote {key_path} (mode 0600) and {pub_path}; fingerprint {key.fingerprint()}")

@@ -15,7 +15,7 @@ from .common import emit_json, handles_errors, info, output_options, tls_options
 
 __all__ = ["interop_group"]
 
-SUITE_CHOICES = ("x25519", "sm2", "sm2-sm3")
+SUITE_CHOICES = ("x25519", "sm2", "sm2-sm3", "sm2-sm3-increment")
 
 
 @click.group("interop")

@@ -13,6 +13,7 @@ from psi.normalize import Normalization
 
 from .common import emit_json, handles_errors, info, make_progress, output_options, tls_options, warn
 from .dbopts import resolve_output, resolve_source, session_db_options
+from .sm2opts import sm2_signing_options
 
 __all__ = ["psi_group"]
 
@@ -174,6 +175,7 @@ def _options(kw: dict[str, Any]) -> api.PsiOptions:
         encoding=kw["encoding"],
         output_format=kw["output_format"],
         suite=kw["suite"],
+        sm2_signing=kw.get("sm2_signing"),
     )
 
 
@@ -230,6 +232,7 @@ def _report(summary: api.PsiSummary, as_json: bool, quiet: bool) -> None:
               help="ECDH protocol: a set precomputed with 'psiq psi prepare' (persisted key; unbalanced mode).")
 @_scale_options
 @tls_options
+@sm2_signing_options
 @output_options
 def serve(tls: Any, as_json: bool, quiet: bool, forever: bool, listen: str | None, via_dir: Path | None,
           **kw: Any) -> None:
@@ -286,6 +289,7 @@ def serve(tls: Any, as_json: bool, quiet: bool, forever: bool, listen: str | Non
                    "TLS certificates; fresh folder per session).")
 @_scale_options
 @tls_options
+@sm2_signing_options
 @output_options
 def connect(tls: Any, as_json: bool, quiet: bool, peer: str | None, via_dir: Path | None, **kw: Any) -> None:
     """Run a PSI session against a serving party (at --peer, or through --via-dir)."""

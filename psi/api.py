@@ -94,6 +94,7 @@ class PsiOptions:
     encoding: str | None = None  # CSV/TSV text encoding of input and output (default UTF-8; a BOM decides)
     output_format: str | None = None  # default: from the output's extension, else the input's format
     suite: str = "standard"  # psi.crypto.suite: "gm" = national algorithms only (SM2/SM3/SM4); RSA refuses it
+    sm2_signing: Any = None  # psi.transport.signed.Sm2Signing: SM2-sign every frame (--sm2-key/--sm2-peer-key)
 
     def __post_init__(self) -> None:
         if self.protocol not in PROTOCOLS:
@@ -464,6 +465,15 @@ def _serve_on(table: KeyTable, listener: Listener, executor: Executor, output: A
                 continue
             with channel:
                 sessions += 1
+                try:
+                    channel = _signed(channel, options, Role.SERVER)
+                except TransportError as err:  # wrong SM2 key either way: refused, keep listening
+                    sessions -= 1
+                    if forever or not isinstance(err, AuthenticationError):
+                        raise
+                    if on_refused is not None:
+                        on_refused(err)
+                    continue
                 out = None if output is None else expand_output(output, peer=channel.peer_name, session=sessions)
                 try:
                     last = run_session(Role.SERVER, channel, table, options=options, output=out,
@@ -521,9 +531,19 @@ def connect(
         _warm(executor, options)
         table = _read(input, on, options, stack)
         with tcp_connect(peer, tls, timeout=connect_timeout, retries=retries) as channel:
+            channel = _signed(channel, options, Role.CLIENT)
             out = None if output is None else expand_output(output, peer=channel.peer_name, session=1)
             return run_session(Role.CLIENT, channel, table, options=options, output=out,
                                on_progress=on_progress, executor=executor)
+
+
+def _signed(channel: Channel, options: PsiOptions, role: Role) -> Channel:
+    """The channel itself, or wrapped in SM2 message signing when ``options.sm2_signing`` is set."""
+    if options.sm2_signing is None:
+        return channel
+    from .transport.signed import SignedChannel
+
+    return SignedChannel.establish(channel, options.sm2_signing, role.value, timeout=options.timeout)
 
 
 def exchange_via_folder(
@@ -544,6 +564,8 @@ def exchange_via_folder(
     from .transport.files import FolderChannel
 
     options = options or PsiOptions()
+    if options.sm2_signing is not None:
+        raise UsageError("SM2 message signing (sm2_signing) applies to serve()/connect(), not to a folder exchange")
     _preflight(Role(role), input, output, options)
     _check_output(output)
     with contextlib.ExitStack() as stack:
@@ -603,6 +625,8 @@ def intersect_files(
 
 def _intersect_tables(client_table: KeyTable, server_table: KeyTable, client_output: Any, server_output: Any,
                       options: PsiOptions, tls: Any, on_progress: Any) -> tuple[PsiSummary, PsiSummary]:
+    if options.sm2_signing is not None:
+        raise UsageError("SM2 message signing (sm2_signing) applies to serve()/connect()")
     box: dict[str, Any] = {}
     listening = threading.Event()
 

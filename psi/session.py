@@ -12,7 +12,7 @@ from types import ModuleType
 from typing import Any
 
 from .driver import raise_if_error, send_error
-from .errors import MalformedMessage, PolicyError, PsiqError, UsageError
+from .errors import IncompatiblePeer, MalformedMessage, PolicyError, PsiqError, UsageError
 from .protocols.base import Role
 from .protocols.handshake import Hello, check_peer_hello
 from .messages import control_limit
@@ -52,6 +52,9 @@ def exchange_hello(
         channel.send(own.to_message())
         message = channel.recv(timeout, limit=control_limit)  # a hello: refuse a large body unread
         raise_if_error(message)
+        if message.kind == "sm2.nonce":  # psi.transport.signed: the peer signs, this side does not
+            raise IncompatiblePeer("the peer signs every message with SM2 (--sm2-key/--sm2-peer-key) and this side "
+                                   "does not: give both parties the options, or neither")
         peer = Hello.from_message(message)
         check_peer_hello(own, peer)
         size = peer.info.get("set_size")

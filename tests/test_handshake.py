@@ -55,7 +55,8 @@ AGREED: dict[str, tuple[Any, str]] = {
 }
 # Settings that stay local to one side (deployment, local input handling).
 LOCAL = {"workers", "max_peer_size", "server_key", "cache_dir", "prepared", "timeout", "input_format", "skip_empty",
-         "encoding", "output_format", "allow_empty", "create_key"}  # each bank's own files and keys
+         "encoding", "output_format", "allow_empty", "create_key",
+         "sm2_signing"}  # each bank's own files and keys
 COMMON = {"reveal", "normalization", "dedup", "join", "left"}  # apply to every protocol
 EXECUTOR = Executor(workers=1)
 

@@ -38,12 +38,13 @@ def _ids(path: Path, column: int) -> list[str]:
 
 
 @pytest.mark.e2e
-def test_two_psiq_parties_over_mutual_tls_sm2_both_learn_aligned_rows(tmp_path: Path, pki: Path) -> None:
+@pytest.mark.parametrize("suite", ["sm2", "sm2-sm3-increment"])  # the second: the spec's mandatory SM2 suite
+def test_two_psiq_parties_over_mutual_tls_sm2_both_learn_aligned_rows(suite: str, tmp_path: Path, pki: Path) -> None:
     a, b, expected = _tables(tmp_path)
     p0, p1 = free_port(), free_port()
-    r0 = _start(0, p0, p1, a, ["--suite", "sm2", "--output", str(tmp_path / "a_out.csv"), *tls_args(pki, "bank-a"),
+    r0 = _start(0, p0, p1, a, ["--suite", suite, "--output", str(tmp_path / "a_out.csv"), *tls_args(pki, "bank-a"),
                                "--peer-name", "bank-b"])
-    r1 = _start(1, p1, p0, b, ["--suite", "sm2", "--output", str(tmp_path / "b_out.csv"), *tls_args(pki, "bank-b"),
+    r1 = _start(1, p1, p0, b, ["--suite", suite, "--output", str(tmp_path / "b_out.csv"), *tls_args(pki, "bank-b"),
                                "--peer-name", "bank-a"])
     out1, err1 = r1.communicate(timeout=300)
     out0, err0 = r0.communicate(timeout=60)

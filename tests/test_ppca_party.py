@@ -55,7 +55,7 @@ def make(suite: str = "x25519", result_to: int = -1, handshake: bool = True, n0:
     return p0, p1, items0, items1
 
 
-@pytest.mark.parametrize("suite", ["x25519", "sm2", "sm2-sm3"])
+@pytest.mark.parametrize("suite", ["x25519", "sm2", "sm2-sm3", "sm2-sm3-increment"])
 @pytest.mark.parametrize("handshake", [True, False])
 def test_both_ranks_learn_the_plaintext_intersection_in_the_same_order(suite: str, handshake: bool) -> None:
     p0, p1, items0, items1 = make(suite, -1, handshake, n0=40, n1=30, batch=8)

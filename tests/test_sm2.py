@@ -121,3 +121,27 @@ def test_sm2_group_x_only_multiplication_matches_full_points() -> None:
         group.multiply(scalar, [_off_curve_x().to_bytes(32, "big")])
     with pytest.raises(MalformedMessage):
         group.multiply(scalar, [int(sm2.P).to_bytes(32, "big")])
+
+
+# -- the PPCA spec's TRY_AND_INCREMENT --------------------------------------------------------------
+def test_try_and_increment_is_the_first_on_curve_x_from_the_hash_upward() -> None:
+    misses = 0
+    for i in range(40):
+        message = b"item-%d" % i
+        point = sm2.hash_to_point_increment(message)
+        u = int.from_bytes(sm2.sm3(message), "big") % int(sm2.P)
+        rhs = lambda x: (x**3 + int(sm2.A) * x + int(sm2.B)) % int(sm2.P)  # noqa: E731
+        steps = next(j for j in range(256) if pow(rhs(u + j), (int(sm2.P) - 1) // 2, int(sm2.P)) == 1)
+        misses += steps > 0
+        assert int(point[0]) == u + steps and int(point[1]) % 2 == 0 and sm2.is_on_curve(*point)
+    assert misses > 0  # some items needed an increment, so the loop is exercised
+
+
+def test_try_and_increment_differs_from_rehash_and_from_psiqs_own_group_hash() -> None:
+    from psi.crypto.sm2_group import sm3_try_and_increment
+
+    message = next(m for m in (b"m%d" % i for i in range(100))
+                   if sm2._lift_x(sm2.mpz(int.from_bytes(sm2.sm3(m), "big") % sm2.P), 0) is None)
+    spec = sm2.hash_to_point_increment(message)
+    assert spec != sm2.hash_to_point_rehash(message, "sm3")
+    assert int(spec[0]).to_bytes(32, "big") != sm3_try_and_increment(b"", message)

@@ -15,9 +15,16 @@ What this module promises:
 * :func:`multiply` computes ``k * P`` with Jacobian coordinates (``a = -3`` doubling) and a
   width-5 signed window over precomputed odd multiples, in gmpy2. It is not constant time (no
   Python big-integer code is); the measured alternatives are in ``docs/INTEROP.md``.
+* :func:`multiply_x_batch` / :func:`multiply_points_batch` are what the PSI code calls: one
+  scalar times a batch of encoded points. They run OpenSSL's constant-time ladder through
+  :mod:`psi.crypto.libcrypto` when the system's libcrypto 3.x loads (:func:`implementation`
+  says which; ``PSIQ_SM2=gmpy2`` forces the fallback), else :func:`multiply`. Both give the
+  same bytes and refuse the same encodings (tests compare them); the measured costs are in
+  :mod:`psi.crypto.libcrypto`.
 * Hash-to-curve: :func:`hash_to_point_rehash` is the "try and rehash" map SecretFlow uses for
   ECDH-PSI (``x = H(m) mod p``; while ``x^3 + a x + b`` is not a square, ``h = H(h)``), with
-  SHA-256 or SM3. The returned point has even y.
+  SHA-256 or SM3. The returned point has even y. :func:`hash_to_point_increment` is the spec's
+  TRY_AND_INCREMENT (``x = H(m) mod p``, then ``x + 1``, ``x + 2``... until on the curve).
 
 Scalars are integers in ``[1, n)`` drawn with :mod:`secrets`.
 """
@@ -50,6 +57,10 @@ __all__ = [
     "is_on_curve",
     "sm3",
     "hash_to_point_rehash",
+    "hash_to_point_increment",
+    "implementation",
+    "multiply_x_batch",
+    "multiply_points_batch",
 ]
 
 P = mpz(0xFFFFFFFEFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFF00000000FFFFFFFFFFFFFFFF)
@@ -264,6 +275,20 @@ def hash_to_point_rehash(message: bytes, hash_name: str = "sha256") -> Point:
         digest = digest_fn(digest)
 
 
+def hash_to_point_increment(message: bytes, hash_name: str = "sm3") -> Point:
+    """Try-and-increment as in Icart (eprint 2009/226, the reference the PPCA spec gives for
+    TRY_AND_INCREMENT): ``u = H(m) mod p``; the first ``x = u + i (mod p)``, i = 0, 1, ...,
+    with ``x^3 + a x + b`` a square; the point with even y. Expected two square roots and one
+    hash; i > 255 has probability about 2^-256 and is refused (``ValueError``)."""
+    x = mpz(int.from_bytes(_hash_function(hash_name)(message), "big")) % P
+    for _ in range(256):
+        y = _lift_x(x, 0)
+        if y is not None:
+            return (x, y)
+        x = (x + 1) % P
+    raise ValueError("try-and-increment found no point in 256 steps")  # pragma: no cover - p ~ 2^-256
+
+
 def hash_to_points_rehash(messages: Iterable[bytes], hash_name: str = "sha256") -> list[Point]:
     """:func:`hash_to_point_rehash` over a batch."""
     return [hash_to_point_rehash(m, hash_name) for m in messages]
@@ -272,3 +297,53 @@ def hash_to_points_rehash(messages: Iterable[bytes], hash_name: str = "sha256") 
 def multiply_many_x(scalar: int, points: Sequence[Point]) -> list[bytes]:
     """x of ``scalar * point`` for each point (32 bytes big-endian each)."""
     return [multiply_x(scalar, p) for p in points]
+
+
+# -- batches (OpenSSL when available) -------------------------------------------------------------
+_implementation: str | None = None
+
+
+def implementation() -> str:
+    """``"openssl"`` (libcrypto's constant-time ladder) or ``"gmpy2"`` (:func:`multiply`), chosen
+    once per process: ``PSIQ_SM2=gmpy2|openssl`` forces one (``openssl`` fails when libcrypto 3.x
+    does not load), otherwise OpenSSL whenever it loads."""
+    global _implementation
+    if _implementation is None:
+        import os
+
+        from . import libcrypto
+
+        wanted = os.environ.get("PSIQ_SM2", "auto")
+        if wanted == "gmpy2":
+            _implementation = "gmpy2"
+        elif wanted == "openssl":
+            libcrypto.load()  # raises LibcryptoUnavailable with the reason
+            _implementation = "openssl"
+        else:
+            _implementation = "openssl" if libcrypto.available() else "gmpy2"
+    return _implementation
+
+
+def multiply_x_batch(scalar: bytes, xs: Sequence[bytes]) -> list[bytes]:
+    """The 32-byte x of ``scalar * P`` for each 32-byte x (see :func:`decode_x`); ``scalar`` is
+    32 bytes big-endian in [1, n). :class:`MalformedMessage` for an invalid x."""
+    if implementation() == "openssl":
+        from . import libcrypto
+
+        return libcrypto.multiply_x_batch(scalar, xs)
+    k = int.from_bytes(scalar, "big")
+    return [multiply_x(k, decode_x(bytes(x))) for x in xs]
+
+
+def multiply_points_batch(scalar: bytes, points: Sequence[bytes], *, compressed: bool = True) -> list[bytes]:
+    """``scalar * P`` for each SEC 1 encoded point (see :func:`decode_point`), re-encoded
+    compressed (33 bytes) or uncompressed (65). :class:`MalformedMessage` for an invalid point."""
+    if implementation() == "openssl":
+        from . import libcrypto
+
+        return libcrypto.multiply_points_batch(scalar, points, compressed=compressed)
+    k = int.from_bytes(scalar, "big")
+    if not 0 < k < N:
+        raise ValueError("an SM2 scalar is 32 bytes big-endian in [1, n-1]")
+    encode = encode_compressed if compressed else encode_uncompressed
+    return [encode(multiply(k, decode_point(bytes(p)))) for p in points]

@@ -11,13 +11,14 @@ calls and two square roots per item (a run of 256 failures has probability 2^-25
 
 Received elements must be 32 bytes, ``x < p`` and the x of a curve point (the identity has
 no such encoding; SM2's cofactor is 1, so there are no small-order points to reject).
-Scalars are 32 bytes big-endian in [1, n); multiplication is :func:`psi.crypto.sm2.multiply`
-(gmpy2, not constant time: see that module).
+Scalars are 32 bytes big-endian in [1, n); multiplication is
+:func:`psi.crypto.sm2.multiply_x_batch`: OpenSSL's constant-time ladder when the system's
+libcrypto 3 loads (:mod:`psi.crypto.libcrypto`), else the gmpy2 window code (not constant time).
 
 Measured with bench/bench_groups.py (n = 200) on the shared 2-core machine under load average
 18, all groups in one run, µs per element: hash 347, multiply 5294, validate 79; x25519 in the
-same run 65 / 688 / 4.5 and p256 1621 / 1284 / 279. So an SM2 multiplication costs about 8
-x25519 or 4 P-256 multiplications (pure Python against OpenSSL).
+same run 65 / 688 / 4.5 and p256 1621 / 1284 / 279 (gmpy2 multiplication, before OpenSSL was
+used; bench/bench_sm2.py at load 6: OpenSSL 449 µs CPU per multiplication, gmpy2 662).
 """
 
 from __future__ import annotations
@@ -78,10 +79,8 @@ class SM2Group(Group):
 
     def multiply(self, scalar: bytes, elements: Sequence[bytes] | bytes) -> list[bytes]:
         self.check_scalar(scalar)
-        k = int.from_bytes(scalar, "big")
-        out = []
-        for element in _as_list(elements, 32):
+        elements = _as_list(elements, 32)
+        for element in elements:
             if len(element) != 32:
                 raise MalformedMessage("sm2 element is not 32 bytes")
-            out.append(sm2.multiply_x(k, sm2.decode_x(bytes(element))))
-        return out
+        return sm2.multiply_x_batch(bytes(scalar), elements)
