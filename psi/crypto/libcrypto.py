@@ -36,6 +36,7 @@ import ctypes
 import ctypes.util
 import hashlib
 import os
+import sys
 import threading
 from typing import Sequence
 
@@ -130,12 +131,44 @@ def _candidates() -> list[str]:
     explicit = os.environ.get("PSIQ_LIBCRYPTO")
     if explicit:
         return [explicit]
+    if sys.platform == "darwin":  # the system's unversioned libcrypto aborts the process on load
+        return ["libcrypto.3.dylib"]
     names = []
     found = ctypes.util.find_library("crypto")
     if found:
         names.append(found)
     names += ["libcrypto.so.3", "libcrypto.3.dylib", "libcrypto-3-x64.dll"]
     return list(dict.fromkeys(names))
+
+
+def open_library() -> ctypes.CDLL:
+    """Open and bind a libcrypto 3.x now (no caching: ``PSIQ_LIBCRYPTO`` is read on every call).
+
+    Raises :class:`LibcryptoUnavailable` naming every candidate tried. :func:`load` is the cached
+    form; other modules that need their own symbols (``psi.crypto.backends.openssl_rsa``) open the
+    library through this function so psiq looks for OpenSSL in one place.
+    """
+    reasons = []
+    for name in _candidates():
+        try:
+            lib = ctypes.CDLL(name)
+        except OSError as err:
+            reasons.append(f"{name}: {err}")
+            continue
+        try:
+            for symbol, (restype, argtypes) in _SIGNATURES.items():
+                function = getattr(lib, symbol)
+                function.restype, function.argtypes = restype, argtypes
+        except AttributeError as err:
+            reasons.append(f"{name}: missing {err}")
+            continue
+        number = lib.OpenSSL_version_num()
+        if number >> 28 != 3:
+            reasons.append(f"{name}: OpenSSL {number:#x} is not 3.x")
+            continue
+        return lib
+    raise LibcryptoUnavailable("OpenSSL libcrypto 3.x not found (" + "; ".join(reasons or ["no candidates"]) +
+                               "); install the system's OpenSSL 3 (e.g. apt install libssl3) or set PSIQ_LIBCRYPTO to its path")
 
 
 def load() -> ctypes.CDLL:
@@ -148,29 +181,12 @@ def load() -> ctypes.CDLL:
             return _lib
         if _error is not None:
             raise LibcryptoUnavailable(_error)
-        reasons = []
-        for name in _candidates():
-            try:
-                lib = ctypes.CDLL(name)
-            except OSError as err:
-                reasons.append(f"{name}: {err}")
-                continue
-            try:
-                for symbol, (restype, argtypes) in _SIGNATURES.items():
-                    function = getattr(lib, symbol)
-                    function.restype, function.argtypes = restype, argtypes
-            except AttributeError as err:
-                reasons.append(f"{name}: missing {err}")
-                continue
-            number = lib.OpenSSL_version_num()
-            if number >> 28 != 3:
-                reasons.append(f"{name}: OpenSSL {number:#x} is not 3.x")
-                continue
-            _lib = lib
-            return lib
-        _error = ("OpenSSL libcrypto 3.x not found (" + "; ".join(reasons or ["no candidates"]) +
-                  "); install the system's OpenSSL 3 (e.g. apt install libssl3) or set PSIQ_LIBCRYPTO to its path")
-        raise LibcryptoUnavailable(_error)
+        try:
+            _lib = open_library()
+        except LibcryptoUnavailable as err:
+            _error = str(err)
+            raise
+        return _lib
 
 
 def available() -> bool:

@@ -23,9 +23,6 @@ gmpy2 path (``openssl`` to insist on this one; ``auto``, the default, uses it wh
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
-import os
-import sys
 
 import gmpy2
 
@@ -40,40 +37,20 @@ _RSA_NO_PADDING = 3
 _VP = ctypes.c_void_p
 
 
-def _candidates() -> list[str]:
-    explicit = os.environ.get(LIBRARY_ENV)
-    if explicit:
-        return [explicit]
-    if sys.platform == "darwin":  # the system's unversioned libcrypto aborts the process on load
-        return []
-    found = ctypes.util.find_library("crypto")
-    return [name for name in (found, "libcrypto.so.3") if name]
-
-
 def _open() -> tuple[ctypes.CDLL, str]:
-    errors = []
-    for name in _candidates():
-        try:
-            lib = ctypes.CDLL(name)
-            lib.OpenSSL_version_num.restype = ctypes.c_ulong
-            lib.OpenSSL_version_num.argtypes = []
-            lib.OpenSSL_version.restype = ctypes.c_char_p
-            lib.OpenSSL_version.argtypes = [ctypes.c_int]
-        except (OSError, AttributeError) as err:
-            errors.append(f"{name}: {err}")
-            continue
-        number = lib.OpenSSL_version_num()
-        text = (lib.OpenSSL_version(0) or b"OpenSSL").decode("ascii", "replace")
-        if number >> 28 != 3:
-            errors.append(f"{name} is {text}, not OpenSSL 3.x")
-            continue
-        try:
-            _declare(lib)
-        except AttributeError as err:
-            errors.append(f"{name}: {err}")
-            continue
-        return lib, text
-    raise BackendUnavailable("no usable libcrypto (OpenSSL 3.x): " + ("; ".join(errors) or "none found"))
+    from .. import libcrypto  # one place where psiq looks for OpenSSL (PSIQ_LIBCRYPTO, then the system's)
+
+    try:
+        lib = libcrypto.open_library()
+    except libcrypto.LibcryptoUnavailable as err:
+        raise BackendUnavailable(f"no usable libcrypto: {err}") from None
+    try:
+        lib.OpenSSL_version.restype = ctypes.c_char_p
+        lib.OpenSSL_version.argtypes = [ctypes.c_int]
+        _declare(lib)
+    except AttributeError as err:
+        raise BackendUnavailable(f"libcrypto lacks an RSA function: {err}") from None
+    return lib, (lib.OpenSSL_version(0) or b"OpenSSL").decode("ascii", "replace")
 
 
 def _declare(lib: ctypes.CDLL) -> None:
