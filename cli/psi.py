@@ -179,6 +179,22 @@ def _options(kw: dict[str, Any]) -> api.PsiOptions:
     )
 
 
+def _gm_transport(kw: dict[str, Any], via_dir: Path | None) -> None:
+    """--suite gm on the command line: the connection must be SM2-signed too (exit 2 otherwise).
+
+    Python's TLS cannot carry SM2 certificates, so under gm every frame is signed with SM2
+    (psi.transport.signed) on top of TLS; the folder exchange seals with X25519/AES-GCM and has
+    no gm form.
+    """
+    if kw.get("suite") != "gm" or kw.get("buckets") is not None:  # --buckets refuses gm itself
+        return
+    if via_dir is not None:
+        raise UsageError("--suite gm is not available with --via-dir (the folder exchange seals with X25519/AES-GCM)")
+    if kw.get("sm2_signing") is None:
+        raise UsageError("--suite gm needs SM2 message signing: give --sm2-key and --sm2-peer-key "
+                         "(TLS here cannot carry SM2 certificates; 'psiq certs sm2-keygen DIR --party NAME' makes a key pair)")
+
+
 def _group_for_suite(kw: dict[str, Any]) -> str:
     """--suite gm uses sm2: an explicit other --group is a usage error, the default is replaced."""
     if kw["suite"] != "gm" or kw["protocol"] != "ecdh":
@@ -239,6 +255,7 @@ def serve(tls: Any, as_json: bool, quiet: bool, forever: bool, listen: str | Non
     """Answer PSI sessions for the records in --input (on --listen, or through --via-dir)."""
     scale = _scale(kw, via_dir, forever)
     options = _options(kw)
+    _gm_transport(kw, via_dir)
     bar = make_progress(quiet, "serve")
     if scale is not None:
         from psi.scale.runner import serve_bucketed
@@ -295,6 +312,7 @@ def connect(tls: Any, as_json: bool, quiet: bool, peer: str | None, via_dir: Pat
     """Run a PSI session against a serving party (at --peer, or through --via-dir)."""
     scale = _scale(kw, via_dir)
     options = _options(kw)
+    _gm_transport(kw, via_dir)
     bar = make_progress(quiet, "connect")
     if scale is not None:
         from psi.scale.runner import connect_bucketed

@@ -228,14 +228,40 @@ def test_conflicting_group_is_a_usage_error(tmp_path):
     assert api.PsiOptions(suite="gm", group="sm2").group == "sm2"
 
 
-def test_suite_mismatch_two_processes_exit_5_naming_both(tmp_path, pki):
+@pytest.fixture(scope="module")
+def sm2_keys(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    d = tmp_path_factory.mktemp("gm-sm2keys")
+    for party in ("bank-a", "bank-b"):
+        result = run_psiq(["certs", "sm2-keygen", str(d), "--party", party])
+        assert result.returncode == 0, result.stderr
+    return d
+
+
+def _signed(keys: Path, own: str, peer: str) -> list[str]:
+    return ["--sm2-key", str(keys / f"{own}.sm2.key"), "--sm2-peer-key", str(keys / f"{peer}.sm2.pub")]
+
+
+def test_gm_on_the_cli_needs_sm2_signing(tmp_path, pki, sm2_keys):
+    a, _b, _ = _tables(tmp_path)
+    base = ["psi", "connect", "--suite", "gm", "--protocol", "kkrt", "--input", str(a), "--on", "id",
+            "--peer", f"127.0.0.1:{free_port()}", "--output", str(tmp_path / "out.csv"), *tls_args(pki, "bank-a")]
+    run = run_psiq(base, timeout=60)
+    assert run.returncode == 2 and "--sm2-key" in _one_error_line(run.stderr)
+    run = run_psiq(["psi", "connect", "--suite", "gm", "--input", str(a), "--on", "id",
+                    "--via-dir", str(tmp_path / "x"), *tls_args(pki, "bank-a")], timeout=60)
+    assert run.returncode == 2 and "--via-dir" in _one_error_line(run.stderr)
+    assert not (tmp_path / "out.csv").exists()
+
+
+def test_suite_mismatch_two_processes_exit_5_naming_both(tmp_path, pki, sm2_keys):
     a, b, _ = _tables(tmp_path)
     port = free_port()
     common = ["--protocol", "kkrt", "--on", "id", "--quiet"]
     server = start_psiq(["psi", "serve", "--suite", "gm", "--input", str(b), "--listen", f"127.0.0.1:{port}",
-                         *common, *tls_args(pki, "bank-b")])
+                         *common, *tls_args(pki, "bank-b"), *_signed(sm2_keys, "bank-b", "bank-a")])
     client = run_psiq(["psi", "connect", "--input", str(a), "--peer", f"127.0.0.1:{port}",
-                       "--output", str(tmp_path / "out.csv"), *common, *tls_args(pki, "bank-a")])
+                       "--output", str(tmp_path / "out.csv"), *common, *tls_args(pki, "bank-a"),
+                       *_signed(sm2_keys, "bank-a", "bank-b")])
     _s_out, s_err = server.communicate(timeout=120)
     assert client.returncode == 5 and server.returncode == 5, (client.stderr, s_err)
     assert "suite: ours='standard' peer='gm'" in _one_error_line(client.stderr)
@@ -243,14 +269,14 @@ def test_suite_mismatch_two_processes_exit_5_naming_both(tmp_path, pki):
     assert not (tmp_path / "out.csv").exists()
 
 
-def test_gm_json_summary_over_the_cli(tmp_path, pki):
+def test_gm_json_summary_over_the_cli(tmp_path, pki, sm2_keys):
     a, b, expected = _tables(tmp_path)
     port = free_port()
     common = ["--protocol", "kkrt", "--suite", "gm", "--on", "id", "--json", "--quiet"]
     server = start_psiq(["psi", "serve", "--input", str(b), "--listen", f"127.0.0.1:{port}", *common,
-                         *tls_args(pki, "bank-b")])
+                         *tls_args(pki, "bank-b"), *_signed(sm2_keys, "bank-b", "bank-a")])
     client = run_psiq(["psi", "connect", "--input", str(a), "--peer", f"127.0.0.1:{port}", *common,
-                       *tls_args(pki, "bank-a")])
+                       *tls_args(pki, "bank-a"), *_signed(sm2_keys, "bank-a", "bank-b")])
     s_out, s_err = server.communicate(timeout=120)
     assert client.returncode == 0 and server.returncode == 0, (client.stderr, s_err)
     for text in (client.stdout, s_out):
