@@ -123,7 +123,8 @@ class _Sm2:
     def base(scalar: int) -> bytes:
         from ..crypto import sm2
 
-        return sm2.encode_compressed(sm2.multiply(scalar, sm2.G))
+        # multiply_points_batch: OpenSSL's constant-time ladder when libcrypto 3 loads (the scalar is secret)
+        return sm2.multiply_points_batch(scalar.to_bytes(32, "big"), [sm2.encode_compressed(sm2.G)])[0]
 
     @classmethod
     def mul(cls, scalar: int, point: bytes) -> bytes:
@@ -131,7 +132,7 @@ class _Sm2:
 
         if point == cls._identity:
             return point
-        return sm2.encode_compressed(sm2.multiply(scalar, sm2.decode_point(point)))
+        return sm2.multiply_points_batch(scalar.to_bytes(32, "big"), [point])[0]
 
     @classmethod
     def add(cls, left: bytes, right: bytes, negate: bool = False) -> bytes:
