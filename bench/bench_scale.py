@@ -35,6 +35,9 @@ def dataset(n: int) -> tuple[Path, Path]:
     a, b = DATA / f"scale-{n}-a.csv", DATA / f"scale-{n}-b.csv"
     if a.exists() and b.exists():
         return a, b
+    if n > LARGE:
+        _large_dataset(n, a, b)
+        return a, b
     rng = np.random.default_rng(n)
     ids = rng.choice(10**17, size=2 * n - n // 2, replace=False) + 10**17
     common, only_a, only_b = ids[: n // 2], ids[n // 2 : n], ids[n : 2 * n - n // 2]
@@ -47,6 +50,39 @@ def dataset(n: int) -> tuple[Path, Path]:
                 chunk = zip(own[start:start + (1 << 20)].tolist(), feature[start:start + (1 << 20)].tolist())
                 f.write("".join(f"{i},{v}\n" for i, v in chunk))
     return a, b
+
+
+#: Above this size the ids are drawn with replacement and deduplicated (rng.choice without
+#: replacement is slow and memory-hungry at 10^8) and lines are formatted with numpy
+#: (features zero-padded to 6 digits): same shape of data, other values than the small sizes.
+LARGE = 20_000_000
+
+
+def _large_dataset(n: int, a: Path, b: Path) -> None:
+    rng = np.random.default_rng(n)
+    want = 2 * n - n // 2
+    ids = np.unique(rng.integers(10**17, 10**18, size=want + want // 50, dtype=np.int64))
+    assert len(ids) >= want, "too many collisions"
+    ids = ids[:want]  # sorted: the shuffles below randomise the order
+    rng.shuffle(ids)
+    common, only_a, only_b = ids[: n // 2], ids[n // 2 : n], ids[n : want]
+    powers = 10 ** np.arange(17, -1, -1, dtype=np.int64)
+    fpowers = 10 ** np.arange(5, -1, -1, dtype=np.int64)
+    for path, own in ((a, np.concatenate([common, only_a])), (b, np.concatenate([common, only_b]))):
+        del_path = path.with_suffix(".tmp")
+        rng.shuffle(own)
+        with open(del_path, "wb") as f:
+            f.write(b"id,feature\n")
+            for start in range(0, len(own), 1 << 21):
+                chunk = own[start:start + (1 << 21)]
+                line = np.empty((len(chunk), 26), dtype=np.uint8)
+                line[:, :18] = (chunk[:, None] // powers) % 10 + 48
+                line[:, 18] = ord(",")
+                feature = rng.integers(0, 10**6, len(chunk))
+                line[:, 19:25] = (feature[:, None] // fpowers) % 10 + 48
+                line[:, 25] = ord("\n")
+                f.write(line.tobytes())
+        os.replace(del_path, path)
 
 
 def free_port() -> int:
