@@ -232,7 +232,9 @@ class BucketedSession:
         if self.output is not None and not learns:
             raise UsageError(f"the {self.role.value} learns no intersection with --reveal {self.reveal.value}: drop --output")
         if options.server_key is not None or options.prepared is not None or options.cache_dir is not None:
-            raise UsageError("--server-key, --prepared and --cache-dir do not combine with --buckets")
+            raise UsageError("--server-key, --prepared and --cache-dir do not combine with --buckets: they hold the"
+                             " server's set precomputed for the whole set under a persisted key, while each bucket"
+                             " is a fresh sub-session over a split that changes every session (docs/SCALE.md)")
         self.config = options.protocol_config()
         self.module = protocol_module(options.protocol)
         self._hello_of = _hello
