@@ -21,6 +21,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -103,19 +104,30 @@ def run(mode: str, protocol: str, a: Path, b: Path, pki: Path, tmp: Path, memory
     if extra is None:
         buckets, _, limit = mode.partition(":")  # e.g. auto, auto:512MiB, 8
         extra = ["--buckets", buckets, "--memory-limit", limit or memory_limit]
+    timed = ["/usr/bin/time", "-v", "-o"] if os.path.exists("/usr/bin/time") else None
+    wrap = lambda side: [*timed, str(tmp / f"time-{side}.txt")] if timed else []  # noqa: E731
+    loads: list[float] = []
+    sampling = threading.Event()
+
+    def sample() -> None:  # the 1-minute load average every 10 s during the run
+        while not sampling.wait(10):
+            loads.append(os.getloadavg()[0])
+
+    threading.Thread(target=sample, daemon=True).start()
     t0 = time.perf_counter()
-    server = subprocess.Popen([sys.executable, "-m", "cli", "psi", "serve", "--listen", f"127.0.0.1:{port}",
+    server = subprocess.Popen([*wrap("server"), sys.executable, "-m", "cli", "psi", "serve", "--listen", f"127.0.0.1:{port}",
                                "--input", str(b), "--output", str(tmp / "s.csv"), *common, *extra,
                                *(["--work-dir", str(tmp / "ws")] if mode != "plain" else []),
                                *tls("bank-b", "bank-a")], env=env, stdout=subprocess.PIPE, text=True)
     time.sleep(0.5)
-    client = subprocess.Popen([sys.executable, "-m", "cli", "psi", "connect", "--peer", f"127.0.0.1:{port}",
+    client = subprocess.Popen([*wrap("client"), sys.executable, "-m", "cli", "psi", "connect", "--peer", f"127.0.0.1:{port}",
                                "--input", str(a), "--output", str(tmp / "c.csv"), *common, *extra,
                                *(["--work-dir", str(tmp / "wc")] if mode != "plain" else []),
                                *tls("bank-a", "bank-b")], env=env, stdout=subprocess.PIPE, text=True)
     out_c, _ = client.communicate()
     out_s, _ = server.communicate()
     wall = time.perf_counter() - t0
+    sampling.set()
     if client.returncode or server.returncode:
         raise SystemExit(f"{mode}: exit {client.returncode}/{server.returncode}")
     c, s = json.loads(out_c), json.loads(out_s)
@@ -128,7 +140,32 @@ def run(mode: str, protocol: str, a: Path, b: Path, pki: Path, tmp: Path, memory
             "client_seconds": c["seconds"], "server_seconds": s["seconds"],
             "rss_client_mb": c["peak_rss_mb"], "rss_server_mb": s["peak_rss_mb"],
             "buckets": (c.get("scale") or {}).get("buckets"), "phases_client": c["phases"],
-            "intersection": c["intersection_size"]}
+            "intersection": c["intersection_size"], "time_v_maxrss_mb": {side: _maxrss(tmp / f"time-{side}.txt")
+                                                                          for side in ("client", "server")},
+            "cpu_seconds": {side: _cpu(tmp / f"time-{side}.txt") for side in ("client", "server")},
+            "load_1min": {"min": min(loads, default=None), "max": max(loads, default=None),
+                          "mean": round(sum(loads) / len(loads), 2) if loads else None}}
+
+
+def _time_field(path: Path, label: str) -> float | None:
+    try:
+        for line in path.read_text().splitlines():
+            if line.strip().startswith(label):
+                return float(line.rsplit(":", 1)[1])
+    except (OSError, ValueError):
+        pass
+    return None
+
+
+def _maxrss(path: Path) -> float | None:
+    """GNU time's "Maximum resident set size" (the process, or its largest child), in MiB."""
+    kb = _time_field(path, "Maximum resident set size")
+    return None if kb is None else round(kb / 1024, 1)
+
+
+def _cpu(path: Path) -> float | None:
+    user, system = _time_field(path, "User time"), _time_field(path, "System time")
+    return None if user is None or system is None else round(user + system, 1)
 
 
 def main() -> None:
