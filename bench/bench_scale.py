@@ -93,17 +93,22 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def run(mode: str, protocol: str, a: Path, b: Path, pki: Path, tmp: Path, memory_limit: str) -> dict:
+def run(mode: str, protocol: str, a: Path, b: Path, pki: Path, tmp: Path, memory_limit: str,
+        ray_address: str | None = None) -> dict:
     port = free_port()
     env = dict(os.environ, PYTHONPATH=str(ROOT))
     tls = lambda me, peer: ["--tls-cert", str(pki / f"{me}.pem"), "--tls-key", str(pki / f"{me}.key"),  # noqa: E731
                             "--tls-ca", str(pki / "ca.pem"), "--peer-name", peer]
     common = ["--protocol", protocol, "--reveal", "both", "--on", "id", "--json", "--quiet",
               "--max-peer-size", str(10**9), "--timeout", "3600"]
+    label = mode
+    mode, _, executor = mode.partition("@")  # e.g. 1@ray: one bucket, batch work as Ray tasks
     extra = {"plain": []}.get(mode)
     if extra is None:
         buckets, _, limit = mode.partition(":")  # e.g. auto, auto:512MiB, 8
         extra = ["--buckets", buckets, "--memory-limit", limit or memory_limit]
+    if executor:
+        extra += ["--executor", executor, *(["--ray-address", ray_address] if executor == "ray" and ray_address else [])]
     timed = ["/usr/bin/time", "-v", "-o"] if os.path.exists("/usr/bin/time") else None
     wrap = lambda side: [*timed, str(tmp / f"time-{side}.txt")] if timed else []  # noqa: E731
     loads: list[float] = []
@@ -136,10 +141,10 @@ def run(mode: str, protocol: str, a: Path, b: Path, pki: Path, tmp: Path, memory
     with open(tmp / "c.csv") as fc, open(tmp / "s.csv") as fs:
         aligned = all(x.split(",")[0] == y.split(",")[0] for x, y in zip(fc, fs))
     assert aligned and rows_c == rows_s == c["intersection_size"], "outputs not aligned"
-    return {"mode": mode, "protocol": protocol, "size": c["set_size"], "wall": round(wall, 2),
+    return {"mode": label, "protocol": protocol, "size": c["set_size"], "wall": round(wall, 2),
             "client_seconds": c["seconds"], "server_seconds": s["seconds"],
             "rss_client_mb": c["peak_rss_mb"], "rss_server_mb": s["peak_rss_mb"],
-            "buckets": (c.get("scale") or {}).get("buckets"), "phases_client": c["phases"],
+            "buckets": (c.get("scale") or {}).get("buckets"), "executor": (c.get("scale") or {}).get("executor"), "phases_client": c["phases"],
             "intersection": c["intersection_size"], "time_v_maxrss_mb": {side: _maxrss(tmp / f"time-{side}.txt")
                                                                           for side in ("client", "server")},
             "cpu_seconds": {side: _cpu(tmp / f"time-{side}.txt") for side in ("client", "server")},
@@ -175,7 +180,18 @@ def main() -> None:
     p.add_argument("--modes", default="plain,auto")
     p.add_argument("--repeat", type=int, default=1)
     p.add_argument("--memory-limit", default="2GiB")
+    p.add_argument("--ray-nodes", type=int, default=0,
+                   help="start a ray.cluster_utils.Cluster of this many 1-CPU nodes for modes like 1@ray")
     args = p.parse_args()
+    ray_address = None
+    if args.ray_nodes:
+        from ray.cluster_utils import Cluster
+
+        cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1})
+        for _ in range(args.ray_nodes - 1):
+            cluster.add_node(num_cpus=1)
+        cluster.wait_for_nodes()
+        ray_address = cluster.address
     sys.path.insert(0, str(ROOT))
     from psi.transport.tls import create_test_pki
 
@@ -186,10 +202,12 @@ def main() -> None:
         create_test_pki(tmp / "pki", ["bank-a", "bank-b"])
         for _ in range(args.repeat):
             for mode in args.modes.split(","):
-                r = run(mode, args.protocol, a, b, tmp / "pki", tmp, args.memory_limit)
+                r = run(mode, args.protocol, a, b, tmp / "pki", tmp, args.memory_limit, ray_address)
                 print(json.dumps(r), flush=True)
                 results.append(r)
     print(json.dumps({"load_average": os.getloadavg(), "cores": os.cpu_count()}))
+    if args.ray_nodes:
+        cluster.shutdown()
 
 
 if __name__ == "__main__":

@@ -67,8 +67,8 @@ def test_ray_tasks_run_on_both_nodes_and_outputs_equal_the_local_run(cluster, tm
     a, b = _inputs(tmp_path)
     with Executor(1) as local_c, Executor(1) as local_s:
         _run(a, b, tmp_path, "local", local_c, local_s)
-    client_ex, server_ex = RayExecutor(), RayExecutor()
-    client, server = _run(a, b, tmp_path, "ray", client_ex, server_ex)
+    with RayExecutor() as client_ex, RayExecutor() as server_ex:  # as the CLI uses it (closing included)
+        client, server = _run(a, b, tmp_path, "ray", client_ex, server_ex)
     report = client.scale["executor"]
     assert report["kind"] == "ray" and report["nodes_alive"] == 2
     used = set(client_ex.tasks_per_node) | set(server_ex.tasks_per_node)

@@ -114,7 +114,9 @@ class RayExecutor(Executor):
         return {"kind": "ray", "cluster_cpus": self.workers, "nodes_alive": len(nodes),
                 "nodes_used": len(self.tasks_per_node), "tasks_per_node": dict(self.tasks_per_node)}
 
-    def close(self) -> None:
+    def close(self, *, terminate: bool = False) -> None:
+        """Forget the pool; shut Ray down if this executor started it (``terminate``: Ray's
+        tasks are the cluster's, nothing to kill here)."""
         self._pool = None
         if self._owns and self._ray.is_initialized():
             self._ray.shutdown()
