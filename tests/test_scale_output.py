@@ -163,3 +163,63 @@ def test_receiver_output_is_byte_identical_to_unbucketed(files, tmp_path):
     run_both(a, b, tmp_path, opts, buckets=3)
     api.intersect_files(a, b, on=["id"], client_output=tmp_path / "u_c.csv", options=opts)
     assert (tmp_path / "out_c.csv").read_bytes() == (tmp_path / "u_c.csv").read_bytes()
+
+
+def _tail_pair(own_c: int, own_s: int, join: str, matched: int = 10) -> tuple[Any, Any]:
+    from psi.protocols.base import Role
+    from psi.scale.tails import TailExchange
+
+    return (TailExchange(Role.CLIENT, own_c, join, "client", matched_rows=matched),
+            TailExchange(Role.SERVER, own_s, join, "client", matched_rows=matched))
+
+
+@pytest.mark.parametrize("join", ["left", "right", "full"])
+def test_tail_exchange_sends_what_the_alignment_exchange_sends(join):
+    """Same wire messages as AlignmentExchange with no matched keys (what the bucketed session
+    ran before), and the segments of compute_row_order."""
+    from psi.alignment import AlignmentExchange, compute_row_order
+    from psi.protocols.base import PsiOutcome, Role
+    from psi.records import KeyTable
+    from psi.normalize import Normalization
+
+    def table(n: int) -> KeyTable:
+        return KeyTable(path=Path("-"), fmt="csv", header=[], on=[], columns=[], normalization=Normalization(),
+                        dedup="keep-all", keys=[b"\x00"], row_numbers=np.arange(n, dtype=np.int64),
+                        row_keys=np.zeros(n, dtype=np.int64), rows_read=n, duplicate_rows=0, skipped_rows=0)
+
+    client, server = _tail_pair(5, 7, join)
+    old = AlignmentExchange(Role.CLIENT, PsiOutcome([], None), table(5), join, "client")
+    sent = client.outgoing()
+    assert [(m.kind, m.body) for m in sent] == [(m.kind, m.body) for m in old.outgoing()]
+    for m in server.outgoing():
+        client.receive(m)
+    for m in sent:
+        server.receive(m)
+    rows, _matched, own, empty = compute_row_order(table(5), [], None, is_left=True, join=join,
+                                                   peer_unmatched=7 if join != "left" else 0)
+    want = [("own", 5) if r >= 0 else ("empty", 1) for r in rows.tolist()]
+    got = [("own", 5)] * 0
+    for seg in client.segments():
+        got += [("own", 5)] * 5 if seg.kind == "own" else [("empty", 1)] * seg.count
+    assert got == want
+    assert client.counts() == (own, empty)
+
+
+def test_tail_exchange_refuses_a_peer_count_beyond_the_output_cap():
+    """A cheating peer announcing 2^32-1 unmatched rows (to make this side write billions of
+    empty rows) is refused by the output-rows cap, as without buckets -- and no per-row array
+    of that size is ever built (segments hold counts)."""
+    import json
+
+    from psi.errors import PolicyError
+    from psi.messages import Message
+
+    client, server = _tail_pair(5, 7, "full")
+    client.outgoing()
+    for m in server.outgoing():
+        if m.kind == "align.info":
+            info = json.loads(m.body)
+            info["unmatched"] = 2**32 - 1
+            m = Message(m.kind, json.dumps(info).encode())
+        with pytest.raises(PolicyError, match="more than the cap"):
+            client.receive(m)
