@@ -182,11 +182,14 @@ def main() -> None:
     p.add_argument("--memory-limit", default="2GiB")
     p.add_argument("--ray-nodes", type=int, default=0,
                    help="start a ray.cluster_utils.Cluster of this many 1-CPU nodes for modes like 1@ray")
+    p.add_argument("--ray-niceness", type=int, default=0, help="RAY_worker_niceness for the cluster (Ray's default: 15)")
     args = p.parse_args()
     ray_address = None
     if args.ray_nodes:
         from ray.cluster_utils import Cluster
 
+        # Ray starts workers at nice 15 by default; on this shared machine that starves them
+        os.environ.setdefault("RAY_worker_niceness", str(args.ray_niceness))
         cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1})
         for _ in range(args.ray_nodes - 1):
             cluster.add_node(num_cpus=1)
