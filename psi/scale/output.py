@@ -87,6 +87,13 @@ class _Writer:
         self.bits = 0
         self._buffers: dict[int, list[tuple[np.ndarray, bytes]]] = {}
         self._buffered = 0
+        # the scan's state: the CSV scan, the input's descriptor, the loaded range's entries
+        self._scan: Any = None
+        self._fd = -1
+        self._range = -1
+        self._m = np.zeros(0, dtype=_ENTRY)
+        self._d = np.zeros(0, dtype="<i8")
+        self._seen_matched = self._seen_direct = 0
 
     # -- 1. distribute ----------------------------------------------------------------------
     def _by_range(self, rows: np.ndarray) -> list[tuple[int, int, int]]:
