@@ -136,8 +136,8 @@ def _scale(kw: dict[str, Any], via_dir: Path | None, forever: bool = False) -> A
         raise UsageError("--buckets and --work-dir go together")
     if kw.get("suite") == "gm":  # the bucket split and its checkpoints hash with SHA-256/SHAKE (psi.scale)
         raise UsageError("--buckets is not available with --suite gm yet (bucketing hashes keys with SHA-256)")
-    if via_dir is not None or forever:
-        raise UsageError("--buckets runs one session over a connection: drop --via-dir/--forever")
+    if forever:
+        raise UsageError("--buckets runs one session (its work dir holds that session's state): drop --forever")
     from psi.scale import ScaleOptions, parse_buckets, parse_size  # only for bucketed sessions
 
     return ScaleOptions(work_dir, parse_buckets(buckets), parse_size(memory), resume, reconnect, executor, ray_address)
@@ -260,8 +260,11 @@ def serve(tls: Any, as_json: bool, quiet: bool, forever: bool, listen: str | Non
     if scale is not None:
         from psi.scale.runner import serve_bucketed
 
-        if listen is None:
-            raise UsageError("--buckets needs --listen")
+        if (listen is None) == (via_dir is None):
+            raise UsageError("--buckets needs exactly one of --listen and --via-dir")
+        if via_dir is not None:
+            _bucketed_folder("server", via_dir, kw, options, scale, bar, as_json, quiet, tls)
+            return
         try:
             summary = serve_bucketed(kw["input_path"], on=_columns(kw["on"]), listen=listen, tls=tls, options=options,
                                      scale=scale, output=kw["output"], on_progress=bar,
@@ -317,8 +320,11 @@ def connect(tls: Any, as_json: bool, quiet: bool, peer: str | None, via_dir: Pat
     if scale is not None:
         from psi.scale.runner import connect_bucketed
 
-        if peer is None:
-            raise UsageError("--buckets needs --peer")
+        if (peer is None) == (via_dir is None):
+            raise UsageError("--buckets needs exactly one of --peer and --via-dir")
+        if via_dir is not None:
+            _bucketed_folder("client", via_dir, kw, options, scale, bar, as_json, quiet, tls)
+            return
         try:
             summary = connect_bucketed(kw["input_path"], on=_columns(kw["on"]), peer=peer, tls=tls, options=options,
                                        scale=scale, output=kw["output"], on_progress=bar,
@@ -332,6 +338,19 @@ def connect(tls: Any, as_json: bool, quiet: bool, peer: str | None, via_dir: Pat
     try:
         summary = api.connect(kw["input_path"], on=_columns(kw["on"]), peer=peer, tls=tls, output=kw["output"],
                               options=options, on_progress=bar)
+    finally:
+        bar.close()
+    _report(summary, as_json, quiet)
+
+
+def _bucketed_folder(role: str, via_dir: Path, kw: dict[str, Any], options: api.PsiOptions, scale: Any, bar: Any,
+                     as_json: bool, quiet: bool, tls: Any) -> None:
+    """A bucketed session through --via-dir (psi.scale.runner.bucketed_via_folder)."""
+    from psi.scale.runner import bucketed_via_folder
+
+    try:
+        summary = bucketed_via_folder(role, kw["input_path"], on=_columns(kw["on"]), directory=via_dir, tls=tls,
+                                      options=options, scale=scale, output=kw["output"], on_progress=bar)
     finally:
         bar.close()
     _report(summary, as_json, quiet)

@@ -168,3 +168,59 @@ def test_cli_refuses_buckets_without_work_dir(tmp_path):
                            "--buckets", "4", "--insecure"], env=subprocess_env(), capture_output=True, text=True,
                           timeout=60)
     assert proc.returncode == 2 and "--buckets and --work-dir go together" in proc.stderr
+
+
+def test_buckets_via_folder_equal_the_connection_run(pki, tmp_path):
+    """--via-dir with --buckets: the same bucketed session through a signed, encrypted folder;
+    the outputs are byte-identical to a bucketed run over a TLS connection (the order does not
+    depend on the session's split)."""
+    a, b = _inputs(tmp_path, 1500)
+    opts = api.PsiOptions(protocol="ecdh", reveal="both", join="full", workers=1)
+    box: dict[str, Any] = {}
+
+    def party(name: str, fn: Any) -> threading.Thread:
+        def run() -> None:
+            try:
+                box[name] = fn()
+            except PsiqError as err:
+                box[name + "_error"] = err
+        t = threading.Thread(target=run)
+        t.start()
+        return t
+
+    folder = tmp_path / "exchange"
+    folder.mkdir()
+    threads = [
+        party("s", lambda: runner.bucketed_via_folder("server", b, on=["id"], directory=folder, tls=tls_for(pki, "bank-b"),
+                                                      options=opts, scale=ScaleOptions(tmp_path / "ws", 3),
+                                                      output=tmp_path / "s_dir.csv")),
+        party("c", lambda: runner.bucketed_via_folder("client", a, on=["id"], directory=folder, tls=tls_for(pki, "bank-a"),
+                                                      options=opts, scale=ScaleOptions(tmp_path / "wc", 3),
+                                                      output=tmp_path / "c_dir.csv")),
+    ]
+    for t in threads:
+        t.join(180)
+    assert "s" in box and "c" in box, box
+    port = free_port()
+    threads = [party("s2", lambda: runner.serve_bucketed(b, on=["id"], listen=f"127.0.0.1:{port}", tls=tls_for(pki, "bank-b"),
+                                                         options=opts, scale=ScaleOptions(tmp_path / "ws2", 3),
+                                                         output=tmp_path / "s_tcp.csv"))]
+    time.sleep(0.3)
+    runner.connect_bucketed(a, on=["id"], peer=f"127.0.0.1:{port}", tls=tls_for(pki, "bank-a"), options=opts,
+                            scale=ScaleOptions(tmp_path / "wc2", 3), output=tmp_path / "c_tcp.csv")
+    threads[0].join(60)
+    assert (tmp_path / "c_dir.csv").read_bytes() == (tmp_path / "c_tcp.csv").read_bytes()
+    assert (tmp_path / "s_dir.csv").read_bytes() == (tmp_path / "s_tcp.csv").read_bytes()
+    assert box["c"].scale["buckets"] == 3 and box["c"].intersection_size == 750
+
+
+@pytest.mark.parametrize("extra,message", [
+    (["--forever"], "drop --forever"),
+    (["--protocol", "ecdh", "--prepared", "p.bin", "--server-key", "k.pem"], "precomputed for the whole set"),
+])
+def test_cli_refuses_buckets_with_forever_and_prepared(tmp_path, extra, message):
+    a, _b = _inputs(tmp_path, 20)
+    proc = subprocess.run([*psiq_cmd(), "psi", "serve", "--listen", "127.0.0.1:0", "--input", str(a), "--on", "id",
+                           "--buckets", "4", "--work-dir", str(tmp_path / "w"), "--insecure", *extra],
+                          env=subprocess_env(), capture_output=True, text=True, timeout=60, cwd=tmp_path)
+    assert proc.returncode == 2 and message in proc.stderr, proc.stderr

@@ -67,8 +67,8 @@ def test_ray_tasks_run_on_both_nodes_and_outputs_equal_the_local_run(cluster, tm
     a, b = _inputs(tmp_path)
     with Executor(1) as local_c, Executor(1) as local_s:
         _run(a, b, tmp_path, "local", local_c, local_s)
-    client_ex, server_ex = RayExecutor(), RayExecutor()
-    client, server = _run(a, b, tmp_path, "ray", client_ex, server_ex)
+    with RayExecutor() as client_ex, RayExecutor() as server_ex:  # as the CLI uses it (closing included)
+        client, server = _run(a, b, tmp_path, "ray", client_ex, server_ex)
     report = client.scale["executor"]
     assert report["kind"] == "ray" and report["nodes_alive"] == 2
     used = set(client_ex.tasks_per_node) | set(server_ex.tasks_per_node)
@@ -91,3 +91,36 @@ def test_unreachable_cluster_exits_3(tmp_path):
     assert proc.returncode == 3, proc.stderr
     assert "cannot reach the Ray cluster" in proc.stderr
     assert sys.executable
+
+
+def test_a_worker_killed_mid_task_is_retried_and_the_session_completes(cluster, tmp_path):
+    """The first Ray task of the session SIGKILLs its own worker process (once: an O_EXCL
+    marker file); Ray retries the task on a fresh worker (max_retries) and both outputs still
+    equal the local run's bytes."""
+    import os
+    import signal
+
+    from psi.scale.ray_executor import TASK_RETRIES, _call
+
+    a, b = _inputs(tmp_path)
+    with Executor(1) as local_c, Executor(1) as local_s:
+        _run(a, b, tmp_path, "local", local_c, local_s)
+    marker = str(tmp_path / "killed-once")
+
+    def dying_call(fn: Any, args: tuple[Any, ...]) -> Any:
+        try:
+            fd = os.open(marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+        except FileExistsError:
+            return _call(fn, args)  # later tasks and the retry run normally
+        os.write(fd, str(os.getpid()).encode())
+        os.close(fd)
+        os.kill(os.getpid(), signal.SIGKILL)  # the worker dies in the middle of the task
+
+    client_ex, server_ex = RayExecutor(), RayExecutor()
+    client_ex._pool.task = ray.remote(max_retries=TASK_RETRIES, retry_exceptions=False)(dying_call)
+    _run(a, b, tmp_path, "ray", client_ex, server_ex)
+    killed = int(Path(marker).read_text())
+    assert killed != os.getpid()  # a worker process died, not the driver
+    assert sum(client_ex.tasks_per_node.values()) >= 1
+    assert (tmp_path / "cray.csv").read_bytes() == (tmp_path / "clocal.csv").read_bytes()
+    assert (tmp_path / "sray.csv").read_bytes() == (tmp_path / "slocal.csv").read_bytes()

@@ -13,6 +13,7 @@ stops with exit 2, and a cluster that cannot be reached with exit 3.
 
 from __future__ import annotations
 
+import os
 import socket
 import threading
 from collections import Counter
@@ -91,6 +92,10 @@ class RayExecutor(Executor):
         self._owns = not ray.is_initialized()
         if self._owns and address:
             _probe(address)  # ray.init waits minutes for an unreachable cluster; fail fast instead
+        if self._owns and not address:
+            # a Ray started here: its workers at the local pool's priority (Ray's default is
+            # nice 15, which starves them on a machine with other work; docs/SCALE.md)
+            os.environ.setdefault("RAY_worker_niceness", "0")
         if self._owns:
             try:
                 ray.init(address=address, include_dashboard=False, log_to_driver=False, configure_logging=False)
@@ -114,7 +119,9 @@ class RayExecutor(Executor):
         return {"kind": "ray", "cluster_cpus": self.workers, "nodes_alive": len(nodes),
                 "nodes_used": len(self.tasks_per_node), "tasks_per_node": dict(self.tasks_per_node)}
 
-    def close(self) -> None:
+    def close(self, *, terminate: bool = False) -> None:
+        """Forget the pool; shut Ray down if this executor started it (``terminate``: Ray's
+        tasks are the cluster's, nothing to kill here)."""
         self._pool = None
         if self._owns and self._ray.is_initialized():
             self._ray.shutdown()

@@ -22,7 +22,7 @@ from ..transport.base import Channel
 from ..transport.tcp import Listener, TlsConfig, connect as tcp_connect
 from .session import BucketedSession, ScaleOptions, WrongPeer, may_retry
 
-__all__ = ["serve_bucketed", "connect_bucketed", "run_with_reconnect", "make_executor"]
+__all__ = ["serve_bucketed", "connect_bucketed", "bucketed_via_folder", "run_with_reconnect", "make_executor"]
 
 
 def make_executor(options: Any, scale: ScaleOptions) -> Executor:
@@ -101,3 +101,20 @@ def connect_bucketed(input: str | os.PathLike[str], *, on: Sequence[str], peer: 
             return tcp_connect(peer, tls, timeout=connect_timeout, retries=5 if remaining is None else 0)
 
         return run_with_reconnect(session, dial, reconnect_timeout=scale.reconnect_timeout, on_retry=on_retry)
+
+
+def bucketed_via_folder(role: Role | str, input: str | os.PathLike[str], *, on: Sequence[str],
+                        directory: str | os.PathLike[str], tls: TlsConfig | None, options: Any, scale: ScaleOptions,
+                        output: str | os.PathLike[str] | None = None, on_progress: Any = None) -> Any:
+    """One party of a bucketed session through a shared folder (``--via-dir``): the same
+    messages as over a connection, signed and encrypted by :class:`psi.transport.files.FolderChannel`.
+    A folder does not drop, so there is no reconnection; an interrupted run resumes with
+    ``--resume`` on both sides and a fresh folder (the scale hello then agrees on the finished
+    buckets as after a reconnection)."""
+    from ..transport.files import FolderChannel
+
+    with make_executor(options, scale) as executor:
+        session = BucketedSession(Role(role), input, on=on, options=options, scale=scale, output=output,
+                                  executor=executor, on_progress=on_progress)
+        with FolderChannel(directory, Role(role).value, tls, handshake_timeout=options.timeout) as channel:
+            return session.run(channel)

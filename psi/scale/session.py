@@ -37,7 +37,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 from types import SimpleNamespace
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 
@@ -73,6 +73,8 @@ from .buckets import (
     prepare_fine,
 )
 from .manifest import Manifest, chain_hash, check_resume, file_digest
+from .output import Segment, write_bucketed_output
+from .tails import TailExchange, sends_unmatched
 
 __all__ = ["ScaleOptions", "BucketedSession", "TranscriptChannel", "parse_buckets", "parse_size", "WrongPeer"]
 
@@ -230,7 +232,9 @@ class BucketedSession:
         if self.output is not None and not learns:
             raise UsageError(f"the {self.role.value} learns no intersection with --reveal {self.reveal.value}: drop --output")
         if options.server_key is not None or options.prepared is not None or options.cache_dir is not None:
-            raise UsageError("--server-key, --prepared and --cache-dir do not combine with --buckets")
+            raise UsageError("--server-key, --prepared and --cache-dir do not combine with --buckets: they hold the"
+                             " server's set precomputed for the whole set under a persisted key, while each bucket"
+                             " is a fresh sub-session over a split that changes every session (docs/SCALE.md)")
         self.config = options.protocol_config()
         self.module = protocol_module(options.protocol)
         self._hello_of = _hello
@@ -260,7 +264,7 @@ class BucketedSession:
             return manifest
         if manifest is not None:
             raise UsageError(f"{self.work} holds an interrupted session: rerun with --resume, or use an empty --work-dir")
-        for sub in ("spill", "prep", "done"):
+        for sub in ("spill", "prep", "done", "out"):
             shutil.rmtree(self.work / sub, ignore_errors=True)
         return None
 
@@ -490,12 +494,41 @@ class BucketedSession:
         m.save(self.work)
 
     # -- the end ----------------------------------------------------------------------------
+    def _part(self, b: int) -> Any:
+        """Bucket ``b``'s checkpoint (arrays load when indexed)."""
+        return np.load(self.work / "done" / f"b{b:04d}.npz")
+
+    def _write(self, fmt: str | None, rows_read: int, parts: Iterator[dict[str, Any]],
+               segments: list[Segment] | None) -> int:
+        """Write the output: streamed from the checkpoints for CSV/TSV (:mod:`psi.scale.output`);
+        Parquet keeps :func:`psi.records.write_rows` with the whole order in memory."""
+        assert self.output is not None
+        if fmt != "parquet":
+            return write_bucketed_output(self.input, self.output, fmt=str(fmt), tmp=self.work / "out",
+                                         rows_read=rows_read, buckets=parts, segments=segments)
+        matched, tags, direct = [], [], []
+        for q in parts:
+            if q.get("matched") is not None:
+                matched.append(q["matched"])
+                tags.append(q["tags"])
+            if q.get("direct") is not None:
+                direct.append(q["direct"])
+        own = np.sort(np.concatenate(direct)) if direct else np.zeros(0, np.int64)
+        if segments is None:
+            order = own
+        else:
+            m = np.concatenate(matched) if matched else np.zeros(0, np.int64)
+            t = np.concatenate(tags) if tags else np.zeros(0, np.uint64)
+            pieces = [m[np.argsort(t, kind="stable")]]
+            pieces += [own if s.kind == "own" else np.full(s.count, -1, dtype=np.int64) for s in segments]
+            order = np.concatenate(pieces)
+        return write_rows(self.input, order, self.output, fmt=fmt, expect_rows=rows_read)
+
     def _finish(self, channel: Channel, m: Manifest) -> Any:
         from ..api import PsiSummary, _peak_rss_mb
 
         n = int(m.buckets or 0)
-        parts = [np.load(self.work / "done" / f"b{b:04d}.npz") for b in range(n)]
-        counts = [int(p["count"][0]) for p in parts]
+        counts = [int(self._part(b)["count"][0]) for b in range(n)]
         p = m.partition or {}
         summary = PsiSummary(
             role=self.role.value, protocol=self.options.protocol, reveal=self.reveal.value,
@@ -507,28 +540,40 @@ class BucketedSession:
             intersection_size=None if (counts and counts[0] < 0) else int(sum(counts)),
             stats=self.stats, peer_name=channel.peer_name,
         )
-        rows: np.ndarray | None = None
+        fmt = p.get("fmt")
+        rows_read = int(p.get("rows_read") or 0)
+        writes = self.output is not None
+        t0 = time.perf_counter()
         if self.reveal == Reveal.BOTH:
-            matched = np.concatenate([q["rows"] for q in parts]) if parts else np.zeros(0, np.int64)
-            tags = np.concatenate([q["tags"] for q in parts]) if parts else np.zeros(0, np.uint64)
-            matched = matched[np.argsort(tags, kind="stable")]
-            rows, own_tail, empty = matched, 0, 0
+            is_left = self.role == Role(self.options.left)
+            own_tail = self.options.join != "inner" and sends_unmatched(is_left, self.options.join)
+            matched_total = sum(len(self._part(b)["rows"]) for b in range(n))
+            unmatched_total = sum(len(self._part(b)["unmatched"]) for b in range(n))
+            segments: list[Segment] = []
+            own_rows = empty = 0
             if self.options.join != "inner":
-                unmatched = np.sort(np.concatenate([q["unmatched"] for q in parts])) if parts else np.zeros(0, np.int64)
-                table = self._table(m, [b"\x00"], unmatched, np.zeros(len(unmatched), dtype=np.int64))
-                exchange = AlignmentExchange(self.role, PsiOutcome([], None), table, self.options.join, self.options.left)
-                run_party(exchange, channel, stats=self.stats, on_progress=self.on_progress, timeout=self.options.timeout)
-                tail = exchange.result()
-                rows, own_tail, empty = np.concatenate([matched, tail.rows]), tail.own_unmatched_rows, tail.empty_rows
-            summary.alignment = {"join": self.options.join, "left": self.options.left, "output_rows": int(len(rows)),
-                                 "matched_rows": int(len(matched)), "own_unmatched_rows": int(own_tail),
+                tail = TailExchange(self.role, unmatched_total, self.options.join, self.options.left,
+                                    matched_rows=matched_total)
+                run_party(tail, channel, stats=self.stats, on_progress=self.on_progress, timeout=self.options.timeout)
+                segments = tail.segments()
+                own_rows, empty = tail.counts()
+            summary.alignment = {"join": self.options.join, "left": self.options.left,
+                                 "output_rows": int(matched_total + own_rows + empty),
+                                 "matched_rows": int(matched_total), "own_unmatched_rows": int(own_rows),
                                  "empty_rows": int(empty)}
+            channel.flush()
+            if writes:
+                parts = ({"matched": q["rows"], "tags": q["tags"], "direct": q["unmatched"] if own_tail else None}
+                         for q in map(self._part, range(n)))
+                summary.output_rows = self._write(fmt, rows_read, parts, segments)
         elif self.role == Role.CLIENT and self.reveal == Reveal.RECEIVER:
-            rows = np.sort(np.concatenate([q["rows"] for q in parts])) if parts else np.zeros(0, np.int64)
-        channel.flush()
-        if self.output is not None and rows is not None:
-            t0 = time.perf_counter()
-            summary.output_rows = write_rows(self.input, rows, self.output, fmt=p.get("fmt"), expect_rows=p.get("rows_read"))
+            channel.flush()
+            if writes:
+                summary.output_rows = self._write(fmt, rows_read, ({"direct": q["rows"]} for q in map(self._part, range(n))),
+                                                  None)
+        else:
+            channel.flush()
+        if summary.output_rows is not None:
             summary.output = str(self.output)
             self.stats.phases["write-output"] = time.perf_counter() - t0
         summary.scale = {"buckets": n, "fine_buckets": m.fine, "work_dir": str(self.work),
@@ -539,7 +584,7 @@ class BucketedSession:
         report = getattr(self.executor, "report", None)
         summary.scale["executor"] = report() if report else {"kind": "local", "workers": self.executor.workers}
         summary.peak_rss_mb = _peak_rss_mb()
-        for sub in ("spill", "prep", "done"):
+        for sub in ("spill", "prep", "done", "out"):
             shutil.rmtree(self.work / sub, ignore_errors=True)
         (self.work / "manifest.json").unlink(missing_ok=True)
         return summary
