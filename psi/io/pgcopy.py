@@ -45,10 +45,20 @@ def blocks(connection: Any, statement: str) -> Iterator[bytes]:
     with raw.cursor() as cursor:
         cursor.execute("SET LOCAL client_encoding TO 'UTF8'")
         with cursor.copy(f"COPY ({statement}) TO STDOUT") as copy:
-            if not hasattr(copy, "_finished"):  # a psycopg whose Copy we do not know: its own reader
-                yield from _blocks_of(copy)
-                return
-            yield from _fast_blocks(raw.pgconn, copy)
+            try:
+                if hasattr(copy, "_finished"):
+                    yield from _fast_blocks(raw.pgconn, copy)
+                else:  # a psycopg whose Copy we do not know: its own reader
+                    yield from _blocks_of(copy)
+            except BaseException:
+                # Abandoned mid-COPY (an error, a lost connection, the consumer closing us): close
+                # the connection rather than cancel, drain and roll back on it. Draining reads the
+                # rest of the table for nothing, and a rollback that follows a cancel racing the end
+                # of the data could wait forever on a server that was waiting for us
+                # (test_connection_terminated_mid_write_leaves_no_table hung there). Closing the
+                # socket ends the server's transaction; a read-only one has nothing to keep.
+                connection.invalidate()
+                raise
 
 
 def _blocks_of(copy: Any) -> Iterator[bytes]:
