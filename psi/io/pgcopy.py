@@ -13,11 +13,13 @@ messages always end on a row boundary.
 
 from __future__ import annotations
 
+import queue
 import re
 import select
+import threading
 from typing import Any, Iterator
 
-__all__ = ["usable", "blocks", "split_block", "unescape", "BLOCK_BYTES"]
+__all__ = ["usable", "blocks", "split_block", "unescape", "BLOCK_BYTES", "background_writer"]
 
 BLOCK_BYTES = 1 << 22
 _ESCAPES = {"b": "\b", "f": "\f", "n": "\n", "r": "\r", "t": "\t", "v": "\v", "\\": "\\"}
@@ -51,12 +53,11 @@ def blocks(connection: Any, statement: str) -> Iterator[bytes]:
                 else:  # a psycopg whose Copy we do not know: its own reader
                     yield from _blocks_of(copy)
             except BaseException:
-                # Abandoned mid-COPY (an error, a lost connection, the consumer closing us): close
-                # the connection rather than cancel, drain and roll back on it. Draining reads the
-                # rest of the table for nothing, and a rollback that follows a cancel racing the end
-                # of the data could wait forever on a server that was waiting for us
-                # (test_connection_terminated_mid_write_leaves_no_table hung there). Closing the
-                # socket ends the server's transaction; a read-only one has nothing to keep.
+                # Abandoned mid-COPY (an error, a lost connection, the consumer closing us): drop
+                # the connection rather than cancel, drain the rest of the table for nothing and roll
+                # back. Closing the socket ends the server's transaction; a read-only one has nothing
+                # to keep. (Consumers must close this generator before the connection: see
+                # psi.io.sql.stream_rows.)
                 connection.invalidate()
                 raise
 
@@ -138,3 +139,45 @@ def _unescape_field(field: str) -> str | None:
 def unescape(line: bytes) -> tuple[str | None, ...]:
     """One COPY text line as values (None for NULL)."""
     return tuple(_unescape_field(field) for field in line.decode("utf-8").split("\t"))
+
+
+def background_writer(cursor: Any, depth: int = 2) -> Any:
+    """A psycopg COPY ``Writer`` that sends from a thread, so the caller prepares the next block
+    while the server parses the last one (at most ``depth`` blocks wait: memory stays bounded).
+    Built on psycopg's public ``copy.Writer`` / ``copy.LibpqWriter``."""
+    from psycopg.copy import LibpqWriter, Writer
+
+    class _BackgroundWriter(Writer):
+        def __init__(self) -> None:
+            self._inner = LibpqWriter(cursor)
+            self._queue: queue.Queue[Any] = queue.Queue(maxsize=depth)
+            self._error: BaseException | None = None
+            self._thread: threading.Thread | None = None
+
+        def _run(self) -> None:
+            try:
+                while (data := self._queue.get()) is not None:
+                    self._inner.write(data)
+            except BaseException as err:  # noqa: BLE001 - handed to the caller's next write/finish
+                self._error = err
+                while self._queue.get() is not None:  # keep taking, so write() never blocks forever
+                    pass
+
+        def write(self, data: Any) -> None:
+            if self._error is not None:
+                raise self._error
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, name="psiq-copy-writer", daemon=True)
+                self._thread.start()
+            self._queue.put(data)
+
+        def finish(self, exc: BaseException | None = None) -> None:
+            if self._thread is not None:
+                self._queue.put(None)
+                self._thread.join()
+                self._thread = None
+            if self._error is not None and exc is None:
+                raise self._error
+            self._inner.finish(exc if exc is not None else self._error)
+
+    return _BackgroundWriter()

@@ -481,18 +481,26 @@ def stream_rows(table: SqlKeyTable, order: np.ndarray, *, lines: bool = False) -
         with source.connect() as connection:
             statement = _select(source, connection, table.header, table.relation, table.order_by)
             if lines:  # COPY text: a block's lines, and whether any holds an escape (then: line by line)
-                batches: Iterator[Any] = ((pgcopy.split_block(block), b"\\" in block)
-                                          for block in pgcopy.blocks(connection, statement))
+                stream: Iterator[Any] = pgcopy.blocks(connection, statement)
+                batches: Iterator[Any] = ((pgcopy.split_block(block), b"\\" in block) for block in stream)
             else:
-                batches = ((batch, None) for batch in _stream(connection, statement))
-            for batch, escaped in batches:
-                positions, offsets = placement.pick(total, len(batch))
-                if len(positions):
-                    every = len(offsets) == len(batch) and bool(np.array_equal(offsets, np.arange(len(batch))))
-                    picked = batch if every else list(map(batch.__getitem__, offsets.tolist()))
-                    _check_keys(table, offsets + total, picked, lines, escaped)
-                    yield positions, picked
-                total += len(batch)
+                stream = _stream(connection, statement)
+                batches = ((batch, None) for batch in stream)
+            try:
+                for batch, escaped in batches:
+                    positions, offsets = placement.pick(total, len(batch))
+                    if len(positions):
+                        every = len(offsets) == len(batch) and bool(np.array_equal(offsets, np.arange(len(batch))))
+                        picked = batch if every else list(map(batch.__getitem__, offsets.tolist()))
+                        _check_keys(table, offsets + total, picked, lines, escaped)
+                        yield positions, picked
+                    total += len(batch)
+            finally:
+                # Close the reading stream before its connection: a COPY still in progress when the
+                # connection is closed (rolled back) makes psycopg wait forever for a reply the server
+                # never sends (the hang of test_connection_terminated_mid_write_leaves_no_table).
+                # Closed first, pgcopy.blocks drops the connection instead.
+                stream.close()  # type: ignore[attr-defined]
         if total != table.rows_read:
             raise InputError(f"{source.label}: has {total} rows now but had {table.rows_read} when its keys were read;"
                              " the table changed during the run (nothing written)")
