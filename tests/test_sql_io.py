@@ -624,3 +624,31 @@ def test_psi_prepare_from_a_database_equals_prepare_from_the_csv(pg_env: Any, ba
     missing = _cli(["psi", "prepare", "--input", pg_env.url(), "--table", "bank_b.nosuch",
                     "--out", str(tmp_path / "x.prep"), *common], env=env)
     assert missing.returncode == 2 and "no table 'bank_b.nosuch'" in _error_line(missing)
+
+
+def test_abandoning_the_write_pass_mid_copy_releases_the_reading_connection(pg_env: Any, banks: Path,
+                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """A sink that fails closes the reading stream while its COPY is still running: that must end
+    at once and leave no backend holding the source (closing the connection with the COPY still
+    open made psycopg wait forever for a ROLLBACK reply: the old mid-write hang)."""
+    import threading
+
+    import psycopg
+
+    _load_pg(pg_env, banks)
+    monkeypatch.setattr(sqlio.pgcopy, "BLOCK_BYTES", 1000)
+    table = io_read_keys(SqlSource(pg_env.url(), table="bank_a.customers"), ["id_number"])
+    _header, _types, batches, _empty = sqlio.stream_rows(table, table.row_numbers.copy(), lines=True)
+    next(batches)  # the COPY is under way
+    closed = threading.Event()
+    thread = threading.Thread(target=lambda: (batches.close(), closed.set()), daemon=True)
+    thread.start()
+    assert closed.wait(30), "closing the write pass hung"
+    with psycopg.connect(pg_env.dsn(), autocommit=True) as conn:
+        for _ in range(50):  # the server notices the closed socket within moments
+            left = conn.execute("SELECT count(*) FROM pg_stat_activity WHERE pid <> pg_backend_pid() "
+                                "AND query LIKE 'COPY (SELECT%'").fetchone()[0]
+            if not left:
+                break
+            time.sleep(0.1)
+        assert left == 0, "a backend still holds the source table"
