@@ -323,8 +323,8 @@ def _columns(on: str) -> list[str]:
 
 @psi_group.command("prepare")
 @handles_errors
-@click.option("--input", "input_path", required=True, type=str,
-              help="CSV/TSV/Parquet file with the server's records (the same input 'psi serve --input' gets), or a "
+@click.option("--input", "input_path", required=True, type=str, metavar="FILE|URL",
+              help="CSV/TSV/Parquet file with the server's records (the same file 'psi serve --input' gets), or a "
                    "database URL with --table/--query (docs/DATABASES.md).")
 @source_options
 @click.option("--on", "on", required=True, help="Key column(s), comma-separated.")
