@@ -652,3 +652,28 @@ def test_abandoning_the_write_pass_mid_copy_releases_the_reading_connection(pg_e
                 break
             time.sleep(0.1)
         assert left == 0, "a backend still holds the source table"
+
+
+def test_csv_rows_into_postgresql_keep_every_character(pg_env: Any, tmp_path: Path) -> None:
+    """A CSV source written to PostgreSQL: plain batches go as one COPY text buffer, values with a
+    backslash, tab, newline or carriage return (which COPY text would read as escapes) row by row;
+    the table holds exactly the CSV's text either way."""
+    rows = [[f"c{i}", f"id{i:04d}", f"plain {i}"] for i in range(300)]
+    rows[7][2], rows[150][2], rows[151][2], rows[299][2] = "back\\slash \\N", "tab\there", "new\nline", "cr\rhere"
+    rows[40][2] = ""  # an empty string stays an empty string, not NULL
+    path = tmp_path / "odd.csv"
+    with open(path, "w", newline="", encoding="utf-8") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["cust", "id_number", "note"])
+        writer.writerows(rows)
+    table = csv_read_keys(path, ["id_number"])
+    monkeypatch_batch = 100  # several batches: some plain, some needing the row-by-row path
+    original = sinkio.BATCH
+    try:
+        sinkio.BATCH = monkeypatch_batch
+        write_rows(table, table.row_numbers[::-1].copy(), SqlSink(pg_env.url(), "odd_out", if_exists="replace"))
+    finally:
+        sinkio.BATCH = original
+    columns, written = _table_rows(pg_env.url(), "odd_out")
+    assert columns == ["cust", "id_number", "note"]
+    assert [list(r) for r in written] == rows[::-1]
