@@ -17,12 +17,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
@@ -64,6 +64,40 @@ def _load(server: pgserver.PgServer, csv_path: Path, table: str, columns: str) -
         conn.execute(f"ANALYZE {table}")
 
 
+def _cpu() -> float:
+    usage = os.times()
+    return usage.user + usage.system
+
+
+def _server_cpu(server: pgserver.PgServer) -> float:
+    """CPU seconds of the PostgreSQL server so far: the postmaster with its reaped children
+    (finished backends) plus its live children, from /proc."""
+    with open(server.directory / "data" / "postmaster.pid") as handle:
+        postmaster = handle.readline().strip()
+    tick = os.sysconf("SC_CLK_TCK")
+    total = 0
+    for pid in os.listdir("/proc"):
+        if not pid.isdigit():
+            continue
+        try:
+            with open(f"/proc/{pid}/stat") as handle:
+                fields = handle.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if pid == postmaster:
+            total += sum(map(int, fields[11:15]))  # utime stime cutime cstime
+        elif fields[1] == postmaster:
+            total += sum(map(int, fields[11:13]))
+    return total / tick
+
+
+def _timed(server: pgserver.PgServer, fn: Any) -> tuple[Any, tuple[float, float, float]]:
+    """fn()'s result and (wall, client CPU, server CPU) seconds."""
+    t0, c0, s0 = time.perf_counter(), _cpu(), _server_cpu(server)
+    result = fn()
+    return result, (time.perf_counter() - t0, _cpu() - c0, _server_cpu(server) - s0)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", type=int, default=1_000_000)
@@ -82,32 +116,31 @@ def main() -> None:
         _load(server, csv_path, "bank_a", ", ".join(f"{c} TEXT" + (" PRIMARY KEY" if c == "customer_no" else "")
                                                     for c in header))
         source = SqlSource(server.url(), table="bank_a")
-        read_csv, read_pg, write_csv, write_pg = [], [], [], []
+        runs: dict[str, list[tuple[float, float, float]]] = {"read_csv": [], "read_pg": [], "write_csv": [], "write_pg": []}
         order = np.random.default_rng(1).permutation(args.rows).astype(np.int64)
         for _ in range(args.repeat):
-            t0 = time.perf_counter()
-            csv_table = records.read_keys(csv_path, ["id_number"])
-            read_csv.append(time.perf_counter() - t0)
-            t0 = time.perf_counter()
-            pg_table = io_read_keys(source, ["id_number"])
-            read_pg.append(time.perf_counter() - t0)
+            csv_table, took = _timed(server, lambda: records.read_keys(csv_path, ["id_number"]))
+            runs["read_csv"].append(took)
+            pg_table, took = _timed(server, lambda: io_read_keys(source, ["id_number"]))
+            runs["read_pg"].append(took)
             assert sorted(csv_table.keys) == sorted(pg_table.keys)
-            t0 = time.perf_counter()
-            records.write_rows(csv_path, order, work / "out.csv", expect_rows=csv_table.rows_read)
-            write_csv.append(time.perf_counter() - t0)
-            t0 = time.perf_counter()
-            io_write_rows(pg_table, order, SqlSink(server.url(), "aligned", if_exists="replace"))
-            write_pg.append(time.perf_counter() - t0)
-        results.update({
-            "read_csv_s": statistics.median(read_csv), "read_pg_s": statistics.median(read_pg),
-            "write_csv_s": statistics.median(write_csv), "write_pg_s": statistics.median(write_pg),
-        })
+            _, took = _timed(server, lambda: records.write_rows(csv_path, order, work / "out.csv",
+                                                                expect_rows=csv_table.rows_read))
+            runs["write_csv"].append(took)
+            _, took = _timed(server, lambda: io_write_rows(pg_table, order, SqlSink(server.url(), "aligned",
+                                                                                    if_exists="replace")))
+            runs["write_pg"].append(took)
+        for name, values in runs.items():  # the median run by wall time, with its CPU figures
+            wall, cpu, server_cpu = sorted(values)[len(values) // 2]
+            results.update({f"{name}_s": wall, f"{name}_cpu_s": cpu, f"{name}_server_cpu_s": server_cpu,
+                            f"{name}_all_s": [round(v[0], 3) for v in values]})
         results["read_ratio"] = results["read_pg_s"] / results["read_csv_s"]  # type: ignore[operator]
         results["write_ratio"] = results["write_pg_s"] / results["write_csv_s"]  # type: ignore[operator]
-        print(f"read {args.rows:,} keys:  CSV {results['read_csv_s']:.2f} s, PostgreSQL {results['read_pg_s']:.2f} s "
-              f"({results['read_ratio']:.2f}x)")
-        print(f"write {args.rows:,} rows: CSV {results['write_csv_s']:.2f} s, PostgreSQL {results['write_pg_s']:.2f} s "
-              f"({results['write_ratio']:.2f}x)")
+        for what, unit in (("read", "keys"), ("write", "rows")):
+            print(f"{what} {args.rows:,} {unit}: CSV {results[f'{what}_csv_s']:.2f} s (CPU {results[f'{what}_csv_cpu_s']:.2f}), "
+                  f"PostgreSQL {results[f'{what}_pg_s']:.2f} s (CPU {results[f'{what}_pg_cpu_s']:.2f}, server CPU "
+                  f"{results[f'{what}_pg_server_cpu_s']:.2f}) -> {results[f'{what}_ratio']:.2f}x; "
+                  f"all walls CSV {results[f'{what}_csv_all_s']} PG {results[f'{what}_pg_all_s']}")
         if args.rss:
             import psycopg
 
@@ -133,7 +166,9 @@ def main() -> None:
         import shutil
 
         shutil.rmtree(work, ignore_errors=True)
-    print(f"(load average at start {results['load_average']:.1f} on {results['cpus']} cores)")
+    results["load_average_end"] = os.getloadavg()[0]
+    print(f"(load average {results['load_average']:.1f} at start, {results['load_average_end']:.1f} at the end, "
+          f"on {results['cpus']} cores)")
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(results, indent=2))

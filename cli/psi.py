@@ -12,7 +12,7 @@ from psi.errors import InputError, PsiqError, UsageError
 from psi.normalize import Normalization
 
 from .common import emit_json, handles_errors, info, make_progress, output_options, tls_options, warn
-from .dbopts import resolve_output, resolve_source, session_db_options
+from .dbopts import resolve_output, resolve_source, session_db_options, source_options
 from .sm2opts import sm2_signing_options
 
 __all__ = ["psi_group"]
@@ -378,8 +378,10 @@ def _columns(on: str) -> list[str]:
 
 @psi_group.command("prepare")
 @handles_errors
-@click.option("--input", "input_path", required=True, type=click.Path(dir_okay=False, path_type=Path),
-              help="CSV/TSV/Parquet file with the server's records (the same file 'psi serve --input' gets).")
+@click.option("--input", "input_path", required=True, type=str, metavar="FILE|URL",
+              help="CSV/TSV/Parquet file with the server's records (the same file 'psi serve --input' gets), or a "
+                   "database URL with --table/--query (docs/DATABASES.md).")
+@source_options
 @click.option("--on", "on", required=True, help="Key column(s), comma-separated.")
 @click.option("--server-key", required=True, type=click.Path(dir_okay=False, path_type=Path),
               help="ECDH key file (created if missing, mode 0600; the command says so); pass the same to 'psi serve'.")
@@ -399,9 +401,9 @@ def _columns(on: str) -> list[str]:
 @click.option("--workers", type=click.IntRange(1, 512), default=None,
               help="Worker processes for the encryption (default: all cores).")
 @output_options
-def prepare(input_path: Path, on: str, server_key: Path, out: Path, group: str, dedup: str, normalize: str,
+def prepare(input_path: Any, on: str, server_key: Path, out: Path, group: str, dedup: str, normalize: str,
             key_regex: str | None, skip_empty_keys: bool, input_format: str | None, workers: int | None,
-            as_json: bool, quiet: bool, encoding: str | None = None) -> None:
+            as_json: bool, quiet: bool, encoding: str | None = None, **db: Any) -> None:
     """Encrypt the server set once (ECDH, persisted key) so later sessions cost the client's size only.
 
     Serve it with: psiq psi serve --protocol ecdh --prepared OUT --server-key KEY (same --on, --normalize, --dedup).
@@ -417,13 +419,23 @@ def prepare(input_path: Path, on: str, server_key: Path, out: Path, group: str, 
 
     started = time.perf_counter()
     new_key = not server_key.exists()
-    fmt = detect_format(input_path, input_format)
-    with contextlib.ExitStack() as stack:
-        text_path = input_path if fmt == "parquet" else stack.enter_context(utf8_copy(input_path, encoding))
-        table = read_keys(text_path, _columns(on), normalization=Normalization.parse(normalize, key_regex),
-                          dedup=dedup, fmt=fmt, skip_empty=skip_empty_keys)  # type: ignore[arg-type]
+    input_path = resolve_source({"input_path": input_path, **db})  # a file path or a database source
+    normalization = Normalization.parse(normalize, key_regex)
+    if not isinstance(input_path, Path):  # a database table or query: the keys 'psi serve' would read
+        from psi.io import read_keys as io_read_keys
+
+        table = io_read_keys(input_path, _columns(on), normalization=normalization, dedup=dedup,
+                             skip_empty=skip_empty_keys)
+        name = input_path.label
+    else:
+        fmt = detect_format(input_path, input_format)
+        with contextlib.ExitStack() as stack:
+            text_path = input_path if fmt == "parquet" else stack.enter_context(utf8_copy(input_path, encoding))
+            table = read_keys(text_path, _columns(on), normalization=normalization,
+                              dedup=dedup, fmt=fmt, skip_empty=skip_empty_keys)  # type: ignore[arg-type]
+        name = input_path.name
     if not table.keys:
-        raise InputError(f"{input_path.name}: no keys to prepare")
+        raise InputError(f"{name}: no keys to prepare")
     with Executor(workers) as executor:
         prepared = prepare_ecdh(table.keys, group=group, key_path=server_key, out=out, executor=executor)
     if new_key and not as_json:

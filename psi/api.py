@@ -346,6 +346,39 @@ def _check_output(output: Any) -> None:
         check_output_table(output)
 
 
+def database_endpoints(input: Any, output: Any, *, table: str | None = None, query: str | None = None,
+                       output_table: str | None = None, if_exists: str = "fail", order_column: str = "psiq_row",
+                       password_file: str | os.PathLike[str] | None = None,
+                       allow_empty: bool = False) -> tuple[Any, Any]:
+    """``(input, output)`` with database URLs turned into :class:`psi.io.SqlSource` (``table=`` or
+    ``query=``) and :class:`psi.io.SqlSink` (``output_table=``; the output URL defaults to the
+    input's); anything else is returned as given. A URL without its table is a UsageError."""
+    from .io import is_database_url
+
+    def url(value: Any) -> bool:
+        return isinstance(value, (str, os.PathLike)) and is_database_url(os.fspath(value))
+
+    if table is not None or query is not None:
+        if not url(input):
+            raise UsageError("table=/query= need a database URL as input (e.g. postgresql://user@host/db)")
+        from .io import SqlSource
+
+        input = SqlSource(os.fspath(input), table=table, query=query, password_file=password_file,
+                          allow_empty=allow_empty)
+    if output_table is not None:
+        from .io import SqlSink, SqlSource
+
+        if output is None and isinstance(input, SqlSource):
+            output = input.url
+        if not url(output):
+            raise UsageError("output_table= needs a database URL as output (or as input)")
+        output = SqlSink(os.fspath(output), output_table, if_exists=if_exists, order_column=order_column,
+                         password_file=password_file)
+    elif url(output):
+        raise UsageError("a database URL as output needs output_table=")
+    return input, output
+
+
 def _read(input: Any, on: Sequence[str], options: PsiOptions, stack: contextlib.ExitStack) -> KeyTable:
     """Read the keys of ``input`` (a file, a database source or a DataFrame); a non-UTF-8 CSV/TSV
     is read through a UTF-8 copy that lives as long as ``stack`` (the session), since the
@@ -353,7 +386,7 @@ def _read(input: Any, on: Sequence[str], options: PsiOptions, stack: contextlib.
     from .io.urls import is_database_url
 
     if is_database_url(input):
-        raise UsageError("a database URL needs a table or a query: pass psi.io.SqlSource(url, table=...) as input")
+        raise UsageError("a database URL needs a table or a query: table=/query= (or psi.io.SqlSource(url, table=...))")
     if isinstance(input, (str, os.PathLike)):  # a file: psi.io.sql (and what it imports) is not needed
         return _read_file(input, on, options, stack)
     from .io import is_source
@@ -413,6 +446,12 @@ def serve(
     on_error: Callable[[PsiqError], None] | None = None,
     accept_timeout: float | None = None,
     on_refused: Callable[[PsiqError], None] | None = None,
+    table: str | None = None,
+    query: str | None = None,
+    output_table: str | None = None,
+    if_exists: str = "fail",
+    order_column: str = "psiq_row",
+    password_file: str | os.PathLike[str] | None = None,
 ) -> PsiSummary | None:
     """Run the server side: read ``input`` once, then answer one session (or many with ``forever``).
 
@@ -424,8 +463,15 @@ def serve(
     the error is raised. ``accept_timeout`` bounds the wait for a session (one-shot: in total).
     ``output`` may name ``{peer}``, ``{session}``, ``{time}`` (see :mod:`psi.preflight`);
     with ``forever`` it must. Returns the last session's summary.
+
+    Databases (docs/DATABASES.md): ``input`` a URL with ``table=`` or ``query=``; ``output`` a URL
+    (default: the input's database) with ``output_table=``, ``if_exists=`` and ``order_column=``;
+    ``password_file=`` as ``--db-password-file`` (else ``PSIQ_DB_PASSWORD``, else the driver's own).
     """
     options = options or PsiOptions()
+    input, output = database_endpoints(input, output, table=table, query=query, output_table=output_table,
+                                       if_exists=if_exists, order_column=order_column,
+                                       password_file=password_file, allow_empty=options.allow_empty)
     _preflight(Role.SERVER, input, output, options, forever)
     _check_output(output)
     with Executor(options.workers) as executor, contextlib.ExitStack() as stack:
@@ -522,9 +568,18 @@ def connect(
     on_progress: ProgressCallback | None = None,
     connect_timeout: float = 10.0,
     retries: int = 5,
+    table: str | None = None,
+    query: str | None = None,
+    output_table: str | None = None,
+    if_exists: str = "fail",
+    order_column: str = "psiq_row",
+    password_file: str | os.PathLike[str] | None = None,
 ) -> PsiSummary:
-    """Run the client side against a server at ``peer`` (``host:port``)."""
+    """Run the client side against a server at ``peer`` (``host:port``). Databases: as :func:`serve`."""
     options = options or PsiOptions()
+    input, output = database_endpoints(input, output, table=table, query=query, output_table=output_table,
+                                       if_exists=if_exists, order_column=order_column,
+                                       password_file=password_file, allow_empty=options.allow_empty)
     _preflight(Role.CLIENT, input, output, options)
     _check_output(output)
     with Executor(options.workers) as executor, contextlib.ExitStack() as stack:

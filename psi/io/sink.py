@@ -14,6 +14,7 @@ import numpy as np
 
 from ..errors import InputError, UsageError
 from .sql import _TRANSACTIONAL_DDL, BATCH, IF_EXISTS, SqlKeyTable, _Database, _Placement, _split_name, column_names, stream_rows
+from . import pgcopy
 from .urls import mask_url, sqlalchemy
 
 __all__ = ["SqlSink"]
@@ -153,13 +154,18 @@ class SqlSink(_Database):
             quote = connection.dialect.identifier_preparer.quote
             relation = (quote(target.schema) + "." if target.schema else "") + quote(target.name)
             columns = ", ".join(quote(c) for c in names)
-            with driver.cursor() as cursor, cursor.copy(f"COPY {relation} ({columns}) FROM STDIN") as copy:
+            with driver.cursor() as cursor, cursor.copy(f"COPY {relation} ({columns}) FROM STDIN",
+                                                         writer=pgcopy.background_writer(cursor)) as copy:
                 if lines:
                     for positions, rows in pending:
                         copy.write(b"".join(map(b"%d\t%s\n".__mod__, zip(positions.tolist(), rows))))
                     return
                 write = copy.write_row
                 for positions, rows in pending:
+                    block = _text_block(positions, rows, len(header))
+                    if block is not None:  # plain text values (a CSV source): one buffer, as COPY text
+                        copy.write(block)
+                        continue
                     for position, row in zip(positions.tolist(), rows):
                         write((position, *row))
             return
@@ -199,6 +205,23 @@ class SqlSink(_Database):
             except Exception:  # noqa: BLE001 - connection gone: the staging table is named psiq_stage_*
                 pass
             raise
+
+
+def _text_block(positions: np.ndarray, rows: list[Any], width: int) -> bytes | None:
+    """``rows`` as COPY text lines behind their positions when every value is a string that needs
+    no escaping (no backslash, tab, newline or carriage return) -- what ``write_row`` would send
+    for them; None otherwise (NULLs, other types, escapes: the caller writes row by row)."""
+    if not rows:
+        return b""
+    try:
+        body = "\n".join(map("\t".join, rows))
+    except TypeError:  # None or a non-string value
+        return None
+    if ("\\" in body or "\r" in body or body.count("\n") != len(rows) - 1
+            or body.count("\t") != (width - 1) * len(rows)):
+        return None
+    lines = body.encode("utf-8").split(b"\n")
+    return b"".join(map(b"%d\t%s\n".__mod__, zip(positions.tolist(), lines)))
 
 
 def _chain(first: Any, batches: Iterator[Any], empty: np.ndarray, width: int,

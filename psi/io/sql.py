@@ -321,15 +321,19 @@ def add_rows(collector: _Collector, row0: int, rows: Sequence[Sequence[Any]]) ->
     collector.add_batch(row0, encoded, np.arange(row0 + 1, row0 + 1 + len(rows), dtype=np.int64))  # type: ignore[arg-type]
 
 
-def add_lines(collector: _Collector, row0: int, lines: list[bytes], columns: list[int], block: bytes | None = None) -> None:
-    """Feed COPY text lines (key fields at ``columns``) to the CSV key pipeline."""
+def add_lines(collector: _Collector, row0: int, lines: list[bytes], columns: list[int], block: bytes | None = None,
+              escaped: bool | None = None) -> None:
+    """Feed COPY text lines (key fields at ``columns``) to the CSV key pipeline. ``block``: the
+    lines joined (saves joining them again); ``escaped``: whether they hold a backslash, if known."""
     if not lines:
         return
-    if b"\\" in (block if block is not None else b"".join(lines)):  # escapes or NULLs: one line at a time
+    if escaped is None:
+        escaped = b"\\" in (block if block is not None else b"".join(lines))
+    if escaped:  # escapes or NULLs: one line at a time
         values = [pgcopy.unescape(line) for line in lines]
         add_rows(collector, row0, [tuple(v[c] for c in columns) for v in values])
         return
-    if columns == [0] and b"\t" not in (block if block is not None else b"".join(lines)):
+    if columns == [0] and block is not None and b"\t" not in block:
         fields = [lines]
     else:  # one pass per column, splitting no further than needed (as the CSV reader does)
         fields = [[line.split(b"\t", c + 1)[c] for line in lines] for c in columns]
@@ -417,13 +421,32 @@ class _Placement:
         return self.positions[lo:hi], self.rows[lo:hi] - row0
 
 
-def _check_keys(table: SqlKeyTable, rows: np.ndarray, values: list[Any], lines: bool = False) -> None:
+class _RowKeys(_Collector):
+    """The write pass's re-keying: every row's key in row order, no dedup index (the check only
+    compares keys with the first pass's, so building a dictionary of them would be wasted)."""
+
+    def __init__(self, table: SqlKeyTable) -> None:
+        super().__init__("", table.on, table.normalization, "keep-all", True, "row")
+        self.found: list[bytes] = []
+
+    def _keep(self, row: int, line: int, key: bytes) -> None:
+        self.row_numbers.append(row)
+        self.found.append(key)
+
+    def _dedup_batch(self, row0: int, keys: list[bytes], lines: np.ndarray) -> None:
+        self.row_numbers.frombytes(np.arange(row0, row0 + len(keys), dtype=np.int64).tobytes())
+        self.found.extend(keys)
+
+
+def _check_keys(table: SqlKeyTable, rows: np.ndarray, values: list[Any], lines: bool = False,
+                escaped: bool | None = None) -> None:
     """The rows about to be written still carry the keys read in the first pass (re-keyed in
-    bulk through the same pipeline; ``values`` are value tuples, or COPY text lines)."""
-    collector = _Collector("", table.on, table.normalization, "keep-all", True, "row")
+    bulk through the same pipeline; ``values`` are value tuples, or COPY text lines, ``escaped``
+    telling whether any of those holds a backslash, if known)."""
+    collector = _RowKeys(table)
     try:
         if lines:
-            add_lines(collector, 0, values, table.columns)
+            add_lines(collector, 0, values, table.columns, escaped=escaped)
         else:
             add_rows(collector, 0, [tuple(v[c] for c in table.columns) for v in values])
     except InputError:
@@ -433,8 +456,7 @@ def _check_keys(table: SqlKeyTable, rows: np.ndarray, values: list[Any], lines: 
     same = len(collector.row_numbers) == len(rows) and len(table.row_numbers) > 0
     same = same and bool(np.array_equal(table.row_numbers[where], rows))
     if same:
-        got = list(map(collector.keys.__getitem__, np.frombuffer(collector.row_keys, dtype=np.int64).tolist()))
-        same = got == list(map(table.keys.__getitem__, table.row_keys[where].tolist()))
+        same = collector.found == list(map(table.keys.__getitem__, table.row_keys[where].tolist()))
     if not same:
         label = table.source.label if table.source else "the source"
         raise InputError(f"{label}: a row has changed since its keys were read; the table changed during the run "
@@ -458,17 +480,27 @@ def stream_rows(table: SqlKeyTable, order: np.ndarray, *, lines: bool = False) -
         total = 0
         with source.connect() as connection:
             statement = _select(source, connection, table.header, table.relation, table.order_by)
-            if lines:
-                batches: Iterator[list[Any]] = map(pgcopy.split_block, pgcopy.blocks(connection, statement))
+            if lines:  # COPY text: a block's lines, and whether any holds an escape (then: line by line)
+                stream: Iterator[Any] = pgcopy.blocks(connection, statement)
+                batches: Iterator[Any] = ((pgcopy.split_block(block), b"\\" in block) for block in stream)
             else:
-                batches = _stream(connection, statement)
-            for batch in batches:
-                positions, offsets = placement.pick(total, len(batch))
-                if len(positions):
-                    picked = list(map(batch.__getitem__, offsets.tolist()))
-                    _check_keys(table, offsets + total, picked, lines)
-                    yield positions, picked
-                total += len(batch)
+                stream = _stream(connection, statement)
+                batches = ((batch, None) for batch in stream)
+            try:
+                for batch, escaped in batches:
+                    positions, offsets = placement.pick(total, len(batch))
+                    if len(positions):
+                        every = len(offsets) == len(batch) and bool(np.array_equal(offsets, np.arange(len(batch))))
+                        picked = batch if every else list(map(batch.__getitem__, offsets.tolist()))
+                        _check_keys(table, offsets + total, picked, lines, escaped)
+                        yield positions, picked
+                    total += len(batch)
+            finally:
+                # Close the reading stream before its connection: a COPY still in progress when the
+                # connection is closed (rolled back) makes psycopg wait forever for a reply the server
+                # never sends (the hang of test_connection_terminated_mid_write_leaves_no_table).
+                # Closed first, pgcopy.blocks drops the connection instead.
+                stream.close()  # type: ignore[attr-defined]
         if total != table.rows_read:
             raise InputError(f"{source.label}: has {total} rows now but had {table.rows_read} when its keys were read;"
                              " the table changed during the run (nothing written)")
