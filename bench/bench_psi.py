@@ -187,7 +187,7 @@ def _party_cmd(role: str, v: dict[str, Any], data: Path, pki: Path, port: int, o
     table = data / ("bank_b.csv" if role == "serve" else "bank_a.csv")
     backend = ["--backend", v["backend"]] if v.get("backend") else []
     cmd = psiq_command() + backend + ["psi", role, "--protocol", v["protocol"], "--input", str(table), "--on", KEY_COLUMN,
-                            "--reveal", v["reveal"], "--fpr-bits", str(args.fpr_bits),
+                            "--reveal", v["reveal"],
                             "--tls-cert", str(pki / f"{me}.pem"), "--tls-key", str(pki / f"{me}.key"),
                             "--tls-ca", str(pki / "ca.pem"), "--peer-name", peer,
                             "--json", "--quiet", "--timeout", str(int(timeout))]
@@ -195,7 +195,7 @@ def _party_cmd(role: str, v: dict[str, Any], data: Path, pki: Path, port: int, o
     if out is not None:
         cmd += ["--output", str(out)]
     if v["protocol"] == "ecdh":
-        cmd += ["--group", v["group"], "--compression", v["compression"]]
+        cmd += ["--group", v["group"], "--compression", v["compression"], "--fpr-bits", str(args.fpr_bits)]
     if v["protocol"] == "rsa":
         cmd += ["--key-bits", str(v["key_bits"])]
     if args.workers:

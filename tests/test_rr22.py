@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import threading
 
 import numpy as np
@@ -11,7 +12,7 @@ from hypothesis import given, settings, strategies as st
 from psi import api
 from psi.crypto import okvs
 from psi.driver import run_pair
-from psi.errors import MalformedMessage, ParameterMismatch, PsiqError, UsageError
+from psi.errors import MalformedMessage, ParameterMismatch, PsiqError, UnsupportedVersion, UsageError
 from psi.messages import Message
 from psi.ot.base_ot import BaseOtReceiver, BaseOtSender
 from psi.ot.extension import ExtensionReceiver, ExtensionSender
@@ -344,3 +345,22 @@ def test_server_values_are_sent_in_a_random_order():
     indices = server.result().indices
     assert sorted(indices) == list(range(200))
     assert sum(p == i for p, i in zip(seen["positions"], indices)) < 20  # a random permutation: ~1 fixed point
+
+
+@pytest.mark.parametrize("old_side", ["client", "server"])
+def test_a_version_1_peer_is_refused_with_exit_5(old_side, monkeypatch):
+    """Version 2 changed the check's challenge expansion and answer layout (psi.ot.oos's): a
+    version-1 peer would compute other sums, so either side refuses it at the hello (exit 5)."""
+    current = rr22.VERSION
+    assert current == 2
+    items = [b"a%d" % i for i in range(20)]
+    config = rr22.Config()
+    with monkeypatch.context() as patch:
+        patch.setattr(rr22, "VERSION", 1)
+        old = (rr22.Client if old_side == "client" else rr22.Server)(items, config, peer_size=20, executor=EXECUTOR)
+    new = (rr22.Server if old_side == "client" else rr22.Client)(items, config, peer_size=20, executor=EXECUTOR)
+    client, server = (old, new) if old_side == "client" else (new, old)
+    with pytest.raises(UnsupportedVersion) as info:
+        run_pair(client, server)
+    assert info.value.exit_code == 5
+    assert re.search(r"rr22 protocol version (1, this side speaks 2|2, this side speaks 1)", str(info.value))

@@ -70,7 +70,9 @@ from ..ot.aes_hash import TweakHash, derive_key
 from ..ot.base_ot import POINT_BYTES, BaseOtReceiver, BaseOtSender
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
-from ..ot.extension import ExtensionReceiver, ExtensionSender
+from ..ot.aes_hash import RowPrg
+from ..ot.bitmatrix import transpose
+from ..ot.extension import ExtensionReceiver, ExtensionSender, padded_rows
 from ..parallel import Executor
 from .base import PsiOutcome, Reveal, Role
 from .ot_psi import SIGMA, check_options, pack_claims, parse_claims, scatter
@@ -79,11 +81,11 @@ from .ot_psi import OtPsiParty, secure_permutation, sigma_value_bytes
 __all__ = ["NAME", "VERSION", "Config", "Client", "Server", "value_bytes", "WIDTH"]
 
 NAME = "rr22"
-VERSION = 1
+VERSION = 2  # 2: OOS17 check with psi.ot.oos's challenge expansion and answer layout (1: rr22's own)
 WIDTH = 512  # bits per OKVS value and OT-extension row
 EVIDENCE_BYTES = 16
 CHECKS = oos.S  # OOS17 consistency checks per batch (40: statistical security 2^-40)
-_CHECK_BYTES = CHECKS * (WIDTH // 8 + 16)
+_CHECK_BYTES = oos.RESPONSE_BYTES  # CHECKS × (64-byte t̃ ‖ 10-byte w̃)
 _HIGH_MASK = np.uint64((1 << (bch.DIMENSION - 64)) - 1)
 _WORDS = WIDTH // 64
 _DOMAIN_OPRF, _DOMAIN_WIRE, _DOMAIN_EVIDENCE = 0x52, 0x53, 0x54
@@ -108,7 +110,7 @@ class Config:
             "sigma": SIGMA,
             "okvs": f"rr22-w3-binary-dense-bin{okvs.BIN_SIZE}",
             "code": "bch-511-76",
-            "checks": CHECKS,
+            "checks": f"oos17-v2-s{CHECKS}",
         }
 
 
@@ -164,69 +166,65 @@ def _item_hash(code_key: bytes, digests: np.ndarray) -> np.ndarray:
     return out
 
 
-def _challenge_bits(seed: bytes, rows: int) -> np.ndarray:
-    """``bool (CHECKS, rows)``: the check coefficients expanded from the server's seed.
-
-    rr22's own expansion (AES-CTR keyed by the fresh seed, one ``rows``-bit string per check),
-    not :func:`psi.ot.oos.challenge_words` (a 40-bit word per row, keyed by session, batch and
-    seed): the coefficients decide the ``rr22.check`` answer, so sharing it would change the
-    wire. The comparison itself is the shared :func:`psi.ot.oos.verify_sums`."""
-    length = -(-rows // 8)
-    stream = np.empty(CHECKS * length + 16, dtype=np.uint8)
-    Cipher(algorithms.AES(seed), modes.CTR(bytes(16))).encryptor().update_into(np.zeros(CHECKS * length, np.uint8), stream)
-    bits = np.unpackbits(stream[: CHECKS * length].reshape(CHECKS, length), axis=1, bitorder="little")
-    return bits[:, :rows].astype(bool)
-
-
-def _check_sums(rows: np.ndarray, seed: bytes) -> np.ndarray:
-    """``out_l = rows[real + l] ⊕ ⊕_{j : x_lj} rows[j]`` for the ``CHECKS`` extra rows at the end."""
-    real = rows.shape[0] - CHECKS
-    bits = _challenge_bits(seed, real)
-    out = rows[real:].copy()
-    for l in range(CHECKS):
-        picked = rows[:real][bits[l]]
-        if picked.shape[0]:
-            out[l] ^= np.bitwise_xor.reduce(picked, axis=0)
-    return out
+def _prg_offset(first_bin: int, batch: int, params: okvs.Params) -> int:
+    """Bytes of every base-OT seed's stream used before batch ``batch`` (whose first bin is
+    ``first_bin``): all earlier OKVS rows plus ``CHECKS`` rows per earlier batch, 8 rows a byte."""
+    return (first_bin * params.cols_per_bin + batch * CHECKS) // 8
 
 
 def _client_batch(digests: np.ndarray, bins: np.ndarray, *, nb: int, first_bin: int, batch: int, params: okvs.Params,
                   seed: bytes, code_key: bytes, keys0: np.ndarray, keys1: np.ndarray,
-                  session: bytes) -> tuple[bytes, bytes, np.ndarray, np.ndarray, np.ndarray]:
+                  session: bytes) -> tuple[bytes, bytes, np.ndarray, np.ndarray]:
     """Encode the bins ``first_bin .. first_bin+nb-1``, extend their rows (and ``CHECKS`` random
     rows for the consistency check), decode at own items.
 
-    Returns (retry counters, wire ``U``, own OPRF values ``uint8 (n, 16)``, ``T`` and the
-    messages ``P'`` of every row, kept for the check).
+    Returns (retry counters, wire ``U``, own OPRF values ``uint8 (n, 16)``, the messages ``P'``
+    of every row, check rows included, kept for the check). ``T`` is not returned: the check
+    regenerates its columns from the seeds (:func:`_client_check`).
     """
     table, counters, cols, masks = okvs.encode(digests, bins, _item_hash(code_key, digests), nb, seed, params)
     rows = nb * params.cols_per_bin
     messages = np.empty((rows + CHECKS, 2), dtype=np.uint64)
     messages[:rows] = table.reshape(rows, 2)
     messages[rows:] = oos.random_words(CHECKS)
-    offset = (first_bin * params.cols_per_bin + batch * CHECKS) // 8
-    ext = ExtensionReceiver(keys0, keys1, offset=offset)
+    ext = ExtensionReceiver(keys0, keys1, offset=_prg_offset(first_bin, batch, params))
     t_rows, wire = ext.extend_codewords(bch.code().encode(messages))
-    t_words = np.ascontiguousarray(t_rows).view(np.uint64).reshape(rows + CHECKS, _WORDS)
-    decoded = okvs.decode(t_words[:rows].reshape(nb, params.cols_per_bin, _WORDS), bins, cols, masks, params)
-    return counters.tobytes(), wire, _oprf(decoded, digests, session), t_words, messages
+    t_words = np.ascontiguousarray(t_rows[:rows]).view(np.uint64).reshape(nb, params.cols_per_bin, _WORDS)
+    decoded = okvs.decode(t_words, bins, cols, masks, params)
+    return counters.tobytes(), wire, _oprf(decoded, digests, session), messages
+
+
+def _client_check(messages: np.ndarray, challenge: bytes, *, keys0: np.ndarray, offset: int, batch: int,
+                  session: bytes) -> bytes:
+    """The client's ``rr22.check`` answer for one batch (:func:`psi.ot.oos.receiver_response`):
+    ``t̃_l ‖ w̃_l`` for the ``CHECKS`` combinations of :func:`psi.ot.oos.challenge_words`.
+
+    ``T``'s columns are the seeds' PRG stream at the batch's offset (``T = G(k^0)``), so they are
+    regenerated here rather than kept from the batch: ``messages`` (``uint64 (rows + CHECKS, 2)``)
+    is all the batch leaves behind.
+    """
+    rows = messages.shape[0] - CHECKS
+    t_cols = RowPrg(keys0, offset).fill(np.empty((WIDTH, padded_rows(rows + CHECKS) // 8), dtype=np.uint8))
+    return oos.receiver_response(t_cols, messages, oos.challenge_words(session, batch, challenge, rows))
 
 
 def _server_batch(digests: np.ndarray, bins: np.ndarray, wire: bytes, *, counters: np.ndarray, nb: int, first_bin: int,
                   batch: int, challenge: bytes, params: okvs.Params, seed: bytes, code_key: bytes, keys: np.ndarray,
                   secret_bits: np.ndarray, session: bytes, width: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """The server's OPRF values at its items in these bins (``F`` 16 bytes, wire ``ℓ`` bytes)
-    and its side of the consistency check (``q̃``, ``uint64 (CHECKS, 8)``)."""
+    and its side of the consistency check (``q̃``, ``uint8 (CHECKS, 64)``)."""
     rows = nb * params.cols_per_bin
-    ext = ExtensionSender(keys, secret_bits, offset=(first_bin * params.cols_per_bin + batch * CHECKS) // 8)
-    q_words = np.ascontiguousarray(ext.extend(rows + CHECKS, wire)).view(np.uint64).reshape(rows + CHECKS, _WORDS)
+    ext = ExtensionSender(keys, secret_bits, offset=_prg_offset(first_bin, batch, params))
+    q_cols = ext.extend_columns(rows + CHECKS, wire)
+    q_check = oos.sender_expected(q_cols, oos.challenge_words(session, batch, challenge, rows))
+    q_words = transpose(q_cols)[:rows].view(np.uint64).reshape(nb, params.cols_per_bin, _WORDS)
     cols, masks = okvs.rows_of(digests, bins, seed, counters, params)
-    decoded = okvs.decode(q_words[:rows].reshape(nb, params.cols_per_bin, _WORDS), bins, cols, masks, params)
+    decoded = okvs.decode(q_words, bins, cols, masks, params)
     code = bch.code().encode(_item_hash(code_key, digests)).view(np.uint64)
     code &= ext.secret.view(np.uint64)[None, :]
     decoded ^= code
     oprf = _oprf(decoded, digests, session)
-    return oprf, _second_hash(oprf, digests, session, _DOMAIN_WIRE, width), _check_sums(q_words, challenge)
+    return oprf, _second_hash(oprf, digests, session, _DOMAIN_WIRE, width), q_check
 
 
 # -- the parties --------------------------------------------------------------------------------
@@ -309,7 +307,8 @@ class Client(_Common):
                                            keys0=keys0, keys1=keys1, session=self._session)
         self._own = np.empty((self._n, 16), dtype=np.uint8)  # OPRF values, in bin order
         self._pending: dict[int, Future] = {}
-        self._kept: dict[int, tuple[np.ndarray, np.ndarray]] = {}  # T and P' of sent batches until checked
+        self._kept: dict[int, np.ndarray] = {}  # P' (and check words) of sent batches until checked
+        self._check_fn = functools.partial(_client_check, keys0=keys0, session=self._session)
         self._submitted = self._sent = self._acked = 0
         self._state = _State.CORRECTIONS
         self._set_phase("okvs-ot", self._batches)
@@ -327,9 +326,9 @@ class Client(_Common):
             self._submitted += 1
         while self._sent < self._batches and self._sent - self._acked < self._config.window:
             _first, _nb, items = self._batch_slice(self._sent)
-            counters, wire, own, t_words, messages = self._pending.pop(self._sent).result()
+            counters, wire, own, messages = self._pending.pop(self._sent).result()
             self._own[items] = own
-            self._kept[self._sent] = (t_words, messages)
+            self._kept[self._sent] = messages
             self._send("rr22.u", counters + wire)
             self._sent += 1
 
@@ -337,9 +336,10 @@ class Client(_Common):
         """The server's challenge for the next unacknowledged batch: answer the OOS17 check."""
         if len(body) != 16:
             raise MalformedMessage("rr22.ack: the check challenge has the wrong length")
-        t_words, messages = self._kept.pop(self._acked)
-        t_sum, w_sum = _check_sums(t_words, body), _check_sums(messages, body)
-        self._send("rr22.check", t_sum.tobytes() + w_sum.tobytes())
+        k = self._acked
+        first, _nb, _items = self._batch_slice(k)
+        offset = _prg_offset(first, k, self._params)
+        self._send("rr22.check", self._check_fn(self._kept.pop(k), body, offset=offset, batch=k))
         self._acked += 1
         self._advance(1)
         if self._acked == self._batches:
@@ -477,10 +477,11 @@ class Server(_Common):
         k = self._checked
         if len(body) != _CHECK_BYTES:
             raise MalformedMessage(f"rr22.check: batch {k} has {len(body)} bytes, {_CHECK_BYTES} expected")
-        t_sum = np.frombuffer(body[: CHECKS * WIDTH // 8], dtype=np.uint64).reshape(CHECKS, _WORDS)
-        w_sum = np.frombuffer(body[CHECKS * WIDTH // 8 :], dtype=np.uint64).reshape(CHECKS, 2)
+        answer = np.frombuffer(body, dtype=np.uint8).reshape(CHECKS, _CHECK_BYTES // CHECKS)
+        w_sum = np.zeros((CHECKS, 16), dtype=np.uint8)
+        w_sum[:, : oos.WORD_BYTES] = answer[:, WIDTH // 8 :]
         q_sum = self._futures[k].result()[2]
-        oos.verify_sums(t_sum.view(np.uint8), q_sum.view(np.uint8), w_sum, self._masked, f"rr22.check: batch {k}")
+        oos.verify_sums(answer[:, : WIDTH // 8], q_sum, w_sum.view(np.uint64), self._masked, f"rr22.check: batch {k}")
         self._checked += 1
         if self._checked == self._batches:
             self._compute_values()
