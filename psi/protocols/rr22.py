@@ -14,7 +14,8 @@ Message flow (client = PSI receiver, learns the result; server = PSI sender)::
       rr22.ack     per values batch         ───▶
       rr22.matches positions ‖ evidence (``both``) ───▶
 
-1. Both sides hash every item to 128 bits (BLAKE2b keyed with the session id) and then to a
+1. Both sides hash every item to 128 bits (:mod:`psi.crypto.batch_hash`: CBC-MAC with AES keyed
+   from the session id, all items in a few array calls) and then to a
    76-bit ``h(x)`` (AES under a key from the session and the server's seed).
 2. The client encodes ``P' = Encode({(x, h(x))})`` in the RR22 OKVS (:mod:`psi.crypto.okvs`:
    binned 3-hash rows plus a binary dense part, ``≈ 1.35 n_R`` rows at 2^20) under a fresh seed
@@ -53,7 +54,6 @@ from __future__ import annotations
 
 import enum
 import functools
-import hashlib
 import hmac
 import secrets
 from concurrent.futures import Future
@@ -62,7 +62,7 @@ from typing import Sequence
 
 import numpy as np
 
-from ..crypto import okvs
+from ..crypto import batch_hash, okvs
 from ..errors import MalformedMessage
 from ..messages import Message
 from ..ot import bch, oos
@@ -135,9 +135,7 @@ class _State(enum.Enum):
 
 
 def _digest_piece(items: Sequence[bytes], key: bytes) -> np.ndarray:
-    blake = hashlib.blake2b
-    joined = b"".join([blake(item, digest_size=16, key=key).digest() for item in items])
-    return np.frombuffer(joined, dtype=np.uint8).reshape(len(items), 16)
+    return batch_hash.keyed_digests(items, key)
 
 
 def _tweaks(digests: np.ndarray) -> np.ndarray:
@@ -236,7 +234,7 @@ class _Common(OtPsiParty):
 
     def _accept_hello(self, message: Message) -> None:
         super()._accept_hello(message)
-        key = derive_key(b"rr22-item-digest", self._session, size=32)
+        key = derive_key(b"rr22-item-digest", self._session)
         fn = functools.partial(_digest_piece, key=key)
         self._digest_futures = scatter(self._executor, fn, self._items)
 
