@@ -15,7 +15,8 @@ from psi.driver import run_pair
 from psi.errors import MalformedMessage, ParameterMismatch, PsiqError, UnsupportedVersion, UsageError
 from psi.messages import Message
 from psi.ot.base_ot import BaseOtReceiver, BaseOtSender
-from psi.ot.extension import ExtensionReceiver, ExtensionSender
+from psi.ot import vole
+from psi.ot.bitmatrix import transpose
 from psi.parallel import Executor
 from psi.protocols import rr22
 from psi.protocols.base import Reveal
@@ -98,23 +99,46 @@ def test_several_bins_batches_and_workers():
 
 
 def test_subspace_vole_correlation():
-    """The OT-extension rows are a VOLE over GF(2)^512: q_i = t_i ⊕ (P_i ∧ s) for chosen P_i,
-    also when a batch is expanded on its own from a PRG offset (as the workers do)."""
+    """The OT-extension rows are a VOLE over GF(2)^512: q_i = t_i ⊕ (P_i ∧ s) for chosen P_i, in
+    any batch computed on its own (as the workers do); batches use independent streams, and the
+    check's regenerated T columns are the batch's."""
     session = b"s" * 32
     secret = np.random.default_rng(1).integers(0, 2, rr22.WIDTH).astype(np.uint8)
     base = BaseOtSender(rr22.WIDTH, session)
     reply, keys = BaseOtReceiver(secret, session).reply(base.first_message())
     keys0, keys1 = base.finish(reply)
-    rows = np.random.default_rng(2).integers(0, 256, (96, 64), dtype=np.uint8)
+    rows = np.random.default_rng(2).integers(0, 256, (93, 64), dtype=np.uint8)
     s_bytes = np.packbits(secret, bitorder="little")
-    for offset_rows in (0, 40):
-        t, wire = ExtensionReceiver(keys0, keys1, offset=offset_rows // 8).extend_codewords(rows[offset_rows:])
-        sender = ExtensionSender(keys, secret, offset=offset_rows // 8)
-        assert (sender.secret == s_bytes).all()
-        q = sender.extend(96 - offset_rows, wire)
-        assert (q == t ^ (rows[offset_rows:] & s_bytes)).all()
-    full_t, _ = ExtensionReceiver(keys0, keys1).extend_codewords(rows)
-    assert (full_t[40:] == t).all()
+    seen = []
+    for batch in (0, 1, 7):
+        t, wire = vole.receiver_batch(keys0, keys1, batch, rows)
+        q_cols = vole.sender_columns(keys, secret, batch, 93, wire)
+        assert (transpose(q_cols)[:93] == t ^ (rows & s_bytes)).all()
+        assert (transpose(vole.receiver_columns(keys0, batch, 93))[:93] == t).all()
+        seen.append(t.tobytes())
+    assert len(set(seen)) == 3
+    with pytest.raises(MalformedMessage, match="wrong length"):
+        vole.sender_columns(keys, secret, 0, 93, wire[:-1])
+
+
+def test_vole_prg_is_aes_ctr_per_batch_whatever_the_cache():
+    """prg_columns row j = AES-CTR under seed j from counter block (batch, 0): checked against
+    cryptography's CTR mode, for lengths that end inside a block, with the per-process context
+    cache cold, warm and evicted."""
+    from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
+
+    seeds = np.random.default_rng(3).integers(0, 256, (16, 16), dtype=np.uint8)
+    for batch, length in ((0, 1), (5, 37), (2**40, 64)):
+        for _ in range(2):
+            cols = vole.prg_columns(seeds, batch, length)
+            for j in (0, 7, 15):
+                ctr = Cipher(algorithms.AES(bytes(seeds[j])), modes.CTR(batch.to_bytes(8, "big") + bytes(8))).encryptor()
+                assert cols[j].tobytes() == ctr.update(bytes(length))
+    for i in range(6):  # evict the set above, then recompute it
+        vole.prg_columns(seeds ^ np.uint8(i + 1), 0, 16)
+    again = vole.prg_columns(seeds, 5, 37)
+    ctr = Cipher(algorithms.AES(bytes(seeds[3])), modes.CTR((5).to_bytes(8, "big") + bytes(8))).encryptor()
+    assert again[3].tobytes() == ctr.update(bytes(37))
 
 
 def test_value_width_formula():

@@ -70,9 +70,8 @@ from ..ot.aes_hash import TweakHash, derive_key
 from ..ot.base_ot import POINT_BYTES, BaseOtReceiver, BaseOtSender
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
-from ..ot.aes_hash import RowPrg
+from ..ot import vole
 from ..ot.bitmatrix import transpose
-from ..ot.extension import ExtensionReceiver, ExtensionSender, padded_rows
 from ..parallel import Executor
 from .base import PsiOutcome, Reveal, Role
 from .ot_psi import SIGMA, check_options, pack_claims, parse_claims, scatter
@@ -164,16 +163,10 @@ def _item_hash(code_key: bytes, digests: np.ndarray) -> np.ndarray:
     return out
 
 
-def _prg_offset(first_bin: int, batch: int, params: okvs.Params) -> int:
-    """Bytes of every base-OT seed's stream used before batch ``batch`` (whose first bin is
-    ``first_bin``): all earlier OKVS rows plus ``CHECKS`` rows per earlier batch, 8 rows a byte."""
-    return (first_bin * params.cols_per_bin + batch * CHECKS) // 8
-
-
-def _client_batch(digests: np.ndarray, bins: np.ndarray, *, nb: int, first_bin: int, batch: int, params: okvs.Params,
+def _client_batch(digests: np.ndarray, bins: np.ndarray, *, nb: int, batch: int, params: okvs.Params,
                   seed: bytes, code_key: bytes, keys0: np.ndarray, keys1: np.ndarray,
                   session: bytes) -> tuple[bytes, bytes, np.ndarray, np.ndarray]:
-    """Encode the bins ``first_bin .. first_bin+nb-1``, extend their rows (and ``CHECKS`` random
+    """Encode one batch's ``nb`` bins (``bins``: each key's bin within the batch), extend their rows (and ``CHECKS`` random
     rows for the consistency check), decode at own items.
 
     Returns (retry counters, wire ``U``, own OPRF values ``uint8 (n, 16)``, the messages ``P'``
@@ -185,41 +178,38 @@ def _client_batch(digests: np.ndarray, bins: np.ndarray, *, nb: int, first_bin: 
     messages = np.empty((rows + CHECKS, 2), dtype=np.uint64)
     messages[:rows] = table.reshape(rows, 2)
     messages[rows:] = oos.random_words(CHECKS)
-    ext = ExtensionReceiver(keys0, keys1, offset=_prg_offset(first_bin, batch, params))
-    t_rows, wire = ext.extend_codewords(bch.code().encode(messages))
+    t_rows, wire = vole.receiver_batch(keys0, keys1, batch, bch.code().encode(messages))
     t_words = np.ascontiguousarray(t_rows[:rows]).view(np.uint64).reshape(nb, params.cols_per_bin, _WORDS)
     decoded = okvs.decode(t_words, bins, cols, masks, params)
     return counters.tobytes(), wire, _oprf(decoded, digests, session), messages
 
 
-def _client_check(messages: np.ndarray, challenge: bytes, *, keys0: np.ndarray, offset: int, batch: int,
-                  session: bytes) -> bytes:
+def _client_check(messages: np.ndarray, challenge: bytes, *, keys0: np.ndarray, batch: int, session: bytes) -> bytes:
     """The client's ``rr22.check`` answer for one batch (:func:`psi.ot.oos.receiver_response`):
     ``t̃_l ‖ w̃_l`` for the ``CHECKS`` combinations of :func:`psi.ot.oos.challenge_words`.
 
-    ``T``'s columns are the seeds' PRG stream at the batch's offset (``T = G(k^0)``), so they are
+    ``T``'s columns are the seeds' PRG stream for the batch (``T = G_b(k^0)``), so they are
     regenerated here rather than kept from the batch: ``messages`` (``uint64 (rows + CHECKS, 2)``)
     is all the batch leaves behind.
     """
     rows = messages.shape[0] - CHECKS
-    t_cols = RowPrg(keys0, offset).fill(np.empty((WIDTH, padded_rows(rows + CHECKS) // 8), dtype=np.uint8))
+    t_cols = vole.receiver_columns(keys0, batch, rows + CHECKS)
     return oos.receiver_response(t_cols, messages, oos.challenge_words(session, batch, challenge, rows))
 
 
-def _server_batch(digests: np.ndarray, bins: np.ndarray, wire: bytes, *, counters: np.ndarray, nb: int, first_bin: int,
+def _server_batch(digests: np.ndarray, bins: np.ndarray, wire: bytes, *, counters: np.ndarray, nb: int,
                   batch: int, challenge: bytes, params: okvs.Params, seed: bytes, code_key: bytes, keys: np.ndarray,
                   secret_bits: np.ndarray, session: bytes, width: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """The server's OPRF values at its items in these bins (``F`` 16 bytes, wire ``ℓ`` bytes)
     and its side of the consistency check (``q̃``, ``uint8 (CHECKS, 64)``)."""
     rows = nb * params.cols_per_bin
-    ext = ExtensionSender(keys, secret_bits, offset=_prg_offset(first_bin, batch, params))
-    q_cols = ext.extend_columns(rows + CHECKS, wire)
+    q_cols = vole.sender_columns(keys, secret_bits, batch, rows + CHECKS, wire)
     q_check = oos.sender_expected(q_cols, oos.challenge_words(session, batch, challenge, rows))
     q_words = transpose(q_cols)[:rows].view(np.uint64).reshape(nb, params.cols_per_bin, _WORDS)
     cols, masks = okvs.rows_of(digests, bins, seed, counters, params)
     decoded = okvs.decode(q_words, bins, cols, masks, params)
     code = bch.code().encode(_item_hash(code_key, digests)).view(np.uint64)
-    code &= ext.secret.view(np.uint64)[None, :]
+    code &= np.packbits(secret_bits, bitorder="little").view(np.uint64)[None, :]
     decoded ^= code
     oprf = _oprf(decoded, digests, session)
     return oprf, _second_hash(oprf, digests, session, _DOMAIN_WIRE, width), q_check
@@ -320,7 +310,7 @@ class Client(_Common):
             first, nb, items = self._batch_slice(k)
             bins = self._sorted_bins[items] - first
             self._pending[k] = self._executor.submit(
-                functools.partial(self._batch_fn, nb=nb, first_bin=first, batch=k), self._sorted_digests[items], bins)
+                functools.partial(self._batch_fn, nb=nb, batch=k), self._sorted_digests[items], bins)
             self._submitted += 1
         while self._sent < self._batches and self._sent - self._acked < self._config.window:
             _first, _nb, items = self._batch_slice(self._sent)
@@ -335,9 +325,7 @@ class Client(_Common):
         if len(body) != 16:
             raise MalformedMessage("rr22.ack: the check challenge has the wrong length")
         k = self._acked
-        first, _nb, _items = self._batch_slice(k)
-        offset = _prg_offset(first, k, self._params)
-        self._send("rr22.check", self._check_fn(self._kept.pop(k), body, offset=offset, batch=k))
+        self._send("rr22.check", self._check_fn(self._kept.pop(k), body, batch=k))
         self._acked += 1
         self._advance(1)
         if self._acked == self._batches:
@@ -456,7 +444,7 @@ class Server(_Common):
             raise MalformedMessage(f"rr22.u: bin retry counter out of range (0..{okvs.MAX_RETRIES - 1})")
         bins = self._sorted_bins[items] - first
         challenge = secrets.token_bytes(16)  # drawn after the batch's rows are fixed
-        fn = functools.partial(self._batch_fn, counters=counters.copy(), nb=nb, first_bin=first, batch=k,
+        fn = functools.partial(self._batch_fn, counters=counters.copy(), nb=nb, batch=k,
                                challenge=challenge)
         if self._executor.workers > 1 and k >= self._executor.workers:  # bound the work in flight
             self._futures[k - self._executor.workers].result()
