@@ -388,3 +388,20 @@ def test_a_version_1_peer_is_refused_with_exit_5(old_side, monkeypatch):
         run_pair(client, server)
     assert info.value.exit_code == 5
     assert re.search(r"rr22 protocol version (1, this side speaks 2|2, this side speaks 1)", str(info.value))
+
+
+def test_lookup_pairs_equal_rows_even_when_8_byte_prefixes_collide():
+    """The client's match lookup against a plain set comparison, with table rows that share
+    their first 8 bytes (and a query equal to each), duplicates among queries and misses."""
+    rng = np.random.default_rng(5)
+    table = rng.integers(0, 256, (300, 10), dtype=np.uint8)
+    table[10:14, :8] = table[9, :8]  # five rows with one prefix
+    queries = np.concatenate([table[[9, 12, 13, 13, 200]], rng.integers(0, 256, (50, 10), dtype=np.uint8)])
+    queries[-1, :8] = table[11, :8]  # prefix hit, full miss
+    q, t = rr22._lookup(queries, table)  # noqa: SLF001
+    got = sorted(zip(q.tolist(), t.tolist()))
+    expected = sorted((i, j) for i in range(len(queries)) for j in range(len(table))
+                      if bytes(queries[i]) == bytes(table[j]))
+    assert got == expected and len(expected) == 5
+    empty = rr22._lookup(queries[:0], table)  # noqa: SLF001
+    assert empty[0].size == 0 and rr22._lookup(queries, table[:0])[1].size == 0  # noqa: SLF001
