@@ -147,8 +147,16 @@ def _oprf(decoded: np.ndarray, digests: np.ndarray, session: bytes) -> np.ndarra
     return TweakHash(session).hash_rows(rows, 0, out_bytes=16, domain=_DOMAIN_OPRF, indices=_tweaks(digests))
 
 
-def _second_hash(oprf: np.ndarray, digests: np.ndarray, session: bytes, domain: int, size: int) -> np.ndarray:
-    return TweakHash(session).hash_rows(oprf, 0, out_bytes=size, domain=domain, indices=_tweaks(digests))
+def _second_hash(oprf: np.ndarray, digests: np.ndarray, session: bytes, domain: int, size: int,
+                 chunk: int = 1 << 18) -> np.ndarray:
+    """``H'(F)`` truncated to ``size`` bytes, ``chunk`` rows at a time (the hash's temporaries
+    are several times its input: bounded at 2^24 items)."""
+    out = np.empty((oprf.shape[0], size), dtype=np.uint8)
+    hasher = TweakHash(session)
+    for lo in range(0, oprf.shape[0], chunk):
+        out[lo : lo + chunk] = hasher.hash_rows(oprf[lo : lo + chunk], 0, out_bytes=size, domain=domain,
+                                                indices=_tweaks(digests[lo : lo + chunk]))
+    return out
 
 
 def _item_hash(code_key: bytes, digests: np.ndarray) -> np.ndarray:
@@ -239,12 +247,17 @@ class _Common(OtPsiParty):
         """Bin every own item; ``_order`` sorts items by bin, ``_starts[b]`` is bin b's first."""
         params = self._params
         bins = okvs.bin_of(digests, seed, params.bins)
-        self._order = np.argsort(bins, kind="stable")
-        self._sorted_digests = digests[self._order]
-        self._sorted_bins = bins[self._order]
-        self._starts = np.searchsorted(self._sorted_bins, np.arange(params.bins + 1))
+        order = np.argsort(bins.astype(np.uint16) if params.bins <= 1 << 16 else bins, kind="stable")  # radix sort
+        self._order = order.astype(np.uint32) if self._n < 1 << 32 else order  # 4 bytes an item kept
+        self._sorted_digests = digests[order]
+        del order
+        self._starts = np.concatenate([[0], np.cumsum(np.bincount(bins, minlength=params.bins))])
         self._bins_per_batch = max(1, self._config.batch_rows // params.cols_per_bin)
         self._batches = -(-params.bins // self._bins_per_batch)
+
+    def _batch_bins(self, first: int, nb: int) -> np.ndarray:
+        """Each sorted item's bin within the batch whose bins are ``first .. first+nb-1``."""
+        return np.repeat(np.arange(nb, dtype=np.int64), np.diff(self._starts[first : first + nb + 1]))
 
     def _batch_slice(self, k: int) -> tuple[int, int, slice]:
         first = k * self._bins_per_batch
@@ -308,7 +321,7 @@ class Client(_Common):
         while self._submitted < self._batches and self._submitted < self._sent + ahead:
             k = self._submitted
             first, nb, items = self._batch_slice(k)
-            bins = self._sorted_bins[items] - first
+            bins = self._batch_bins(first, nb)
             self._pending[k] = self._executor.submit(
                 functools.partial(self._batch_fn, nb=nb, batch=k), self._sorted_digests[items], bins)
             self._submitted += 1
@@ -442,7 +455,7 @@ class Server(_Common):
         counters = np.frombuffer(body[:nb], dtype=np.uint8)
         if counters.size and counters.max() >= okvs.MAX_RETRIES:
             raise MalformedMessage(f"rr22.u: bin retry counter out of range (0..{okvs.MAX_RETRIES - 1})")
-        bins = self._sorted_bins[items] - first
+        bins = self._batch_bins(first, nb)
         challenge = secrets.token_bytes(16)  # drawn after the batch's rows are fixed
         fn = functools.partial(self._batch_fn, counters=counters.copy(), nb=nb, batch=k,
                                challenge=challenge)
@@ -482,7 +495,7 @@ class Server(_Common):
         else:
             self._oprf, wire = np.zeros((0, 16), dtype=np.uint8), np.zeros((0, self._width), dtype=np.uint8)
         self._perm = secure_permutation(self._n)
-        self._wire = wire[self._perm]  # wire position i holds sorted item perm[i]
+        self._wire = _Permuted(wire, self._perm)  # wire position i holds sorted item perm[i]
         step = self._config.batch_rows
         self._value_batches = -(-self._n // step)
         self._sent = self._acked = 0
@@ -516,6 +529,16 @@ class Server(_Common):
         self._oprf = None
         indices = self._order[rows].tolist()
         self._done(PsiOutcome(indices, len(indices), {"protocol": NAME}))
+
+
+class _Permuted:
+    """``data[perm]`` gathered slice by slice as the values are sent (no second full copy)."""
+
+    def __init__(self, data: np.ndarray, perm: np.ndarray) -> None:
+        self.data, self.perm = data, perm
+
+    def __getitem__(self, part: slice) -> np.ndarray:
+        return self.data[self.perm[part]]
 
 
 def _lookup(queries: np.ndarray, table: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
