@@ -398,10 +398,24 @@ def test_lookup_pairs_equal_rows_even_when_8_byte_prefixes_collide():
     table[10:14, :8] = table[9, :8]  # five rows with one prefix
     queries = np.concatenate([table[[9, 12, 13, 13, 200]], rng.integers(0, 256, (50, 10), dtype=np.uint8)])
     queries[-1, :8] = table[11, :8]  # prefix hit, full miss
-    q, t = rr22._lookup(queries, table)  # noqa: SLF001
-    got = sorted(zip(q.tolist(), t.tolist()))
     expected = sorted((i, j) for i in range(len(queries)) for j in range(len(table))
                       if bytes(queries[i]) == bytes(table[j]))
-    assert got == expected and len(expected) == 5
+    assert len(expected) == 5
+    for chunk in (1 << 20, 7, 1):  # the sorted queries are searched chunk by chunk
+        q, t = rr22._lookup(queries, table, chunk=chunk)  # noqa: SLF001
+        assert sorted(zip(q.tolist(), t.tolist())) == expected
     empty = rr22._lookup(queries[:0], table)  # noqa: SLF001
     assert empty[0].size == 0 and rr22._lookup(queries, table[:0])[1].size == 0  # noqa: SLF001
+
+
+@pytest.mark.parametrize("reveal", [Reveal.RECEIVER, Reveal.BOTH])
+def test_per_item_arrays_are_released_when_done(reveal):
+    """The caller writes its output while the party may still be referenced: the per-item
+    arrays (digests, OPRF values, the server's values and order) must not outlive the outcome."""
+    client, server = _parties([b"k%d" % i for i in range(300)], [b"k%d" % i for i in range(100, 400)], reveal)
+    run_pair(client, server)
+    assert client.result().cardinality == 200
+    for party in (client, server):
+        held = {name: getattr(party, name, None) for name in ("_sorted_digests", "_order", "_own", "_values", "_oprf",
+                                                               "_perm", "_wire", "_kept")}
+        assert all(value is None for value in held.values()), held

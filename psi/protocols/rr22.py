@@ -255,6 +255,13 @@ class _Common(OtPsiParty):
         self._bins_per_batch = max(1, self._config.batch_rows // params.cols_per_bin)
         self._batches = -(-params.bins // self._bins_per_batch)
 
+    def _release(self) -> None:
+        """Drop the per-item arrays once the outcome is known (the caller writes its output
+        while this party object may still be referenced)."""
+        for name in ("_sorted_digests", "_order", "_own", "_values", "_oprf", "_perm", "_wire", "_kept", "_pending"):
+            if hasattr(self, name):
+                setattr(self, name, None)
+
     def _batch_bins(self, first: int, nb: int) -> np.ndarray:
         """Each sorted item's bin within the batch whose bins are ``first .. first+nb-1``."""
         return np.repeat(np.arange(nb, dtype=np.int64), np.diff(self._starts[first : first + nb + 1]))
@@ -369,7 +376,7 @@ class Client(_Common):
         digests = self._sorted_digests
         mine = _second_hash(self._own, digests, self._session, _DOMAIN_WIRE, self._width)
         own_rows, wire_rows = _lookup(mine, self._values)
-        self._values = None
+        self._values = mine = None
         if self._reveal is Reveal.BOTH:
             evidence = _second_hash(self._own[own_rows], digests[own_rows], self._session, _DOMAIN_EVIDENCE, EVIDENCE_BYTES)
             # an order independent of either input order (the server follows the message order)
@@ -379,6 +386,7 @@ class Client(_Common):
             indices = self._order[own_rows].tolist()
         else:
             indices = np.sort(self._order[own_rows]).tolist()
+        self._release()
         self._done(PsiOutcome(indices, len(indices), {"protocol": NAME, "okvs_rows": self._params.total,
                                                            "value_bytes": self._width}))
 
@@ -515,7 +523,7 @@ class Server(_Common):
             self._state = _State.MATCHES
             self._set_phase("matches")
         else:
-            self._oprf = None
+            self._release()
             self._done(PsiOutcome(None, None, {"protocol": NAME}))
 
     def _matches(self, body: bytes) -> None:
@@ -526,8 +534,8 @@ class Server(_Common):
         expected = _second_hash(self._oprf[rows], self._sorted_digests[rows], self._session, _DOMAIN_EVIDENCE, EVIDENCE_BYTES)
         if not hmac.compare_digest(expected.tobytes(), evidence.tobytes()):
             raise MalformedMessage("rr22.matches: match evidence does not verify (the peer claims items it did not match)")
-        self._oprf = None
         indices = self._order[rows].tolist()
+        self._release()
         self._done(PsiOutcome(indices, len(indices), {"protocol": NAME}))
 
 
@@ -541,41 +549,48 @@ class _Permuted:
         return self.data[self.perm[part]]
 
 
-def _lookup(queries: np.ndarray, table: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def _lookup(queries: np.ndarray, table: np.ndarray, chunk: int = 1 << 20) -> tuple[np.ndarray, np.ndarray]:
     """Pairs (query row, table row) of equal byte rows (table rows are unique w.h.p.).
 
-    Both sides sorted by their first 8 bytes, then one merge-like ``searchsorted`` of the
-    sorted queries (each search starts where the last ended); rows whose 8-byte prefixes
-    collide are compared in full, a few passes over the rare longer spans."""
+    Each side becomes one sorted ``uint64`` array of ``key << bits | row`` (``key``: the first 8
+    bytes, ``bits``: enough for either side's row numbers), so 8 bytes an item hold both the
+    sort key and the row; sorted queries are searched in chunks (each search starts where the
+    last ended). Rows whose shortened keys collide are compared in full, a few passes over the
+    rare longer spans."""
     empty = np.zeros(0, dtype=np.int64)
     if queries.shape[0] == 0 or table.shape[0] == 0:
         return empty, empty
+    bits = np.uint64(max(queries.shape[0], table.shape[0], 2) - 1).item().bit_length()
+    shift, low = np.uint64(bits), np.uint64((1 << bits) - 1)
     head = min(table.shape[1], 8)
 
-    def key(rows: np.ndarray) -> np.ndarray:
-        padded = np.zeros((rows.shape[0], 8), dtype=np.uint8)
-        padded[:, :head] = rows[:, :head]
-        return padded.view(np.uint64).reshape(-1)
+    def keyed(rows: np.ndarray) -> np.ndarray:
+        packed = np.zeros((rows.shape[0], 8), dtype=np.uint8)
+        packed[:, :head] = rows[:, :head]
+        out = packed.view(np.uint64).reshape(-1)
+        out <<= shift
+        out |= np.arange(rows.shape[0], dtype=np.uint64)
+        out.sort()
+        return out
 
-    table_keys = key(table)
-    t_order = np.argsort(table_keys)
-    sorted_table = table_keys[t_order]
-    query_keys = key(queries)
-    q_order = np.argsort(query_keys)
-    sorted_queries = query_keys[q_order]
-    left = np.searchsorted(sorted_table, sorted_queries, "left")
-    hit = np.flatnonzero(sorted_table[np.minimum(left, sorted_table.size - 1)] == sorted_queries)
-    left = left[hit]
-    span = np.searchsorted(sorted_table, sorted_queries[hit], "right") - left
+    sorted_table = keyed(table)
+    sorted_queries = keyed(queries)
     q_out: list[np.ndarray] = []
     s_out: list[np.ndarray] = []
-    for extra in range(int(span.max(initial=0))):  # prefix collisions: rare, a few passes
-        live = np.flatnonzero(span > extra)
-        q_rows = q_order[hit[live]]
-        t_rows = t_order[left[live] + extra]
-        same = (queries[q_rows] == table[t_rows]).all(axis=1)
-        q_out.append(q_rows[same])
-        s_out.append(t_rows[same])
+    for lo in range(0, sorted_queries.size, chunk):
+        prefix = sorted_queries[lo : lo + chunk] >> shift
+        left = np.searchsorted(sorted_table, prefix << shift, "left")
+        hit = np.flatnonzero((sorted_table[np.minimum(left, sorted_table.size - 1)] >> shift) == prefix)
+        left = left[hit]
+        span = np.searchsorted(sorted_table, (prefix[hit] << shift) | low, "right") - left
+        q_all = (sorted_queries[lo : lo + chunk][hit] & low).astype(np.int64)
+        for extra in range(int(span.max(initial=0))):  # shortened-key collisions: a few passes
+            live = np.flatnonzero(span > extra)
+            q_rows = q_all[live]
+            t_rows = (sorted_table[left[live] + extra] & low).astype(np.int64)
+            same = (queries[q_rows] == table[t_rows]).all(axis=1)
+            q_out.append(q_rows[same])
+            s_out.append(t_rows[same])
     if not q_out:
         return empty, empty
     return np.concatenate(q_out), np.concatenate(s_out)
