@@ -24,13 +24,17 @@ Message flow (client = PSI receiver, learns the result; server = PSI sender)::
    row per OKVS row with the code word ``C(P'_i)`` of the linear [511, 76, ≥171] BCH code
    (:mod:`psi.ot.bch`, shared with KKRT) as the chosen word: the client gets ``t_i``, the server
    ``q_i = t_i ⊕ (C(P'_i) ∧ s)`` — a VOLE over GF(2)^76 with the product ``C(a) ∧ s``
-   (PaXoS PSI, Pinkas–Rosulek–Trieu–Yanai 2020). OKVS and code being GF(2)-linear,
+   (PaXoS PSI, Pinkas–Rosulek–Trieu–Yanai 2020; batch by batch in :mod:`psi.ot.vole`, each
+   batch its own PRG stream). OKVS and code being GF(2)-linear,
    ``Decode(Q, y) ⊕ (C(h(y)) ∧ s) = Decode(T, y) ⊕ (C(Decode(P', y) ⊕ h(y)) ∧ s)``.
-4. Consistency check (OOS17, as libOTe realises it): every batch carries 40 extra random rows;
-   after the batch the server sends a fresh challenge (40 × rows random bits), the client
-   returns ``t̃_l = t*_l ⊕ ⊕_j x_lj t_j`` and ``w̃_l = w*_l ⊕ ⊕_j x_lj P'_j``, and the server
-   checks ``t̃_l ⊕ q̃_l = C(w̃_l) ∧ s``. Rows that are not code words fail it; the server sends
-   nothing derived from ``s`` before every batch has passed.
+4. Consistency check (OOS17, as libOTe realises it; :mod:`psi.ot.oos`): every batch carries
+   40 extra random rows; after the batch the server sends a fresh 16-byte seed, both expand it
+   (keyed by session, batch number and seed) into a 40-bit coefficient word ``x_j`` per row,
+   the client returns ``t̃_l = t*_l ⊕ ⊕_j x_j[l] t_j`` and ``w̃_l = w*_l ⊕ ⊕_j x_j[l] P'_j``
+   (sums over the bit columns, four Russians), and the server checks
+   ``t̃_l ⊕ q̃_l = C(w̃_l) ∧ s``. Rows that are not code words fail it; the server sends nothing
+   derived from ``s`` before every batch has passed. (Version 1 expanded the seed differently;
+   the versions refuse each other at the hello, exit 5.)
 5. OPRF: ``F(y) = H(y, Decode(Q, y) ⊕ (C(h(y)) ∧ s))`` (fixed-key AES tweakable hash,
    :mod:`psi.ot.aes_hash`, 16 bytes); for ``x`` in the client's set the client computes it as
    ``H(x, Decode(T, x))``. The server sends ``H'(F(y))`` truncated to
