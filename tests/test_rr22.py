@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import threading
 
 import numpy as np
@@ -11,10 +12,11 @@ from hypothesis import given, settings, strategies as st
 from psi import api
 from psi.crypto import okvs
 from psi.driver import run_pair
-from psi.errors import MalformedMessage, ParameterMismatch, PsiqError, UsageError
+from psi.errors import MalformedMessage, ParameterMismatch, PsiqError, UnsupportedVersion, UsageError
 from psi.messages import Message
 from psi.ot.base_ot import BaseOtReceiver, BaseOtSender
-from psi.ot.extension import ExtensionReceiver, ExtensionSender
+from psi.ot import vole
+from psi.ot.bitmatrix import transpose
 from psi.parallel import Executor
 from psi.protocols import rr22
 from psi.protocols.base import Reveal
@@ -97,23 +99,46 @@ def test_several_bins_batches_and_workers():
 
 
 def test_subspace_vole_correlation():
-    """The OT-extension rows are a VOLE over GF(2)^512: q_i = t_i ⊕ (P_i ∧ s) for chosen P_i,
-    also when a batch is expanded on its own from a PRG offset (as the workers do)."""
+    """The OT-extension rows are a VOLE over GF(2)^512: q_i = t_i ⊕ (P_i ∧ s) for chosen P_i, in
+    any batch computed on its own (as the workers do); batches use independent streams, and the
+    check's regenerated T columns are the batch's."""
     session = b"s" * 32
     secret = np.random.default_rng(1).integers(0, 2, rr22.WIDTH).astype(np.uint8)
     base = BaseOtSender(rr22.WIDTH, session)
     reply, keys = BaseOtReceiver(secret, session).reply(base.first_message())
     keys0, keys1 = base.finish(reply)
-    rows = np.random.default_rng(2).integers(0, 256, (96, 64), dtype=np.uint8)
+    rows = np.random.default_rng(2).integers(0, 256, (93, 64), dtype=np.uint8)
     s_bytes = np.packbits(secret, bitorder="little")
-    for offset_rows in (0, 40):
-        t, wire = ExtensionReceiver(keys0, keys1, offset=offset_rows // 8).extend_codewords(rows[offset_rows:])
-        sender = ExtensionSender(keys, secret, offset=offset_rows // 8)
-        assert (sender.secret == s_bytes).all()
-        q = sender.extend(96 - offset_rows, wire)
-        assert (q == t ^ (rows[offset_rows:] & s_bytes)).all()
-    full_t, _ = ExtensionReceiver(keys0, keys1).extend_codewords(rows)
-    assert (full_t[40:] == t).all()
+    seen = []
+    for batch in (0, 1, 7):
+        t, wire = vole.receiver_batch(keys0, keys1, batch, rows)
+        q_cols = vole.sender_columns(keys, secret, batch, 93, wire)
+        assert (transpose(q_cols)[:93] == t ^ (rows & s_bytes)).all()
+        assert (transpose(vole.receiver_columns(keys0, batch, 93))[:93] == t).all()
+        seen.append(t.tobytes())
+    assert len(set(seen)) == 3
+    with pytest.raises(MalformedMessage, match="wrong length"):
+        vole.sender_columns(keys, secret, 0, 93, wire[:-1])
+
+
+def test_vole_prg_is_aes_ctr_per_batch_whatever_the_cache():
+    """prg_columns row j = AES-CTR under seed j from counter block (batch, 0): checked against
+    cryptography's CTR mode, for lengths that end inside a block, with the per-process context
+    cache cold, warm and evicted."""
+    from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
+
+    seeds = np.random.default_rng(3).integers(0, 256, (16, 16), dtype=np.uint8)
+    for batch, length in ((0, 1), (5, 37), (2**40, 64)):
+        for _ in range(2):
+            cols = vole.prg_columns(seeds, batch, length)
+            for j in (0, 7, 15):
+                ctr = Cipher(algorithms.AES(bytes(seeds[j])), modes.CTR(batch.to_bytes(8, "big") + bytes(8))).encryptor()
+                assert cols[j].tobytes() == ctr.update(bytes(length))
+    for i in range(6):  # evict the set above, then recompute it
+        vole.prg_columns(seeds ^ np.uint8(i + 1), 0, 16)
+    again = vole.prg_columns(seeds, 5, 37)
+    ctr = Cipher(algorithms.AES(bytes(seeds[3])), modes.CTR((5).to_bytes(8, "big") + bytes(8))).encryptor()
+    assert again[3].tobytes() == ctr.update(bytes(37))
 
 
 def test_value_width_formula():
@@ -344,3 +369,53 @@ def test_server_values_are_sent_in_a_random_order():
     indices = server.result().indices
     assert sorted(indices) == list(range(200))
     assert sum(p == i for p, i in zip(seen["positions"], indices)) < 20  # a random permutation: ~1 fixed point
+
+
+@pytest.mark.parametrize("old_side", ["client", "server"])
+def test_a_version_1_peer_is_refused_with_exit_5(old_side, monkeypatch):
+    """Version 2 changed the check's challenge expansion and answer layout (psi.ot.oos's): a
+    version-1 peer would compute other sums, so either side refuses it at the hello (exit 5)."""
+    current = rr22.VERSION
+    assert current == 2
+    items = [b"a%d" % i for i in range(20)]
+    config = rr22.Config()
+    with monkeypatch.context() as patch:
+        patch.setattr(rr22, "VERSION", 1)
+        old = (rr22.Client if old_side == "client" else rr22.Server)(items, config, peer_size=20, executor=EXECUTOR)
+    new = (rr22.Server if old_side == "client" else rr22.Client)(items, config, peer_size=20, executor=EXECUTOR)
+    client, server = (old, new) if old_side == "client" else (new, old)
+    with pytest.raises(UnsupportedVersion) as info:
+        run_pair(client, server)
+    assert info.value.exit_code == 5
+    assert re.search(r"rr22 protocol version (1, this side speaks 2|2, this side speaks 1)", str(info.value))
+
+
+def test_lookup_pairs_equal_rows_even_when_8_byte_prefixes_collide():
+    """The client's match lookup against a plain set comparison, with table rows that share
+    their first 8 bytes (and a query equal to each), duplicates among queries and misses."""
+    rng = np.random.default_rng(5)
+    table = rng.integers(0, 256, (300, 10), dtype=np.uint8)
+    table[10:14, :8] = table[9, :8]  # five rows with one prefix
+    queries = np.concatenate([table[[9, 12, 13, 13, 200]], rng.integers(0, 256, (50, 10), dtype=np.uint8)])
+    queries[-1, :8] = table[11, :8]  # prefix hit, full miss
+    expected = sorted((i, j) for i in range(len(queries)) for j in range(len(table))
+                      if bytes(queries[i]) == bytes(table[j]))
+    assert len(expected) == 5
+    for chunk in (1 << 20, 7, 1):  # the sorted queries are searched chunk by chunk
+        q, t = rr22._lookup(queries, table, chunk=chunk)  # noqa: SLF001
+        assert sorted(zip(q.tolist(), t.tolist())) == expected
+    empty = rr22._lookup(queries[:0], table)  # noqa: SLF001
+    assert empty[0].size == 0 and rr22._lookup(queries, table[:0])[1].size == 0  # noqa: SLF001
+
+
+@pytest.mark.parametrize("reveal", [Reveal.RECEIVER, Reveal.BOTH])
+def test_per_item_arrays_are_released_when_done(reveal):
+    """The caller writes its output while the party may still be referenced: the per-item
+    arrays (digests, OPRF values, the server's values and order) must not outlive the outcome."""
+    client, server = _parties([b"k%d" % i for i in range(300)], [b"k%d" % i for i in range(100, 400)], reveal)
+    run_pair(client, server)
+    assert client.result().cardinality == 200
+    for party in (client, server):
+        held = {name: getattr(party, name, None) for name in ("_sorted_digests", "_order", "_own", "_values", "_oprf",
+                                                               "_perm", "_wire", "_kept")}
+        assert all(value is None for value in held.values()), held

@@ -186,21 +186,29 @@ def rows_of(digests: np.ndarray, bins: np.ndarray, seed: bytes, counters: np.nda
 # -- the dense part ----------------------------------------------------------------------------
 
 
-def _dense_product(masks: np.ndarray, bins: np.ndarray, dense_rows: np.ndarray) -> np.ndarray:
-    """``⊕_j bit_j(mask) · dense_rows[bin, j]`` per key, by 8 byte-indexed tables per bin."""
+def _dense_product(masks: np.ndarray, bins: np.ndarray, dense_rows: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+    """``⊕_j bit_j(mask) · dense_rows[bin, j]`` per key, by byte-indexed tables per bin (one
+    256-entry table per mask byte in use); XORed into ``out`` when given."""
     nb, d, width = dense_rows.shape
-    padded = np.zeros((nb, 64, width), dtype=np.uint64)
+    nbytes = max(1, -(-d // 8))
+    padded = np.zeros((nb, 8 * nbytes, width), dtype=np.uint64)
     padded[:, :d] = dense_rows
-    tables = np.zeros((nb, 8, 256, width), dtype=np.uint64)
-    by_byte = padded.reshape(nb, 8, 8, width)
+    tables = np.empty((nb, nbytes, 256, width), dtype=np.uint64)
+    tables[:, :, 0] = 0
+    by_byte = padded.reshape(nb, nbytes, 8, width)
     for bit in range(8):
-        tables[:, :, 1 << bit : 2 << bit] = tables[:, :, : 1 << bit] ^ by_byte[:, :, bit, None, :]
+        np.bitwise_xor(tables[:, :, : 1 << bit], by_byte[:, :, bit, None, :], out=tables[:, :, 1 << bit : 2 << bit])
     flat = tables.reshape(-1, width)
-    mask_bytes = masks.view(np.uint8).reshape(-1, 8).astype(np.int64)
-    base = bins.astype(np.int64) * 2048
-    out = flat[base + mask_bytes[:, 0]]
-    for j in range(1, 8):
-        np.bitwise_xor(out, flat[base + j * 256 + mask_bytes[:, j]], out=out)
+    mask_bytes = masks.view(np.uint8).reshape(-1, 8)
+    index = bins.astype(np.intp) * (nbytes * 256)
+    index += mask_bytes[:, 0]
+    if out is None:
+        out = flat[index]
+    else:
+        out ^= flat[index]
+    for j in range(1, nbytes):
+        index += 256 - mask_bytes[:, j - 1].astype(np.intp) + mask_bytes[:, j]
+        out ^= flat[index]
     return out
 
 
@@ -339,10 +347,10 @@ def decode(table: np.ndarray, bins: np.ndarray, cols: np.ndarray, masks: np.ndar
     if cpb != params.cols_per_bin:
         raise ValueError("table does not match the parameters")
     flat = table.reshape(nb * cpb, width)
-    base = bins.astype(np.int64) * cpb
+    base = bins.astype(np.intp) * cpb
     out = flat[base + cols[:, 0]]
     out ^= flat[base + cols[:, 1]]
     out ^= flat[base + cols[:, 2]]
     if cols.shape[0]:
-        out ^= _dense_product(masks, bins, table[:, params.sparse :])
+        _dense_product(masks, bins, table[:, params.sparse :], out)
     return out

@@ -69,6 +69,9 @@ class Suite:
 
     name: str
 
+    def __reduce__(self) -> tuple:
+        return (get_suite, (self.name,))  # a worker's copy is the module's own object, so ``is`` works
+
     @property
     def is_gm(self) -> bool:
         return self.name == GM_NAME

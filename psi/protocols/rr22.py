@@ -14,7 +14,8 @@ Message flow (client = PSI receiver, learns the result; server = PSI sender)::
       rr22.ack     per values batch         ───▶
       rr22.matches positions ‖ evidence (``both``) ───▶
 
-1. Both sides hash every item to 128 bits (BLAKE2b keyed with the session id) and then to a
+1. Both sides hash every item to 128 bits (:mod:`psi.crypto.batch_hash`: CBC-MAC with AES keyed
+   from the session id, all items in a few array calls) and then to a
    76-bit ``h(x)`` (AES under a key from the session and the server's seed).
 2. The client encodes ``P' = Encode({(x, h(x))})`` in the RR22 OKVS (:mod:`psi.crypto.okvs`:
    binned 3-hash rows plus a binary dense part, ``≈ 1.35 n_R`` rows at 2^20) under a fresh seed
@@ -23,13 +24,17 @@ Message flow (client = PSI receiver, learns the result; server = PSI sender)::
    row per OKVS row with the code word ``C(P'_i)`` of the linear [511, 76, ≥171] BCH code
    (:mod:`psi.ot.bch`, shared with KKRT) as the chosen word: the client gets ``t_i``, the server
    ``q_i = t_i ⊕ (C(P'_i) ∧ s)`` — a VOLE over GF(2)^76 with the product ``C(a) ∧ s``
-   (PaXoS PSI, Pinkas–Rosulek–Trieu–Yanai 2020). OKVS and code being GF(2)-linear,
+   (PaXoS PSI, Pinkas–Rosulek–Trieu–Yanai 2020; batch by batch in :mod:`psi.ot.vole`, each
+   batch its own PRG stream). OKVS and code being GF(2)-linear,
    ``Decode(Q, y) ⊕ (C(h(y)) ∧ s) = Decode(T, y) ⊕ (C(Decode(P', y) ⊕ h(y)) ∧ s)``.
-4. Consistency check (OOS17, as libOTe realises it): every batch carries 40 extra random rows;
-   after the batch the server sends a fresh challenge (40 × rows random bits), the client
-   returns ``t̃_l = t*_l ⊕ ⊕_j x_lj t_j`` and ``w̃_l = w*_l ⊕ ⊕_j x_lj P'_j``, and the server
-   checks ``t̃_l ⊕ q̃_l = C(w̃_l) ∧ s``. Rows that are not code words fail it; the server sends
-   nothing derived from ``s`` before every batch has passed.
+4. Consistency check (OOS17, as libOTe realises it; :mod:`psi.ot.oos`): every batch carries
+   40 extra random rows; after the batch the server sends a fresh 16-byte seed, both expand it
+   (keyed by session, batch number and seed) into a 40-bit coefficient word ``x_j`` per row,
+   the client returns ``t̃_l = t*_l ⊕ ⊕_j x_j[l] t_j`` and ``w̃_l = w*_l ⊕ ⊕_j x_j[l] P'_j``
+   (sums over the bit columns, four Russians), and the server checks
+   ``t̃_l ⊕ q̃_l = C(w̃_l) ∧ s``. Rows that are not code words fail it; the server sends nothing
+   derived from ``s`` before every batch has passed. (Version 1 expanded the seed differently;
+   the versions refuse each other at the hello, exit 5.)
 5. OPRF: ``F(y) = H(y, Decode(Q, y) ⊕ (C(h(y)) ∧ s))`` (fixed-key AES tweakable hash,
    :mod:`psi.ot.aes_hash`, 16 bytes); for ``x`` in the client's set the client computes it as
    ``H(x, Decode(T, x))``. The server sends ``H'(F(y))`` truncated to
@@ -61,7 +66,7 @@ from typing import Sequence
 
 import numpy as np
 
-from ..crypto import okvs
+from ..crypto import batch_hash, okvs
 from ..errors import MalformedMessage
 from ..messages import Message
 from ..ot import bch, oos
@@ -69,7 +74,8 @@ from ..ot.aes_hash import TweakHash, derive_key
 from ..ot.base_ot import BaseOtReceiver, BaseOtSender
 from ..crypto.suite import STANDARD, Suite, get_suite, hello_params as suite_params
 
-from ..ot.extension import ExtensionReceiver, ExtensionSender
+from ..ot import vole
+from ..ot.bitmatrix import transpose
 from ..parallel import Executor
 from .base import PsiOutcome, Reveal, Role
 from .ot_psi import SIGMA, check_options, pack_claims, parse_claims, scatter
@@ -78,11 +84,11 @@ from .ot_psi import OtPsiParty, secure_permutation, sigma_value_bytes
 __all__ = ["NAME", "VERSION", "Config", "Client", "Server", "value_bytes", "WIDTH"]
 
 NAME = "rr22"
-VERSION = 1
+VERSION = 2  # 2: OOS17 check with psi.ot.oos's challenge expansion and answer layout (1: rr22's own)
 WIDTH = 512  # bits per OKVS value and OT-extension row
 EVIDENCE_BYTES = 16
 CHECKS = oos.S  # OOS17 consistency checks per batch (40: statistical security 2^-40)
-_CHECK_BYTES = CHECKS * (WIDTH // 8 + 16)
+_CHECK_BYTES = oos.RESPONSE_BYTES  # CHECKS × (64-byte t̃ ‖ 10-byte w̃)
 _HIGH_MASK = np.uint64((1 << (bch.DIMENSION - 64)) - 1)
 _WORDS = WIDTH // 64
 _DOMAIN_OPRF, _DOMAIN_WIRE, _DOMAIN_EVIDENCE = 0x52, 0x53, 0x54
@@ -109,7 +115,7 @@ class Config:
             "sigma": SIGMA,
             "okvs": f"rr22-w3-binary-dense-bin{okvs.BIN_SIZE}",
             "code": "bch-511-76",
-            "checks": CHECKS,
+            "checks": f"oos17-v2-s{CHECKS}",
             **suite_params(self.suite),
         }
 
@@ -135,7 +141,9 @@ class _State(enum.Enum):
 
 
 def _digest_piece(items: Sequence[bytes], key: bytes, suite: Suite = STANDARD) -> np.ndarray:
-    joined = suite.keyed_digests(items, key, 16)
+    if not suite.is_gm:  # AES CBC-MAC over whole arrays (psi.crypto.batch_hash); suites arrive pickled in workers
+        return batch_hash.keyed_digests(items, key)
+    joined = suite.keyed_digests(items, key, 16)  # gm: SM3, one digest per item
     return np.frombuffer(joined, dtype=np.uint8).reshape(len(items), 16)
 
 
@@ -150,8 +158,15 @@ def _oprf(decoded: np.ndarray, digests: np.ndarray, session: bytes, suite: Suite
 
 
 def _second_hash(oprf: np.ndarray, digests: np.ndarray, session: bytes, domain: int, size: int,
-                 suite: Suite = STANDARD) -> np.ndarray:
-    return TweakHash(session, suite).hash_rows(oprf, 0, out_bytes=size, domain=domain, indices=_tweaks(digests))
+                 chunk: int = 1 << 18, suite: Suite = STANDARD) -> np.ndarray:
+    """``H'(F)`` truncated to ``size`` bytes, ``chunk`` rows at a time (the hash's temporaries
+    are several times its input: bounded at 2^24 items)."""
+    out = np.empty((oprf.shape[0], size), dtype=np.uint8)
+    hasher = TweakHash(session, suite)
+    for lo in range(0, oprf.shape[0], chunk):
+        out[lo : lo + chunk] = hasher.hash_rows(oprf[lo : lo + chunk], 0, out_bytes=size, domain=domain,
+                                                indices=_tweaks(digests[lo : lo + chunk]))
+    return out
 
 
 def _item_hash(code_key: bytes, digests: np.ndarray, suite: Suite = STANDARD) -> np.ndarray:
@@ -166,70 +181,58 @@ def _item_hash(code_key: bytes, digests: np.ndarray, suite: Suite = STANDARD) ->
     return out
 
 
-def _challenge_bits(seed: bytes, rows: int, suite: Suite = STANDARD) -> np.ndarray:
-    """``bool (CHECKS, rows)``: the check coefficients expanded from the server's seed.
-
-    rr22's own expansion (AES-CTR keyed by the fresh seed, one ``rows``-bit string per check),
-    not :func:`psi.ot.oos.challenge_words` (a 40-bit word per row, keyed by session, batch and
-    seed): the coefficients decide the ``rr22.check`` answer, so sharing it would change the
-    wire. The comparison itself is the shared :func:`psi.ot.oos.verify_sums`."""
-    length = -(-rows // 8)
-    stream = np.empty(CHECKS * length + 16, dtype=np.uint8)
-    suite.ctr(seed).update_into(np.zeros(CHECKS * length, np.uint8), stream)
-    bits = np.unpackbits(stream[: CHECKS * length].reshape(CHECKS, length), axis=1, bitorder="little")
-    return bits[:, :rows].astype(bool)
-
-
-def _check_sums(rows: np.ndarray, seed: bytes, suite: Suite = STANDARD) -> np.ndarray:
-    """``out_l = rows[real + l] ⊕ ⊕_{j : x_lj} rows[j]`` for the ``CHECKS`` extra rows at the end."""
-    real = rows.shape[0] - CHECKS
-    bits = _challenge_bits(seed, real, suite)
-    out = rows[real:].copy()
-    for l in range(CHECKS):
-        picked = rows[:real][bits[l]]
-        if picked.shape[0]:
-            out[l] ^= np.bitwise_xor.reduce(picked, axis=0)
-    return out
-
-
-def _client_batch(digests: np.ndarray, bins: np.ndarray, *, nb: int, first_bin: int, batch: int, params: okvs.Params,
+def _client_batch(digests: np.ndarray, bins: np.ndarray, *, nb: int, batch: int, params: okvs.Params,
                   seed: bytes, code_key: bytes, keys0: np.ndarray, keys1: np.ndarray,
-                  session: bytes, suite: Suite = STANDARD) -> tuple[bytes, bytes, np.ndarray, np.ndarray, np.ndarray]:
-    """Encode the bins ``first_bin .. first_bin+nb-1``, extend their rows (and ``CHECKS`` random
+                  session: bytes, suite: Suite = STANDARD) -> tuple[bytes, bytes, np.ndarray, np.ndarray]:
+    """Encode one batch's ``nb`` bins (``bins``: each key's bin within the batch), extend their rows (and ``CHECKS`` random
     rows for the consistency check), decode at own items.
 
-    Returns (retry counters, wire ``U``, own OPRF values ``uint8 (n, 16)``, ``T`` and the
-    messages ``P'`` of every row, kept for the check).
+    Returns (retry counters, wire ``U``, own OPRF values ``uint8 (n, 16)``, the messages ``P'``
+    of every row, check rows included, kept for the check). ``T`` is not returned: the check
+    regenerates its columns from the seeds (:func:`_client_check`).
     """
     table, counters, cols, masks = okvs.encode(digests, bins, _item_hash(code_key, digests, suite), nb, seed, params, suite)
     rows = nb * params.cols_per_bin
     messages = np.empty((rows + CHECKS, 2), dtype=np.uint64)
     messages[:rows] = table.reshape(rows, 2)
     messages[rows:] = oos.random_words(CHECKS)
-    offset = (first_bin * params.cols_per_bin + batch * CHECKS) // 8
-    ext = ExtensionReceiver(keys0, keys1, offset=offset, suite=suite)
-    t_rows, wire = ext.extend_codewords(bch.code().encode(messages))
-    t_words = np.ascontiguousarray(t_rows).view(np.uint64).reshape(rows + CHECKS, _WORDS)
-    decoded = okvs.decode(t_words[:rows].reshape(nb, params.cols_per_bin, _WORDS), bins, cols, masks, params)
-    return counters.tobytes(), wire, _oprf(decoded, digests, session, suite), t_words, messages
+    t_rows, wire = vole.receiver_batch(keys0, keys1, batch, bch.code().encode(messages), suite)
+    t_words = np.ascontiguousarray(t_rows[:rows]).view(np.uint64).reshape(nb, params.cols_per_bin, _WORDS)
+    decoded = okvs.decode(t_words, bins, cols, masks, params)
+    return counters.tobytes(), wire, _oprf(decoded, digests, session, suite), messages
 
 
-def _server_batch(digests: np.ndarray, bins: np.ndarray, wire: bytes, *, counters: np.ndarray, nb: int, first_bin: int,
+def _client_check(messages: np.ndarray, challenge: bytes, *, keys0: np.ndarray, batch: int, session: bytes,
+                  suite: Suite = STANDARD) -> bytes:
+    """The client's ``rr22.check`` answer for one batch (:func:`psi.ot.oos.receiver_response`):
+    ``t̃_l ‖ w̃_l`` for the ``CHECKS`` combinations of :func:`psi.ot.oos.challenge_words`.
+
+    ``T``'s columns are the seeds' PRG stream for the batch (``T = G_b(k^0)``), so they are
+    regenerated here rather than kept from the batch: ``messages`` (``uint64 (rows + CHECKS, 2)``)
+    is all the batch leaves behind.
+    """
+    rows = messages.shape[0] - CHECKS
+    t_cols = vole.receiver_columns(keys0, batch, rows + CHECKS, suite)
+    return oos.receiver_response(t_cols, messages, oos.challenge_words(session, batch, challenge, rows, suite))
+
+
+def _server_batch(digests: np.ndarray, bins: np.ndarray, wire: bytes, *, counters: np.ndarray, nb: int,
                   batch: int, challenge: bytes, params: okvs.Params, seed: bytes, code_key: bytes, keys: np.ndarray,
                   secret_bits: np.ndarray, session: bytes, width: int,
                   suite: Suite = STANDARD) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """The server's OPRF values at its items in these bins (``F`` 16 bytes, wire ``ℓ`` bytes)
-    and its side of the consistency check (``q̃``, ``uint64 (CHECKS, 8)``)."""
+    and its side of the consistency check (``q̃``, ``uint8 (CHECKS, 64)``)."""
     rows = nb * params.cols_per_bin
-    ext = ExtensionSender(keys, secret_bits, offset=(first_bin * params.cols_per_bin + batch * CHECKS) // 8, suite=suite)
-    q_words = np.ascontiguousarray(ext.extend(rows + CHECKS, wire)).view(np.uint64).reshape(rows + CHECKS, _WORDS)
+    q_cols = vole.sender_columns(keys, secret_bits, batch, rows + CHECKS, wire, suite)
+    q_check = oos.sender_expected(q_cols, oos.challenge_words(session, batch, challenge, rows, suite))
+    q_words = transpose(q_cols)[:rows].view(np.uint64).reshape(nb, params.cols_per_bin, _WORDS)
     cols, masks = okvs.rows_of(digests, bins, seed, counters, params, suite)
-    decoded = okvs.decode(q_words[:rows].reshape(nb, params.cols_per_bin, _WORDS), bins, cols, masks, params)
+    decoded = okvs.decode(q_words, bins, cols, masks, params)
     code = bch.code().encode(_item_hash(code_key, digests, suite)).view(np.uint64)
-    code &= ext.secret.view(np.uint64)[None, :]
+    code &= np.packbits(secret_bits, bitorder="little").view(np.uint64)[None, :]
     decoded ^= code
     oprf = _oprf(decoded, digests, session, suite)
-    return oprf, _second_hash(oprf, digests, session, _DOMAIN_WIRE, width, suite), _check_sums(q_words, challenge, suite)
+    return oprf, _second_hash(oprf, digests, session, _DOMAIN_WIRE, width, suite=suite), q_check
 
 
 # -- the parties --------------------------------------------------------------------------------
@@ -241,7 +244,7 @@ class _Common(OtPsiParty):
 
     def _accept_hello(self, message: Message) -> None:
         super()._accept_hello(message)
-        key = derive_key(b"rr22-item-digest", self._session, size=32, suite=self._suite)
+        key = derive_key(b"rr22-item-digest", self._session, suite=self._suite)
         fn = functools.partial(_digest_piece, key=key, suite=self._suite)
         self._digest_futures = scatter(self._executor, fn, self._items)
 
@@ -256,12 +259,24 @@ class _Common(OtPsiParty):
         """Bin every own item; ``_order`` sorts items by bin, ``_starts[b]`` is bin b's first."""
         params = self._params
         bins = okvs.bin_of(digests, seed, params.bins, self._suite)
-        self._order = np.argsort(bins, kind="stable")
-        self._sorted_digests = digests[self._order]
-        self._sorted_bins = bins[self._order]
-        self._starts = np.searchsorted(self._sorted_bins, np.arange(params.bins + 1))
+        order = np.argsort(bins.astype(np.uint16) if params.bins <= 1 << 16 else bins, kind="stable")  # radix sort
+        self._order = order.astype(np.uint32) if self._n < 1 << 32 else order  # 4 bytes an item kept
+        self._sorted_digests = digests[order]
+        del order
+        self._starts = np.concatenate([[0], np.cumsum(np.bincount(bins, minlength=params.bins))])
         self._bins_per_batch = max(1, self._config.batch_rows // params.cols_per_bin)
         self._batches = -(-params.bins // self._bins_per_batch)
+
+    def _release(self) -> None:
+        """Drop the per-item arrays once the outcome is known (the caller writes its output
+        while this party object may still be referenced)."""
+        for name in ("_sorted_digests", "_order", "_own", "_values", "_oprf", "_perm", "_wire", "_kept", "_pending"):
+            if hasattr(self, name):
+                setattr(self, name, None)
+
+    def _batch_bins(self, first: int, nb: int) -> np.ndarray:
+        """Each sorted item's bin within the batch whose bins are ``first .. first+nb-1``."""
+        return np.repeat(np.arange(nb, dtype=np.int64), np.diff(self._starts[first : first + nb + 1]))
 
     def _batch_slice(self, k: int) -> tuple[int, int, slice]:
         first = k * self._bins_per_batch
@@ -313,7 +328,8 @@ class Client(_Common):
                                            keys0=keys0, keys1=keys1, session=self._session, suite=self._suite)
         self._own = np.empty((self._n, 16), dtype=np.uint8)  # OPRF values, in bin order
         self._pending: dict[int, Future] = {}
-        self._kept: dict[int, tuple[np.ndarray, np.ndarray]] = {}  # T and P' of sent batches until checked
+        self._kept: dict[int, np.ndarray] = {}  # P' (and check words) of sent batches until checked
+        self._check_fn = functools.partial(_client_check, keys0=keys0, session=self._session, suite=self._suite)
         self._submitted = self._sent = self._acked = 0
         self._state = _State.CORRECTIONS
         self._set_phase("okvs-ot", self._batches)
@@ -325,15 +341,15 @@ class Client(_Common):
         while self._submitted < self._batches and self._submitted < self._sent + ahead:
             k = self._submitted
             first, nb, items = self._batch_slice(k)
-            bins = self._sorted_bins[items] - first
+            bins = self._batch_bins(first, nb)
             self._pending[k] = self._executor.submit(
-                functools.partial(self._batch_fn, nb=nb, first_bin=first, batch=k), self._sorted_digests[items], bins)
+                functools.partial(self._batch_fn, nb=nb, batch=k), self._sorted_digests[items], bins)
             self._submitted += 1
         while self._sent < self._batches and self._sent - self._acked < self._config.window:
             _first, _nb, items = self._batch_slice(self._sent)
-            counters, wire, own, t_words, messages = self._pending.pop(self._sent).result()
+            counters, wire, own, messages = self._pending.pop(self._sent).result()
             self._own[items] = own
-            self._kept[self._sent] = (t_words, messages)
+            self._kept[self._sent] = messages
             self._send("rr22.u", counters + wire)
             self._sent += 1
 
@@ -341,9 +357,8 @@ class Client(_Common):
         """The server's challenge for the next unacknowledged batch: answer the OOS17 check."""
         if len(body) != 16:
             raise MalformedMessage("rr22.ack: the check challenge has the wrong length")
-        t_words, messages = self._kept.pop(self._acked)
-        t_sum, w_sum = _check_sums(t_words, body, self._suite), _check_sums(messages, body, self._suite)
-        self._send("rr22.check", t_sum.tobytes() + w_sum.tobytes())
+        k = self._acked
+        self._send("rr22.check", self._check_fn(self._kept.pop(k), body, batch=k))
         self._acked += 1
         self._advance(1)
         if self._acked == self._batches:
@@ -372,12 +387,12 @@ class Client(_Common):
     def _match(self) -> None:
         self._set_phase("match")
         digests = self._sorted_digests
-        mine = _second_hash(self._own, digests, self._session, _DOMAIN_WIRE, self._width, self._suite)
+        mine = _second_hash(self._own, digests, self._session, _DOMAIN_WIRE, self._width, suite=self._suite)
         own_rows, wire_rows = _lookup(mine, self._values)
-        self._values = None
+        self._values = mine = None
         if self._reveal is Reveal.BOTH:
             evidence = _second_hash(self._own[own_rows], digests[own_rows], self._session, _DOMAIN_EVIDENCE, EVIDENCE_BYTES,
-                                    self._suite)
+                                    suite=self._suite)
             # an order independent of either input order (the server follows the message order)
             order = np.argsort(np.ascontiguousarray(evidence[:, :8]).view(np.uint64).reshape(-1), kind="stable")
             own_rows, wire_rows, evidence = own_rows[order], wire_rows[order], evidence[order]
@@ -385,6 +400,7 @@ class Client(_Common):
             indices = self._order[own_rows].tolist()
         else:
             indices = np.sort(self._order[own_rows]).tolist()
+        self._release()
         self._done(PsiOutcome(indices, len(indices), {"protocol": NAME, "okvs_rows": self._params.total,
                                                            "value_bytes": self._width}))
 
@@ -461,9 +477,9 @@ class Server(_Common):
         counters = np.frombuffer(body[:nb], dtype=np.uint8)
         if counters.size and counters.max() >= okvs.MAX_RETRIES:
             raise MalformedMessage(f"rr22.u: bin retry counter out of range (0..{okvs.MAX_RETRIES - 1})")
-        bins = self._sorted_bins[items] - first
+        bins = self._batch_bins(first, nb)
         challenge = secrets.token_bytes(16)  # drawn after the batch's rows are fixed
-        fn = functools.partial(self._batch_fn, counters=counters.copy(), nb=nb, first_bin=first, batch=k,
+        fn = functools.partial(self._batch_fn, counters=counters.copy(), nb=nb, batch=k,
                                challenge=challenge)
         if self._executor.workers > 1 and k >= self._executor.workers:  # bound the work in flight
             self._futures[k - self._executor.workers].result()
@@ -482,10 +498,11 @@ class Server(_Common):
         k = self._checked
         if len(body) != _CHECK_BYTES:
             raise MalformedMessage(f"rr22.check: batch {k} has {len(body)} bytes, {_CHECK_BYTES} expected")
-        t_sum = np.frombuffer(body[: CHECKS * WIDTH // 8], dtype=np.uint64).reshape(CHECKS, _WORDS)
-        w_sum = np.frombuffer(body[CHECKS * WIDTH // 8 :], dtype=np.uint64).reshape(CHECKS, 2)
+        answer = np.frombuffer(body, dtype=np.uint8).reshape(CHECKS, _CHECK_BYTES // CHECKS)
+        w_sum = np.zeros((CHECKS, 16), dtype=np.uint8)
+        w_sum[:, : oos.WORD_BYTES] = answer[:, WIDTH // 8 :]
         q_sum = self._futures[k].result()[2]
-        oos.verify_sums(t_sum.view(np.uint8), q_sum.view(np.uint8), w_sum, self._masked, f"rr22.check: batch {k}")
+        oos.verify_sums(answer[:, : WIDTH // 8], q_sum, w_sum.view(np.uint64), self._masked, f"rr22.check: batch {k}")
         self._checked += 1
         if self._checked == self._batches:
             self._compute_values()
@@ -500,7 +517,7 @@ class Server(_Common):
         else:
             self._oprf, wire = np.zeros((0, 16), dtype=np.uint8), np.zeros((0, self._width), dtype=np.uint8)
         self._perm = secure_permutation(self._n)
-        self._wire = wire[self._perm]  # wire position i holds sorted item perm[i]
+        self._wire = _Permuted(wire, self._perm)  # wire position i holds sorted item perm[i]
         step = self._config.batch_rows
         self._value_batches = -(-self._n // step)
         self._sent = self._acked = 0
@@ -520,50 +537,75 @@ class Server(_Common):
             self._state = _State.MATCHES
             self._set_phase("matches")
         else:
-            self._oprf = None
+            self._release()
             self._done(PsiOutcome(None, None, {"protocol": NAME}))
 
     def _matches(self, body: bytes) -> None:
         wire, evidence = parse_claims(body, "rr22.matches", EVIDENCE_BYTES, min(self._n, self._n_client), self._n)
-        if np.unique(wire).size != wire.size:
+        if wire.size > 1 and not np.diff(np.sort(wire)).all():
             raise MalformedMessage("rr22.matches names one item twice")
         rows = self._perm[wire]
         expected = _second_hash(self._oprf[rows], self._sorted_digests[rows], self._session, _DOMAIN_EVIDENCE, EVIDENCE_BYTES,
-                                self._suite)
+                                suite=self._suite)
         if not hmac.compare_digest(expected.tobytes(), evidence.tobytes()):
             raise MalformedMessage("rr22.matches: match evidence does not verify (the peer claims items it did not match)")
-        self._oprf = None
         indices = self._order[rows].tolist()
+        self._release()
         self._done(PsiOutcome(indices, len(indices), {"protocol": NAME}))
 
 
-def _lookup(queries: np.ndarray, table: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Pairs (query row, table row) of equal byte rows (table rows are unique w.h.p.)."""
+class _Permuted:
+    """``data[perm]`` gathered slice by slice as the values are sent (no second full copy)."""
+
+    def __init__(self, data: np.ndarray, perm: np.ndarray) -> None:
+        self.data, self.perm = data, perm
+
+    def __getitem__(self, part: slice) -> np.ndarray:
+        return self.data[self.perm[part]]
+
+
+def _lookup(queries: np.ndarray, table: np.ndarray, chunk: int = 1 << 20) -> tuple[np.ndarray, np.ndarray]:
+    """Pairs (query row, table row) of equal byte rows (table rows are unique w.h.p.).
+
+    Each side becomes one sorted ``uint64`` array of ``key << bits | row`` (``key``: the first 8
+    bytes, ``bits``: enough for either side's row numbers), so 8 bytes an item hold both the
+    sort key and the row; sorted queries are searched in chunks (each search starts where the
+    last ended). Rows whose shortened keys collide are compared in full, a few passes over the
+    rare longer spans."""
     empty = np.zeros(0, dtype=np.int64)
     if queries.shape[0] == 0 or table.shape[0] == 0:
         return empty, empty
+    bits = np.uint64(max(queries.shape[0], table.shape[0], 2) - 1).item().bit_length()
+    shift, low = np.uint64(bits), np.uint64((1 << bits) - 1)
     head = min(table.shape[1], 8)
 
-    def key(rows: np.ndarray) -> np.ndarray:
-        padded = np.zeros((rows.shape[0], 8), dtype=np.uint8)
-        padded[:, :head] = rows[:, :head]
-        return padded.view(np.uint64).reshape(-1)
+    def keyed(rows: np.ndarray) -> np.ndarray:
+        packed = np.zeros((rows.shape[0], 8), dtype=np.uint8)
+        packed[:, :head] = rows[:, :head]
+        out = packed.view(np.uint64).reshape(-1)
+        out <<= shift
+        out |= np.arange(rows.shape[0], dtype=np.uint64)
+        out.sort()
+        return out
 
-    table_keys = key(table)
-    order = np.argsort(table_keys)
-    sorted_keys = table_keys[order]
-    query_keys = key(queries)
-    left = np.searchsorted(sorted_keys, query_keys, "left")
-    right = np.searchsorted(sorted_keys, query_keys, "right")
+    sorted_table = keyed(table)
+    sorted_queries = keyed(queries)
     q_out: list[np.ndarray] = []
     s_out: list[np.ndarray] = []
-    span = right - left
-    for extra in range(int(span.max(initial=0))):  # prefix collisions: rare, a few passes
-        hit = np.flatnonzero(span > extra)
-        cand = order[left[hit] + extra]
-        same = (queries[hit] == table[cand]).all(axis=1)
-        q_out.append(hit[same])
-        s_out.append(cand[same])
+    for lo in range(0, sorted_queries.size, chunk):
+        prefix = sorted_queries[lo : lo + chunk] >> shift
+        left = np.searchsorted(sorted_table, prefix << shift, "left")
+        hit = np.flatnonzero((sorted_table[np.minimum(left, sorted_table.size - 1)] >> shift) == prefix)
+        left = left[hit]
+        span = np.searchsorted(sorted_table, (prefix[hit] << shift) | low, "right") - left
+        q_all = (sorted_queries[lo : lo + chunk][hit] & low).astype(np.int64)
+        for extra in range(int(span.max(initial=0))):  # shortened-key collisions: a few passes
+            live = np.flatnonzero(span > extra)
+            q_rows = q_all[live]
+            t_rows = (sorted_table[left[live] + extra] & low).astype(np.int64)
+            same = (queries[q_rows] == table[t_rows]).all(axis=1)
+            q_out.append(q_rows[same])
+            s_out.append(t_rows[same])
     if not q_out:
         return empty, empty
     return np.concatenate(q_out), np.concatenate(s_out)
