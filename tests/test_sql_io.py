@@ -677,3 +677,51 @@ def test_csv_rows_into_postgresql_keep_every_character(pg_env: Any, tmp_path: Pa
     columns, written = _table_rows(pg_env.url(), "odd_out")
     assert columns == ["cust", "id_number", "note"]
     assert [list(r) for r in written] == rows[::-1]
+
+
+def test_staged_write_path_for_dialects_whose_ddl_commits(tmp_path: Path, banks: Path,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """The MySQL/Oracle/Hive write path (fill ``psiq_stage_*``, then rename or insert-select),
+    forced onto SQLite: same rows as the transactional path for fail/append/replace, and a
+    failure mid-write leaves neither the target nor a staging table."""
+    url = f"sqlite:///{tmp_path / 'a.db'}"
+    _load_file_db(url, banks / "bank_a.csv")
+    table = io_read_keys(SqlSource(url, table="customers"), ["id_number"])
+    order = table.row_numbers[:6].copy()
+    order[2] = -1
+    write_rows(table, order, SqlSink(url, "direct"))
+    expected = _table_rows(url, "direct")[1]
+    staged: list[str] = []
+    real_staged = sinkio.SqlSink._write_staged
+
+    def spy(self: Any, *args: Any, **kwargs: Any) -> Any:
+        staged.append(self.table)
+        return real_staged(self, *args, **kwargs)
+
+    monkeypatch.setattr(sinkio, "_TRANSACTIONAL_DDL", ())
+    monkeypatch.setattr(sinkio.SqlSink, "_write_staged", spy)
+    write_rows(table, order, SqlSink(url, "out"))
+    assert staged == ["out"] and _table_rows(url, "out")[1] == expected
+    write_rows(table, order, SqlSink(url, "out", if_exists="append"))
+    assert _table_rows(url, "out", positions=False)[1] == [row for row in expected for _ in range(2)]
+    write_rows(table, order[:3], SqlSink(url, "out", if_exists="replace"))
+    assert _table_rows(url, "out")[1] == expected[:3]
+    with pytest.raises(UsageError, match="already exists"):
+        write_rows(table, order, SqlSink(url, "out"))
+
+    monkeypatch.setattr(sinkio, "BATCH", 2)
+    real_chain = sinkio._chain
+
+    def chain(*args: Any) -> Any:
+        for i, item in enumerate(real_chain(*args)):
+            if i == 1:
+                raise OSError("disk full (simulated)")
+            yield item
+
+    monkeypatch.setattr(sinkio, "_chain", chain)
+    monkeypatch.setattr(sqlio, "BATCH", 2)
+    with pytest.raises(InputError, match="disk full"):
+        write_rows(table, table.row_numbers.copy(), SqlSink(url, "fresh"))
+    names = sa.inspect(sa.create_engine(url)).get_table_names()
+    assert "fresh" not in names and not [n for n in names if n.startswith("psiq_stage_")], names
+    assert staged == ["out", "out", "out", "fresh"]  # the refused write stopped before staging
