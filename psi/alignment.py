@@ -106,7 +106,8 @@ def _check_indices(indices: Any, table: KeyTable) -> np.ndarray:
     idx = np.asarray(indices, dtype=np.int64).reshape(-1)
     if len(idx) and (idx.min() < 0 or idx.max() >= table.unique_keys):
         raise UsageError("PSI outcome indices are out of range for this key table")
-    if len(np.unique(idx)) != len(idx):
+    ordered = np.sort(idx)  # not np.unique: a hash table in numpy 2.4, ~50x slower at 2^20
+    if ordered.size > 1 and not (ordered[1:] != ordered[:-1]).all():
         raise UsageError("PSI outcome indices repeat")
     return idx
 

@@ -279,3 +279,12 @@ def test_compute_row_order_direct(pair) -> None:
                                                        join="inner")
     assert matched == 3 and own_tail == 0 and empty == 0
     assert sorted(rows.tolist()) == [0, 1, 2]
+
+
+def test_compute_row_order_refuses_repeated_or_out_of_range_indices(pair) -> None:
+    client, _server, (co, _so) = pair
+    first = int(co.indices[0])
+    with pytest.raises(UsageError, match="repeat"):
+        compute_row_order(client, [first, first], np.array([1, 1]), is_left=True, join="inner")
+    with pytest.raises(UsageError, match="out of range"):
+        compute_row_order(client, [client.unique_keys], np.array([1]), is_left=True, join="inner")

@@ -332,3 +332,14 @@ def test_iknp_honest_parties_pass_the_check_over_many_batches():
     receiver = OtReceiver(choices, kind="chosen", batch_size=96, window=3)
     run_pair(receiver, OtSender(1000, kind="chosen", messages0=m0, messages1=m1, batch_size=96, window=3))
     assert np.array_equal(receiver.result(), np.where(choices[:, None] == 1, m1, m0))
+
+
+def test_kkrt_claiming_one_item_twice_is_refused():
+    shared = [b"k-%d" % i for i in range(20)]
+    client, server = _kkrt_pair(shared + [b"c-%d" % i for i in range(5)], shared, Reveal.BOTH)
+    honest = _run_until_matches(client, server)
+    claims = np.frombuffer(honest.body, dtype=np.uint8).reshape(-1, 4 + kkrt.EVIDENCE_BYTES)
+    doubled = np.concatenate([claims[:-1], claims[:1]])  # a true claim sent twice (within the claim limit)
+    with pytest.raises(MalformedMessage, match="twice"):
+        server.receive(Message("kkrt.matches", doubled.tobytes()))
+    assert server.failed
