@@ -183,6 +183,10 @@ def main() -> None:
     p.add_argument("--ray-nodes", type=int, default=0,
                    help="start a ray.cluster_utils.Cluster of this many 1-CPU nodes for modes like 1@ray")
     p.add_argument("--ray-niceness", type=int, default=0, help="RAY_worker_niceness for the cluster (Ray's default: 15)")
+    p.add_argument("--ray-idle-workers", type=int, default=2,
+                   help="RAY_num_workers_soft_limit per node: idle workers Ray keeps (2: one per party; "
+                        "-1: Ray's default, the node's CPU count, which makes the two parties' jobs "
+                        "replace each other's workers on every switch)")
     args = p.parse_args()
     ray_address = None
     if args.ray_nodes:
@@ -190,6 +194,11 @@ def main() -> None:
 
         # Ray starts workers at nice 15 by default; on this shared machine that starves them
         os.environ.setdefault("RAY_worker_niceness", str(args.ray_niceness))
+        # both parties' drivers are jobs on this one cluster and Ray's workers are per job: with
+        # Ray's default (idle workers up to the node's CPUs, here 1) every switch between the
+        # parties' tasks on a node kills the other job's idle worker and starts a fresh process
+        # (1-3 s of start-up and imports each); keep one idle worker per party per node
+        os.environ.setdefault("RAY_num_workers_soft_limit", str(args.ray_idle_workers))
         cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1})
         for _ in range(args.ray_nodes - 1):
             cluster.add_node(num_cpus=1)

@@ -73,6 +73,8 @@ def test_ray_tasks_run_on_both_nodes_and_outputs_equal_the_local_run(cluster, tm
     assert report["kind"] == "ray" and report["nodes_alive"] == 2
     used = set(client_ex.tasks_per_node) | set(server_ex.tasks_per_node)
     assert len(used) == 2, f"tasks ran on {len(used)} node(s): {client_ex.tasks_per_node}, {server_ex.tasks_per_node}"
+    assert report["worker_processes"] == len(client_ex.worker_processes) >= report["nodes_used"] >= 1
+    assert {node for node, _ in client_ex.worker_processes} == set(client_ex.tasks_per_node)
     assert (tmp_path / "cray.csv").read_bytes() == (tmp_path / "clocal.csv").read_bytes()
     assert (tmp_path / "sray.csv").read_bytes() == (tmp_path / "slocal.csv").read_bytes()
 
@@ -124,3 +126,22 @@ def test_a_worker_killed_mid_task_is_retried_and_the_session_completes(cluster, 
     assert sum(client_ex.tasks_per_node.values()) >= 1
     assert (tmp_path / "cray.csv").read_bytes() == (tmp_path / "clocal.csv").read_bytes()
     assert (tmp_path / "sray.csv").read_bytes() == (tmp_path / "slocal.csv").read_bytes()
+
+
+def test_warm_starts_a_worker_on_each_node_with_the_protocol_imported(cluster):
+    """``make_executor`` warms the cluster for the session's protocol: one task per CPU, spread
+    over the nodes, each importing the protocol module; they do not count as the session's tasks."""
+    from types import SimpleNamespace
+
+    from psi.scale.runner import make_executor
+
+    options = SimpleNamespace(protocol="kkrt", workers=None)
+    with make_executor(options, ScaleOptions("unused", 2, executor="ray")) as ex:
+        assert isinstance(ex, RayExecutor)
+        warmed = ex.warmed()
+        assert len(warmed) == ex.workers == 2
+        assert {node for node, _, _ in warmed} == {n["NodeID"] for n in ray.nodes() if n["Alive"]}
+        assert all(mods == ["psi.protocols.kkrt"] for _, _, mods in warmed)
+        assert not ex.tasks_per_node and ex.report()["worker_processes"] == 0
+    with make_executor(SimpleNamespace(protocol="ecdh", workers=None), ScaleOptions("unused", 2)) as local:
+        assert not isinstance(local, RayExecutor)

@@ -28,10 +28,22 @@ __all__ = ["RayExecutor"]
 TASK_RETRIES = 3
 
 
-def _call(fn: Callable[..., Any], args: tuple[Any, ...]) -> tuple[str, Any]:
+def _call(fn: Callable[..., Any], args: tuple[Any, ...]) -> tuple[str, int, Any]:
     import ray
 
-    return ray.get_runtime_context().get_node_id(), fn(*args)
+    return ray.get_runtime_context().get_node_id(), os.getpid(), fn(*args)
+
+
+def _warm_worker(modules: tuple[str, ...]) -> tuple[str, int, list[str]]:
+    """Import ``modules`` in this worker; its node, pid and which of them it now holds."""
+    import sys
+
+    import ray
+
+    from ..parallel import _import_modules
+
+    _import_modules(modules)
+    return ray.get_runtime_context().get_node_id(), os.getpid(), [m for m in modules if m in sys.modules]
 
 
 def _probe(address: str, timeout: float = 10.0) -> None:
@@ -49,10 +61,11 @@ def _probe(address: str, timeout: float = 10.0) -> None:
 class _RayPool:
     """The subset of ``ProcessPoolExecutor`` that :class:`Executor` uses, on Ray tasks."""
 
-    def __init__(self, ray: Any, counts: Counter) -> None:
+    def __init__(self, ray: Any, counts: Counter, processes: set) -> None:
         self.ray = ray
         self.task = ray.remote(max_retries=TASK_RETRIES, retry_exceptions=False)(_call)
         self.counts = counts
+        self.processes = processes
         self.lock = threading.Lock()
 
     def submit(self, fn: Callable[..., Any], *args: Any) -> "Future[Any]":
@@ -61,12 +74,13 @@ class _RayPool:
 
         def done(inner: "Future[Any]") -> None:
             try:
-                node, value = inner.result()
+                node, pid, value = inner.result()
             except BaseException as err:  # noqa: BLE001 - handed to the caller
                 out.set_exception(getattr(err, "cause", None) or err)
                 return
             with self.lock:
                 self.counts[node] += 1
+                self.processes.add((node, pid))
             out.set_result(value)
 
         ref.future().add_done_callback(done)
@@ -104,20 +118,38 @@ class RayExecutor(Executor):
         cpus = int(ray.cluster_resources().get("CPU", 1))
         super().__init__(workers or max(cpus, 2))  # >= 2: always ship work out, even to one CPU
         self.tasks_per_node: Counter = Counter()
-        self._pool = _RayPool(ray, self.tasks_per_node)  # type: ignore[assignment]
+        self.worker_processes: set[tuple[str, int]] = set()  # (node, pid) of every worker that ran a task
+        self._pool = _RayPool(ray, self.tasks_per_node, self.worker_processes)  # type: ignore[assignment]
         self.start_method = "ray"
+        self._warming: list[Any] = []
 
     def warm(self, *modules: str) -> None:
-        """Nothing to start: Ray workers are the cluster's."""
+        """Start a worker on every CPU of the cluster, in the background, with ``modules`` imported.
+
+        Ray starts a job's workers on its first tasks (1-2 s each: a process and its imports), so
+        without this the first batches of a session wait for them. The warm-up tasks are spread
+        over the nodes and are not counted in :meth:`report`; :meth:`warmed` waits for them."""
+        if self._warming or self._pool is None:
+            return
+        task = self._ray.remote(max_retries=TASK_RETRIES, retry_exceptions=False,
+                                scheduling_strategy="SPREAD")(_warm_worker)
+        self._warming = [task.remote(tuple(modules)) for _ in range(self.workers)]
+
+    def warmed(self) -> list[tuple[str, int, list[str]]]:
+        """Wait for :meth:`warm`'s tasks: (node, pid, modules imported) of each."""
+        return list(self._ray.get(self._warming)) if self._warming else []
 
     def _get_pool(self, preload: Any = ()) -> Any:
         return self._pool
 
     def report(self) -> dict[str, Any]:
-        """``--json``: the executor, the nodes that ran tasks and tasks per node."""
+        """``--json``: the executor, the nodes that ran tasks, tasks per node and how many worker
+        processes ran them (far more processes than CPUs means Ray kept replacing idle workers:
+        several jobs share the cluster under a small ``num_workers_soft_limit``; docs/SCALE.md)."""
         nodes = {n["NodeID"]: n.get("NodeManagerAddress") for n in self._ray.nodes() if n.get("Alive")}
         return {"kind": "ray", "cluster_cpus": self.workers, "nodes_alive": len(nodes),
-                "nodes_used": len(self.tasks_per_node), "tasks_per_node": dict(self.tasks_per_node)}
+                "nodes_used": len(self.tasks_per_node), "tasks_per_node": dict(self.tasks_per_node),
+                "worker_processes": len(self.worker_processes)}
 
     def close(self, *, terminate: bool = False) -> None:
         """Forget the pool; shut Ray down if this executor started it (``terminate``: Ray's

@@ -30,7 +30,11 @@ def make_executor(options: Any, scale: ScaleOptions) -> Executor:
     if scale.executor == "ray":
         from .ray_executor import RayExecutor
 
-        return RayExecutor(scale.ray_address, options.workers)
+        from ..session import protocol_module
+
+        executor = RayExecutor(scale.ray_address, options.workers)
+        executor.warm(protocol_module(options.protocol).__name__)  # workers start during the split
+        return executor
     return Executor(options.workers)
 
 
