@@ -187,10 +187,26 @@ class PsiSummary:
         }
 
 
+def _own_peak_kb() -> int:
+    """This process image's peak RSS in KiB: ``VmHWM`` where /proc has it.
+
+    ``getrusage(RUSAGE_SELF).ru_maxrss`` survives ``execve`` on Linux: a psiq started by a large
+    process (a notebook's kernel, a pipeline, a benchmark holding its data) would report the
+    parent's size at the fork instead of its own peak."""
+    try:
+        with open("/proc/self/status", "rb") as status:
+            for line in status:
+                if line.startswith(b"VmHWM:"):
+                    return int(line.split()[1])
+    except (OSError, ValueError, IndexError):
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+
+
 def _peak_rss_mb() -> float:
-    own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    """Peak RSS of this process or of its largest finished worker, in MiB (``--json``)."""
     workers = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-    return max(own, workers) / 1024.0
+    return max(_own_peak_kb(), workers) / 1024.0
 
 
 def _hello(role: Role, options: PsiOptions, config: Any, table: KeyTable) -> Hello:
