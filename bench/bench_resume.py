@@ -130,6 +130,8 @@ def main() -> None:
             "extra_seconds": round(killed_wall + resumed_wall - ref_wall, 1),
             "reference_seconds_per_bucket": round(per_bucket, 1),
             "outputs_identical": identical, "server_exit_after_kill": server_exit,
+            "phases_client": {"reference": ref_c["phases"], "resumed": res_c["phases"]},
+            "seconds_client": {"reference": ref_c["seconds"], "resumed": res_c["seconds"]},
             "peak_rss_mb": {"reference": [ref_c["peak_rss_mb"], ref_s["peak_rss_mb"]],
                             "resumed": [res_c["peak_rss_mb"], res_s["peak_rss_mb"]]},
             "load_average": os.getloadavg(),
