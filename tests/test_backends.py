@@ -289,3 +289,24 @@ def test_real_library_without_ifma_falls_back(fresh_selection: pytest.MonkeyPatc
     assert sel.backend.name == "portable" and sel.note is not None and reason in sel.note
     with pytest.raises(UsageError, match="not available here"):
         backends.select("mb")
+
+
+def test_load_once_builds_once_and_keeps_a_failure():
+    from psi.crypto.backends._base import BackendUnavailable, load_once
+
+    calls: list[str] = []
+
+    def ok() -> str:
+        calls.append("ok")
+        return "impl"
+
+    def broken() -> str:
+        calls.append("broken")
+        raise BackendUnavailable("no library here")
+
+    cache: dict[str, object] = {}
+    assert load_once(cache, "a", ok) == load_once(cache, "a", ok) == "impl"
+    for _ in range(2):
+        with pytest.raises(BackendUnavailable, match="no library here"):
+            load_once(cache, "b", broken)
+    assert calls == ["ok", "broken"]

@@ -416,21 +416,26 @@ def test_connection_terminated_mid_write_leaves_no_table(if_exists: str, pg_env:
             assert conn.execute("SELECT marker FROM bank_a.out").fetchall() == [("old",)]
 
 
+def _disk_full_at(monkeypatch: pytest.MonkeyPatch, batch: int) -> None:
+    """The sink's row chain raises a simulated full disk when batch ``batch`` is reached."""
+    real_chain = sinkio._chain
+
+    def chain(*args: Any) -> Any:
+        for i, item in enumerate(real_chain(*args)):
+            if i == batch:
+                raise OSError("disk full (simulated)")
+            yield item
+
+    monkeypatch.setattr(sinkio, "_chain", chain)
+
+
 def test_sqlite_failure_mid_write_leaves_no_table(tmp_path: Path, banks: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     url = f"sqlite:///{tmp_path / 'a.db'}"
     _load_file_db(url, banks / "bank_a.csv")
     table = io_read_keys(SqlSource(url, table="customers"), ["id_number"])
     monkeypatch.setattr(sinkio, "BATCH", 50)
     monkeypatch.setattr(sqlio, "BATCH", 50)
-    real_chain = sinkio._chain
-
-    def chain(*args: Any) -> Any:
-        for i, item in enumerate(real_chain(*args)):
-            if i == 2:
-                raise OSError("disk full (simulated)")
-            yield item
-
-    monkeypatch.setattr(sinkio, "_chain", chain)
+    _disk_full_at(monkeypatch, 2)
     with pytest.raises(InputError, match="disk full"):
         write_rows(table, table.row_numbers.copy(), SqlSink(url, "out"))
     assert not sa.inspect(sa.create_engine(url)).has_table("out")
@@ -710,15 +715,7 @@ def test_staged_write_path_for_dialects_whose_ddl_commits(tmp_path: Path, banks:
         write_rows(table, order, SqlSink(url, "out"))
 
     monkeypatch.setattr(sinkio, "BATCH", 2)
-    real_chain = sinkio._chain
-
-    def chain(*args: Any) -> Any:
-        for i, item in enumerate(real_chain(*args)):
-            if i == 1:
-                raise OSError("disk full (simulated)")
-            yield item
-
-    monkeypatch.setattr(sinkio, "_chain", chain)
+    _disk_full_at(monkeypatch, 1)
     monkeypatch.setattr(sqlio, "BATCH", 2)
     with pytest.raises(InputError, match="disk full"):
         write_rows(table, table.row_numbers.copy(), SqlSink(url, "fresh"))

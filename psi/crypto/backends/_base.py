@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
-from typing import Protocol, Sequence, runtime_checkable
+from typing import Callable, Protocol, Sequence, TypeVar, runtime_checkable
 
-__all__ = ["Backend", "BackendUnavailable"]
+__all__ = ["Backend", "BackendUnavailable", "load_once"]
+
+T = TypeVar("T")
 
 
 class BackendUnavailable(Exception):
@@ -13,6 +15,20 @@ class BackendUnavailable(Exception):
     ``str(err)`` is one line naming the reason; :func:`psi.crypto.backends.select` turns it into
     a note (``auto``) or a :class:`~psi.errors.UsageError` (the backend was named explicitly).
     """
+
+
+def load_once(cache: dict[str, object], key: str, build: Callable[[], T]) -> T:
+    """``build()`` once per process: what it returns, or the :class:`BackendUnavailable` it
+    raises, is kept in ``cache[key]`` and returned (raised again) on every later call."""
+    if key not in cache:
+        try:
+            cache[key] = build()
+        except BackendUnavailable as err:
+            cache[key] = err
+    result = cache[key]
+    if isinstance(result, BackendUnavailable):
+        raise result
+    return result  # type: ignore[return-value]
 
 
 @runtime_checkable

@@ -38,7 +38,7 @@ from typing import TYPE_CHECKING, Any, Callable, Sequence
 import numpy as np
 
 from . import ippmb_ops
-from ._base import BackendUnavailable
+from ._base import BackendUnavailable, load_once
 
 if TYPE_CHECKING:
     from .portable import PortableBackend
@@ -361,16 +361,12 @@ _LOADED: dict[str, Any] = {}
 
 def load() -> MultiBufferBackend:
     """The backend, loaded and self-tested once per process; raises :class:`BackendUnavailable`."""
-    if "backend" not in _LOADED:
-        try:
-            fn, version, optional = _open()
-            backend = MultiBufferBackend(fn, version, **optional)
-            backend.self_test()
-            backend.self_test_optional()
-            _LOADED["backend"] = backend
-        except BackendUnavailable as err:
-            _LOADED["backend"] = err
-    result = _LOADED["backend"]
-    if isinstance(result, BackendUnavailable):
-        raise result
-    return result
+
+    def build() -> MultiBufferBackend:
+        fn, version, optional = _open()
+        backend = MultiBufferBackend(fn, version, **optional)
+        backend.self_test()
+        backend.self_test_optional()
+        return backend
+
+    return load_once(_LOADED, "backend", build)

@@ -26,7 +26,7 @@ import ctypes
 
 import gmpy2
 
-from ._base import BackendUnavailable
+from ._base import BackendUnavailable, load_once
 
 __all__ = ["OpenSslRsa", "load", "LIBRARY_ENV", "CHOICE_ENV", "CHOICES"]
 
@@ -140,19 +140,14 @@ _LOADED: dict[str, object] = {}
 
 def load() -> OpenSslRsa:
     """The libcrypto RSA implementation, loaded and self-tested once per process."""
-    if "rsa" not in _LOADED:
-        try:
-            lib, version = _open()
-            impl = OpenSslRsa(lib, version)
-            _self_test(impl)
-            _LOADED["rsa"] = impl
-        except BackendUnavailable as err:
-            _LOADED["rsa"] = err
-    result = _LOADED["rsa"]
-    if isinstance(result, BackendUnavailable):
-        raise result
-    assert isinstance(result, OpenSslRsa)
-    return result
+
+    def build() -> OpenSslRsa:
+        lib, version = _open()
+        impl = OpenSslRsa(lib, version)
+        _self_test(impl)
+        return impl
+
+    return load_once(_LOADED, "rsa", build)
 
 
 # A 512-bit toy key (p, q) for the start-up known-answer test: y^d by pow() must come back.
