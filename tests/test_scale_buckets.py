@@ -398,3 +398,32 @@ def test_finished_bucket_histories_must_match(files, tmp_path):
     with pytest.raises(PsiqError, match="transcript hashes differ") as err:  # raised here or by the peer
         run_both(a, b, tmp_path, opts, buckets=4, resume=True)
     assert err.value.exit_code == 4
+
+
+class RewriteTotals(DropAfter):
+    """A cheating peer: rewrites one field of its scale totals message before sending it."""
+
+    def __init__(self, inner: Any, field: str, value: Any) -> None:
+        super().__init__(inner, 10**6)
+        self.field, self.value = field, value
+
+    def send(self, message: Any) -> None:
+        from psi.messages import Message, pack_json, unpack_json
+        from psi.scale.session import TOTALS_KIND
+
+        if message.kind == TOTALS_KIND:
+            body = unpack_json(message.body, max_size=4096)
+            body[self.field] = self.value
+            message = Message(TOTALS_KIND, pack_json(body))
+        super().send(message)
+
+
+@pytest.mark.parametrize("chain", ["é" * 32, "g" * 64, "0" * 63, "A" * 64, "0" * 64 + "\n"])
+def test_a_crafted_chain_hash_is_refused_as_malformed(files, tmp_path, chain):
+    """Not a hex digest (non-ASCII made secrets.compare_digest raise TypeError: a traceback
+    instead of exit 4): the server refuses it as a malformed message."""
+    a, b = files
+    opts = api.PsiOptions(protocol="kkrt", reveal="both", workers=1, dedup="first")
+    with pytest.raises(PsiqError, match="bad chain hash") as err:
+        run_both(a, b, tmp_path, opts, buckets=2, client_channel=lambda ch: RewriteTotals(ch, "chain", chain))
+    assert err.value.exit_code == 4

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import secrets
 import shutil
 import time
@@ -81,6 +82,7 @@ __all__ = ["ScaleOptions", "BucketedSession", "TranscriptChannel", "parse_bucket
 SCALE_PROTOCOL = "psiq-scale"
 SCALE_VERSION = 1
 TOTALS_KIND = "scale.totals"
+_CHAIN = re.compile(r"(?:[0-9a-f]{64})?")  # manifest.chain_hash's hexdigest, or "" before any bucket
 DUMMY_PREFIX = b"\xff"
 DEFAULT_MEMORY_LIMIT = 2 << 30
 #: Buckets this side finished that a session may run again after interruptions (see
@@ -391,7 +393,7 @@ class BucketedSession:
             unique, finished, chain = peer["unique"], peer["finished"], peer["chain"]
             if type(unique) is not int or unique < 0 or type(finished) is not int or finished < 0:
                 raise MalformedMessage("totals message has a bad count")
-            if not isinstance(chain, str) or len(chain) > 64:
+            if not isinstance(chain, str) or not _CHAIN.fullmatch(chain):  # "" or a SHA-256 hex digest
                 raise MalformedMessage("totals message has a bad chain hash")
             cap = self.options.max_peer_size
             if cap is not None and unique > cap:
