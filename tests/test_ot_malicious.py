@@ -343,3 +343,14 @@ def test_kkrt_claiming_one_item_twice_is_refused():
     with pytest.raises(MalformedMessage, match="twice"):
         server.receive(Message("kkrt.matches", doubled.tobytes()))
     assert server.failed
+
+
+def test_kkrt_repeated_server_values_are_refused_not_counted_twice():
+    """A cheating server repeats values within its message so that one of the client's items
+    would be reported (and counted) more than once; the client refuses instead."""
+    from .test_rr22 import Tampered, _repeat_every_other
+
+    items = [b"k%d" % i for i in range(60)]
+    client, server = _kkrt_pair(items, items)
+    with pytest.raises(MalformedMessage, match="more than once"):
+        run_pair(client, Tampered(server, "kkrt.values", _repeat_every_other(client._width)))

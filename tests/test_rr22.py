@@ -419,3 +419,21 @@ def test_per_item_arrays_are_released_when_done(reveal):
         held = {name: getattr(party, name, None) for name in ("_sorted_digests", "_order", "_own", "_values", "_oprf",
                                                                "_perm", "_wire", "_kept")}
         assert all(value is None for value in held.values()), held
+
+
+def _repeat_every_other(width):
+    """Each even value record overwrites the odd one after it: one server item's value twice."""
+    def change(body):
+        rows = np.frombuffer(body, dtype=np.uint8).reshape(-1, width).copy()
+        rows[1::2] = rows[0:len(rows) - 1:2][: len(rows[1::2])]
+        return rows.tobytes()
+    return change
+
+
+def test_repeated_server_values_are_refused_not_counted_twice():
+    """A cheating server repeats values so that one of the client's items would be reported
+    (and counted) more than once; the client refuses instead."""
+    items = [b"a%d" % i for i in range(60)]
+    client, server = _parties(items, items)
+    with pytest.raises(MalformedMessage, match="more than once"):
+        run_pair(client, Tampered(server, "rr22.values", _repeat_every_other(client._width)))

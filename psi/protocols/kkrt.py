@@ -76,7 +76,7 @@ from .. import cuckoo
 from .base import PsiOutcome, Reveal, Role
 from . import kkrt_work
 from .ot_psi import MIN_PIECE as _MIN_PIECE, SIGMA, check_options, done_future as _done_future
-from .ot_psi import OtPsiParty, pack_claims, parse_claims, scatter as _scatter, secure_permutation, sigma_value_bytes
+from .ot_psi import OtPsiParty, has_repeats, pack_claims, parse_claims, scatter as _scatter, secure_permutation, sigma_value_bytes
 
 __all__ = ["NAME", "VERSION", "Config", "Client", "Server", "value_bytes", "false_match_log2", "secure_permutation"]
 
@@ -345,6 +345,8 @@ class Client(_Common):
         blocks = [fut.result() for futures in self._lookups for fut in futures]
         matched = np.concatenate([b[0] for b in blocks])
         wire = np.concatenate([b[1] for b in blocks])
+        if has_repeats(matched):  # an honest server's values for distinct items collide below 2^-40
+            raise MalformedMessage("kkrt.values match one item more than once (repeated values)")
         if self._reveal is Reveal.BOTH:
             order = kkrt_work.value_order(mine[matched])
             matched, wire = matched[order], wire[order]
@@ -498,8 +500,7 @@ class Server(_Common):
         h, pos = np.divmod(wire, max(self._n, 1))
         perms = np.stack(self._perms) if self._n else np.zeros((cuckoo.HASHES, 0), dtype=np.int64)
         items = perms[h, pos] if wire.size else np.zeros(0, dtype=np.int64)
-        ordered = np.sort(items)  # not np.unique (a hash table in numpy 2.4, ~50x slower)
-        if ordered.size > 1 and not (ordered[1:] != ordered[:-1]).all():
+        if has_repeats(items):
             raise MalformedMessage("kkrt.matches names one item twice")
         if items.size:
             digests = self._digests[items]

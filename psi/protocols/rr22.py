@@ -79,7 +79,7 @@ from ..ot.bitmatrix import transpose
 from ..parallel import Executor
 from .base import PsiOutcome, Reveal, Role
 from .ot_psi import SIGMA, check_options, pack_claims, parse_claims, scatter
-from .ot_psi import OtPsiParty, secure_permutation, sigma_value_bytes
+from .ot_psi import OtPsiParty, has_repeats, secure_permutation, sigma_value_bytes
 
 __all__ = ["NAME", "VERSION", "Config", "Client", "Server", "value_bytes", "WIDTH"]
 
@@ -389,6 +389,8 @@ class Client(_Common):
         digests = self._sorted_digests
         mine = _second_hash(self._own, digests, self._session, _DOMAIN_WIRE, self._width, suite=self._suite)
         own_rows, wire_rows = _lookup(mine, self._values)
+        if has_repeats(own_rows):  # an honest server's values for distinct items collide below 2^-40
+            raise MalformedMessage("rr22.values match one item more than once (repeated values)")
         self._values = mine = None
         if self._reveal is Reveal.BOTH:
             evidence = _second_hash(self._own[own_rows], digests[own_rows], self._session, _DOMAIN_EVIDENCE, EVIDENCE_BYTES,
@@ -542,7 +544,7 @@ class Server(_Common):
 
     def _matches(self, body: bytes) -> None:
         wire, evidence = parse_claims(body, "rr22.matches", EVIDENCE_BYTES, min(self._n, self._n_client), self._n)
-        if wire.size > 1 and not np.diff(np.sort(wire)).all():
+        if has_repeats(wire):
             raise MalformedMessage("rr22.matches names one item twice")
         rows = self._perm[wire]
         expected = _second_hash(self._oprf[rows], self._sorted_digests[rows], self._session, _DOMAIN_EVIDENCE, EVIDENCE_BYTES,
