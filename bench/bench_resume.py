@@ -43,13 +43,6 @@ def _finished(work: Path) -> int:
         return 0
 
 
-def _buckets(work: Path) -> int | None:
-    try:
-        return json.loads((work / "manifest.json").read_text())["buckets"]
-    except (OSError, ValueError, KeyError):
-        return None
-
-
 class Pair:
     """One server and one client process of the same session."""
 

@@ -55,7 +55,7 @@ from .messages import Message, pack_json, unpack_json
 from .protocols.base import Party, PsiOutcome, Role
 from .records import KeyTable
 
-__all__ = ["JOIN_TYPES", "Alignment", "AlignmentExchange", "compute_row_order"]
+__all__ = ["JOIN_TYPES", "Alignment", "AlignmentExchange", "check_output_cap", "compute_row_order", "sends_unmatched"]
 
 JOIN_TYPES = ("inner", "left", "right", "full")
 INFO_KIND = "align.info"
@@ -112,8 +112,15 @@ def _check_indices(indices: Any, table: KeyTable) -> np.ndarray:
     return idx
 
 
-def _sends_unmatched(is_left: bool, join: str) -> bool:
+def sends_unmatched(is_left: bool, join: str) -> bool:
+    """Whether the side (left or right of the join) writes its unmatched rows."""
     return join == "full" or (join == "left" and is_left) or (join == "right" and not is_left)
+
+
+def check_output_cap(matched: float, own_tail: int, peer_tail: int, cap: int) -> None:
+    """:class:`PolicyError` if the aligned output would exceed ``cap`` rows."""
+    if matched + own_tail + peer_tail > cap:
+        raise PolicyError(f"aligned output would have {int(matched) + own_tail + peer_tail} rows, more than the cap of {cap}")
 
 
 def compute_row_order(
@@ -144,13 +151,9 @@ def compute_row_order(
     mask = np.zeros(table.unique_keys, dtype=bool)
     mask[idx] = True
     unmatched_rows = table.row_numbers[~mask[table.row_keys]]
-    own_tail = len(unmatched_rows) if _sends_unmatched(is_left, join) else 0
-    peer_tail = peer_unmatched if _sends_unmatched(not is_left, join) else 0
-    if matched + own_tail + peer_tail > max_output_rows:
-        raise PolicyError(
-            f"aligned output would have {int(matched) + own_tail + peer_tail} rows,"
-            f" more than the cap of {max_output_rows}"
-        )
+    own_tail = len(unmatched_rows) if sends_unmatched(is_left, join) else 0
+    peer_tail = peer_unmatched if sends_unmatched(not is_left, join) else 0
+    check_output_cap(matched, own_tail, peer_tail, max_output_rows)
     total = int(block.sum())
     key_of = np.repeat(np.arange(len(idx), dtype=np.int64), block)
     block_start = np.cumsum(block) - block
@@ -160,7 +163,7 @@ def compute_row_order(
     parts = [rows]
     empty = 0
     for side_is_left in (True, False):
-        if not _sends_unmatched(side_is_left, join):
+        if not sends_unmatched(side_is_left, join):
             continue
         if side_is_left == is_left:
             parts.append(unmatched_rows)
@@ -219,7 +222,7 @@ class AlignmentExchange(Party):
             return
         multi = bool(len(self._own_counts) and self._own_counts.max() > 1)
         unmatched = None
-        if _sends_unmatched(self.is_left, self.join):
+        if sends_unmatched(self.is_left, self.join):
             unmatched = int(self.table.row_numbers.size - self._own_counts.sum())
         info = {"join": self.join, "left": self.left.value, "matched": int(len(self.indices)),
                 "multi": multi, "unmatched": unmatched}
@@ -260,7 +263,7 @@ class AlignmentExchange(Party):
             raise MalformedMessage("alignment info field 'multi' is not a boolean")
         self._peer_multi = info["multi"]
         unmatched = info["unmatched"]
-        if _sends_unmatched(not self.is_left, self.join):
+        if sends_unmatched(not self.is_left, self.join):
             if type(unmatched) is not int or not 0 <= unmatched <= _U32_MAX:
                 raise MalformedMessage("peer's unmatched row count is missing or out of range")
             self._peer_unmatched = unmatched

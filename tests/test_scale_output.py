@@ -223,3 +223,38 @@ def test_tail_exchange_refuses_a_peer_count_beyond_the_output_cap():
             m = Message(m.kind, json.dumps(info).encode())
         with pytest.raises(PolicyError, match="more than the cap"):
             client.receive(m)
+
+
+def test_a_full_disk_while_writing_the_direct_rows_is_exit_2_and_no_output(tmp_path, monkeypatch):
+    import errno
+
+    from psi.scale import output as output_mod
+    from psi.scale.buckets import DiskFull
+
+    src = _source(tmp_path / "in.csv", "csv", 50, crlf=False, bom=False, quoted=False, terminated=True)
+    parts = [{"matched": np.array([3, 49]), "tags": np.array([1, 2], dtype=np.uint64), "direct": np.arange(10, 20)}]
+    real_open = open
+
+    class Full:
+        def __init__(self, handle: Any) -> None:
+            self.handle = handle
+
+        def __enter__(self) -> "Full":
+            return self
+
+        def __exit__(self, *exc: Any) -> None:
+            self.handle.close()
+
+        def write(self, data: bytes) -> int:
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+    def fake_open(path: Any, mode: str = "r", *args: Any, **kw: Any) -> Any:
+        handle = real_open(path, mode, *args, **kw)
+        return Full(handle) if Path(path).name == "direct" and "w" in mode else handle
+
+    monkeypatch.setattr(output_mod, "open", fake_open, raising=False)
+    with pytest.raises(DiskFull, match=r"direct: disk full while preparing the output; about .* MiB more") as err:
+        write_bucketed_output(src, tmp_path / "out", fmt="csv", tmp=tmp_path / "w", rows_read=50, buckets=parts,
+                              segments=[Segment("own")])
+    assert err.value.exit_code == 2
+    assert not (tmp_path / "out").exists() and not (tmp_path / "w").exists()

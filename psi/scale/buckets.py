@@ -192,18 +192,23 @@ def _pack(keys: list[bytes]) -> tuple[np.ndarray, np.ndarray]:
     return lengths, np.frombuffer(b"".join(keys), dtype=np.uint8)
 
 
-def _write(path: Path, parts: Sequence[bytes | np.ndarray], mode: str, needed: Callable[[], int]) -> None:
+def write_error(path: Path, err: OSError, needed: Callable[[], int], doing: str = "writing bucket files") -> LocalError:
+    """The error to raise for ``err`` while writing ``path``: :class:`DiskFull` naming the path,
+    what was being done and about how much more space is needed, else :class:`InputError`."""
+    if err.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+        return DiskFull(f"{path}: disk full while {doing}; about {needed() / 2**20:,.0f} MiB more are needed"
+                        f" ({shutil.disk_usage(path.parent).free / 2**20:,.0f} MiB free)")
+    return InputError(f"{path}: cannot write ({err.strerror or err})")
+
+
+def _write(path: Path, parts: Sequence[bytes | np.ndarray], mode: str, needed: Callable[[], int],
+           doing: str = "writing bucket files") -> None:
     try:
         with open(path, mode) as handle:
             for part in parts:
                 handle.write(part if isinstance(part, bytes) else part.tobytes())
     except OSError as err:
-        if err.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
-            raise DiskFull(
-                f"{path}: disk full while writing bucket files; about {needed() / 2**20:,.0f} MiB more are needed"
-                f" ({shutil.disk_usage(path.parent).free / 2**20:,.0f} MiB free)"
-            ) from None
-        raise InputError(f"{path}: cannot write ({err.strerror or err})") from None
+        raise write_error(path, err, needed, doing) from None
 
 
 class _Spill:

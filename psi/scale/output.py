@@ -34,7 +34,7 @@ import numpy as np
 from ..atomic import AtomicFile
 from ..errors import InputError, UsageError
 from ..records import _Block, _CsvScan
-from .buckets import DiskFull
+from .buckets import _write, write_error
 
 __all__ = ["ROW_RANGE", "TAG_CHUNK", "Segment", "write_bucketed_output"]
 
@@ -45,6 +45,7 @@ TAG_CHUNK = 1 << 21
 _FLUSH = 32 << 20  # bytes buffered for the tag chunk files before appending
 _WRITE_BATCH = 1 << 16  # lines joined per write call
 _ENTRY = np.dtype([("row", "<i8"), ("tag", "<u8"), ("bucket", "<i8"), ("seq", "<i8")])
+_DOING = "preparing the output"
 _META = np.dtype([("tag", "<u8"), ("bucket", "<i8"), ("seq", "<i8"), ("length", "<u8")])
 
 
@@ -58,16 +59,8 @@ class Segment:
 
 
 def _append(path: Path, parts: Sequence[bytes | np.ndarray]) -> None:
-    try:
-        with open(path, "ab") as handle:
-            for part in parts:
-                handle.write(part if isinstance(part, bytes) else part.tobytes())
-    except OSError as err:
-        if err.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
-            need = sum(len(p) if isinstance(p, bytes) else p.nbytes for p in parts)
-            raise DiskFull(f"{path}: disk full while preparing the output; about {need / 2**20:,.1f} MiB more"
-                           f" are needed now ({shutil.disk_usage(path.parent).free / 2**20:,.1f} MiB free)") from None
-        raise InputError(f"{path}: cannot write ({err.strerror or err})") from None
+    need = sum(len(p) if isinstance(p, bytes) else p.nbytes for p in parts)
+    _write(path, parts, "ab", lambda: need, _DOING)
 
 
 def _read_array(path: Path, dtype: Any) -> np.ndarray:
@@ -268,8 +261,13 @@ def write_bucketed_output(src: str | os.PathLike[str], out: str | os.PathLike[st
         writer = _Writer(tmp, rows_read)
         for b, part in enumerate(buckets):
             writer.add_bucket(b, part.get("matched"), part.get("tags"), part.get("direct"))
-        with open(tmp / "direct", "wb") as direct_out:
-            scan = writer.scan(src, fmt, direct_out)
+        try:
+            with open(tmp / "direct", "wb") as direct_out:
+                scan = writer.scan(src, fmt, direct_out)
+        except OSError as err:
+            if err.errno not in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+                raise  # not the ``direct`` file filling the disk (e.g. a read error of the input)
+            raise write_error(tmp / "direct", err, lambda: src.stat().st_size, _DOING) from None
         if scan.row != rows_read:
             raise InputError(f"{src.name}: has {scan.row} data rows now but had {rows_read} when its keys were read;"
                              " the file changed during the run")

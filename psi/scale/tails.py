@@ -15,19 +15,14 @@ from typing import Any
 
 import numpy as np
 
-from ..alignment import DEFAULT_MAX_OUTPUT_ROWS, AlignmentExchange
-from ..errors import PolicyError, ProtocolStateError
+from ..alignment import DEFAULT_MAX_OUTPUT_ROWS, AlignmentExchange, check_output_cap, sends_unmatched
+from ..errors import ProtocolStateError
 from ..normalize import Normalization
 from ..protocols.base import PsiOutcome, Role
 from ..records import KeyTable
 from .output import Segment
 
 __all__ = ["TailExchange", "sends_unmatched"]
-
-
-def sends_unmatched(is_left: bool, join: str) -> bool:
-    """Whether the side (left or right of the join) writes its unmatched rows."""
-    return join == "full" or (join == "left" and is_left) or (join == "right" and not is_left)
 
 
 class TailExchange(AlignmentExchange):
@@ -48,11 +43,7 @@ class TailExchange(AlignmentExchange):
     def _complete(self) -> None:
         own_tail = self.own_unmatched if sends_unmatched(self.is_left, self.join) else 0
         peer_tail = self._peer_unmatched if sends_unmatched(not self.is_left, self.join) else 0
-        if self.matched_rows + own_tail + peer_tail > self.max_output_rows:
-            raise PolicyError(
-                f"aligned output would have {self.matched_rows + own_tail + peer_tail} rows,"
-                f" more than the cap of {self.max_output_rows}"
-            )
+        check_output_cap(self.matched_rows, own_tail, peer_tail, self.max_output_rows)
         segments = []
         for side_is_left in (True, False):
             if sends_unmatched(side_is_left, self.join):
