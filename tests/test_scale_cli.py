@@ -217,6 +217,9 @@ def test_buckets_via_folder_equal_the_connection_run(pki, tmp_path):
 @pytest.mark.parametrize("extra,message", [
     (["--forever"], "drop --forever"),
     (["--protocol", "ecdh", "--prepared", "p.bin", "--server-key", "k.pem"], "precomputed for the whole set"),
+    (["--protocol", "ecdh", "--server-key", "k.pem"], "precomputed for the whole set"),
+    (["--protocol", "ecdh", "--prepared", "p.bin"], "precomputed for the whole set"),
+    (["--protocol", "ecdh", "--cache-dir", "cache"], "precomputed for the whole set"),
 ])
 def test_cli_refuses_buckets_with_forever_and_prepared(tmp_path, extra, message):
     a, _b = _inputs(tmp_path, 20)

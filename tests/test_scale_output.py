@@ -191,7 +191,10 @@ def test_tail_exchange_sends_what_the_alignment_exchange_sends(join):
     old = AlignmentExchange(Role.CLIENT, PsiOutcome([], None), table(5), join, "client")
     sent = client.outgoing()
     assert [(m.kind, m.body) for m in sent] == [(m.kind, m.body) for m in old.outgoing()]
-    for m in server.outgoing():
+    sent_s = server.outgoing()
+    old_s = AlignmentExchange(Role.SERVER, PsiOutcome([], None), table(7), join, "client")
+    assert [(m.kind, m.body) for m in sent_s] == [(m.kind, m.body) for m in old_s.outgoing()]
+    for m in sent_s:
         client.receive(m)
     for m in sent:
         server.receive(m)
