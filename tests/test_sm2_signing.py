@@ -309,3 +309,48 @@ def test_one_sided_signing_is_refused_by_both(tables: Path, key_files: Path, tmp
     _s_out, s_err = server.communicate(timeout=60)
     assert client.returncode == 5 and server.returncode == 5, client.stderr + s_err
     assert "SM2" in client.stderr and "SM2" in s_err
+
+
+@pytest.mark.parametrize("cheat", ["impostor key", "replayed confirmation", "bad nonce message", "bad verdict"])
+def test_a_cheating_client_in_the_signing_handshake_is_refused(keys: dict, cheat: str) -> None:
+    """The server expects a's key. The client (mallory) plays the handshake by hand: it announces
+    a's fingerprint but signs with its own key; replays a confirmation signed for another pair of
+    nonces; sends a nonce message of the wrong length; or answers the verdict with something other
+    than ``ok``."""
+    from psi.transport import signed
+
+    raw_c, raw_s = memory_pair()
+    box: dict[str, object] = {}
+
+    def server() -> None:
+        try:
+            box["s"] = SignedChannel.establish(raw_s, _signing(keys, "b", "a"), "server", timeout=10)
+        except Exception as err:  # noqa: BLE001 - the test inspects it
+            box["s"] = err
+
+    t = threading.Thread(target=server)
+    t.start()
+    nonce = bytes(32)
+    a_print = signed._fingerprint(keys["a"].public_point())
+    if cheat == "bad nonce message":
+        raw_c.send(Message(signed.NONCE_KIND, bytes([signed._VERSION]) + nonce + a_print[:-1]))
+    else:
+        raw_c.send(Message(signed.NONCE_KIND, bytes([signed._VERSION]) + nonce + a_print))
+        server_nonce, server_print = (lambda b: (b[1:33], b[33:]))(raw_c.recv(10).body)
+        signer = keys["mallory"] if cheat == "impostor key" else keys["a"]
+        signed_nonce = bytes([1]) * 32 if cheat == "replayed confirmation" else server_nonce
+        transcript = b"psiq sm2 confirm v1" + b"C" + nonce + signed_nonce + a_print + server_print
+        raw_c.send(Message(signed.CONFIRM_KIND, libcrypto.der_to_raw(signer.sign(transcript))))
+        if cheat == "bad verdict":
+            raw_c.recv(10)  # the server's signature and its "ok"
+            raw_c.recv(10)
+            raw_c.send(Message(signed.VERDICT_KIND, b"ok!"))
+        else:
+            raw_c.recv(10)  # the server's signature; then hang up instead of waiting for its refusal
+            raw_c.close()
+    t.join(30)
+    error = box["s"]
+    if cheat in ("impostor key", "replayed confirmation"):
+        assert isinstance(error, AuthenticationError) and "its signature does not verify" in str(error), error
+    else:
+        assert isinstance(error, MalformedMessage) and "malformed" in str(error), error
