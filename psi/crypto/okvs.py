@@ -42,7 +42,7 @@ from ..errors import LocalError
 from ..ot.aes_hash import derive_key
 from .suite import STANDARD, Suite
 
-__all__ = ["Params", "params_for", "expansion", "gap_bound", "bin_capacity", "bin_of", "rows_of", "encode", "decode",
+__all__ = ["Params", "ecb_rows", "params_for", "expansion", "gap_bound", "bin_capacity", "bin_of", "rows_of", "encode", "decode",
            "EncodeFailure", "MAX_RETRIES", "BIN_SIZE", "STAT_BITS"]
 
 BIN_SIZE = 1 << 14
@@ -135,7 +135,7 @@ def params_for(n: int, *, bin_size: int = BIN_SIZE, stat_bits: int = STAT_BITS) 
 # -- hashing keys to rows --------------------------------------------------------------------
 
 
-def _aes(key: bytes, blocks: np.ndarray, suite: Suite = STANDARD) -> np.ndarray:
+def ecb_rows(key: bytes, blocks: np.ndarray, suite: Suite = STANDARD) -> np.ndarray:
     """AES-128-ECB (SM4 under gm) of every 16-byte row of ``blocks`` (``uint8 (n, 16)``)."""
     flat = np.ascontiguousarray(blocks, dtype=np.uint8).reshape(-1)
     out = np.empty(flat.size + 16, dtype=np.uint8)
@@ -147,14 +147,14 @@ def bin_of(digests: np.ndarray, seed: bytes, bins: int, suite: Suite = STANDARD)
     """The bin of every key (``digests``: ``uint8 (n, 16)`` key hashes), ``int64 (n,)``."""
     if bins == 1 or digests.shape[0] == 0:
         return np.zeros(digests.shape[0], dtype=np.int64)
-    word = _aes(derive_key(b"rr22-okvs-bin", seed, suite=suite), digests, suite).view(np.uint64)[:, 0]
+    word = ecb_rows(derive_key(b"rr22-okvs-bin", seed, suite=suite), digests, suite).view(np.uint64)[:, 0]
     return ((word >> np.uint64(32)) * np.uint64(bins) >> np.uint64(32)).astype(np.int64)
 
 
 def _rows_one(digests: np.ndarray, seed: bytes, counter: int, params: Params,
               suite: Suite = STANDARD) -> tuple[np.ndarray, np.ndarray]:
-    a = _aes(derive_key(b"rr22-okvs-row", seed, bytes([counter, 0]), suite=suite), digests, suite).view(np.uint64)
-    b = _aes(derive_key(b"rr22-okvs-row", seed, bytes([counter, 1]), suite=suite), digests, suite).view(np.uint64)
+    a = ecb_rows(derive_key(b"rr22-okvs-row", seed, bytes([counter, 0]), suite=suite), digests, suite).view(np.uint64)
+    b = ecb_rows(derive_key(b"rr22-okvs-row", seed, bytes([counter, 1]), suite=suite), digests, suite).view(np.uint64)
     m = params.sparse
     low32 = np.uint64(0xFFFFFFFF)
     c0 = ((a[:, 0] & low32) % np.uint64(m)).astype(np.int64)
