@@ -55,8 +55,7 @@ def sm2_keygen(directory: Path, party: str, force: bool, as_json: bool) -> None:
 
     Give NAME.sm2.pub to the peer; keep NAME.sm2.key. Uses the system's OpenSSL 3.
     """
-    import os
-
+    from psi.atomic import atomic_write_bytes
     from psi.crypto.libcrypto import Sm2PrivateKey
     from psi.errors import UsageError
 
@@ -66,13 +65,8 @@ def sm2_keygen(directory: Path, party: str, force: bool, as_json: bool) -> None:
     if (key_path.exists() or pub_path.exists()) and not force:
         raise UsageError(f"{key_path} already exists: pass --force to replace it")
     key = Sm2PrivateKey.generate()
-    directory.mkdir(parents=True, exist_ok=True)
-    tmp = key_path.with_suffix(".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "wb") as handle:
-        handle.write(key.private_pem())
-    os.replace(tmp, key_path)
-    pub_path.write_bytes(key.public_pem())
+    atomic_write_bytes(key_path, key.private_pem(), mode=0o600)
+    atomic_write_bytes(pub_path, key.public_pem(), mode=0o644)
     if as_json:
         emit_json({"key": str(key_path), "public_key": str(pub_path), "fingerprint": key.fingerprint()})
     else:

@@ -1,7 +1,10 @@
 """Where each data record of a CSV/TSV file is, kept compactly between reading and writing.
 
 :func:`psi.records.read_keys` records every row's byte range while it reads (``KeyTable.offsets``)
-and :func:`psi.records.write_rows` copies rows by those ranges without scanning the file again.
+and :func:`psi.records.write_rows` copies rows by those ranges without scanning the file again
+(test ``test_write_rows_uses_the_recorded_offsets_without_scanning_again``). It trusts them while
+the file's size and modification time are unchanged: on a file system with coarse timestamps an
+edit that keeps the size between the read and the write would go unnoticed.
 About 2 bytes per row are kept for the session; the writer expands them to 8 bytes per row (the
 starts) while it writes. ``tests/test_records.py`` and ``tests/test_records_fast.py`` check the
 output against a writer that scans the file with the csv module.

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import os
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -423,3 +424,18 @@ def test_fast_path_big_clean_file_matches(tmp_path: Path, monkeypatch: pytest.Mo
         monkeypatch.setattr(records, "_FAST", False)
         assert _outcome(path, "csv", on, normalization=norm, dedup=dedup) == fast
         monkeypatch.setattr(records, "_FAST", True)
+
+
+def test_write_rows_uses_the_recorded_offsets_without_scanning_again(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The offsets recorded while reading the keys are what the writer copies by (rowoffsets.py):
+    with the rescan made to fail, the output is still right."""
+    path = write(tmp_path / "in.csv", 'id,v\n1,a\n2,"b,\nc"\n3,d\n')
+    table = read_keys(path, ["id"])
+    assert table.offsets is not None and table.offsets.count == 3
+
+    def no_rescan(*args: Any, **kwargs: Any) -> Any:
+        raise AssertionError("the input was scanned again")
+
+    monkeypatch.setattr(records, "_scan_offsets", no_rescan)
+    write_rows(path, [2, 0, 1], tmp_path / "out.csv", expect_rows=3, offsets=table.offsets)
+    assert (tmp_path / "out.csv").read_bytes() == b'id,v\n3,d\n1,a\n2,"b,\nc"\n'

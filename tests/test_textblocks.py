@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -31,6 +33,8 @@ def test_line_bounds_match_split(block: bytes) -> None:
         raw.pop()
     assert [block[s:e] for s, e in zip(starts.tolist(), ends.tolist())] == lines
     assert [block[s:e].rstrip(b"\n") for s, e in zip(starts.tolist(), raw_ends.tolist())] == raw
+    if block:  # raw_ends keep each line's own newline
+        assert [block[s:e] for s, e in zip(starts.tolist(), raw_ends.tolist())] == re.findall(rb"[^\n]*\n|[^\n]+$", block)
     assert raw_ends[-1] == len(block) if len(block) else True
 
 
