@@ -44,6 +44,22 @@ def files(tmp_path: Path) -> tuple[Path, Path]:
     return _write(tmp_path / "a.csv", a, "x"), _write(tmp_path / "b.csv", b, "y")
 
 
+class FullDisk:
+    """A file handle whose writes fail as on a full disk (wraps the real one, closes it)."""
+
+    def __init__(self, handle: Any) -> None:
+        self.handle = handle
+
+    def __enter__(self) -> "FullDisk":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.handle.close()
+
+    def write(self, data: bytes) -> int:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+
 def run_both(client_in: Path, server_in: Path, tmp: Path, options: api.PsiOptions, *, buckets: int | None = 3,
              tag: str = "", server_cls: type = BucketedSession, resume: bool = False,
              client_channel: Any = None, memory_limit: int = 2 << 30) -> tuple[Any, Any]:
@@ -321,22 +337,9 @@ def test_disk_full_while_spilling_names_path_and_space(files, tmp_path, monkeypa
     opts = api.PsiOptions(protocol="kkrt", reveal="both", workers=1, dedup="keep-all")
     real_open = open
 
-    class Full:
-        def __init__(self, handle: Any) -> None:
-            self.handle = handle
-
-        def __enter__(self) -> "Full":
-            return self
-
-        def __exit__(self, *exc: Any) -> None:
-            self.handle.close()
-
-        def write(self, data: bytes) -> int:
-            raise OSError(errno.ENOSPC, "No space left on device")
-
     def fake_open(path: Any, mode: str = "r", *args: Any, **kw: Any) -> Any:
         handle = real_open(path, mode, *args, **kw)
-        return Full(handle) if str(path).endswith(".spill") and "wc" in str(path) else handle
+        return FullDisk(handle) if str(path).endswith(".spill") and "wc" in str(path) else handle
 
     monkeypatch.setattr(bucket_mod, "open", fake_open, raising=False)
     with pytest.raises(DiskFull, match=r"wc/spill/f\d+\.spill: disk full .* MiB more are needed") as err:

@@ -23,7 +23,7 @@ from psi.scale import output as output_mod
 from psi.scale import session as session_mod
 from psi.scale.output import Segment, write_bucketed_output
 
-from .test_scale_buckets import _expected_pairs, _pairs, files, run_both  # noqa: F401 (files: fixture)
+from .test_scale_buckets import FullDisk, _expected_pairs, _pairs, files, run_both  # noqa: F401 (files: fixture)
 
 
 def _reference_order(parts: list[dict[str, Any]], segments: list[Segment] | None) -> np.ndarray:
@@ -229,8 +229,6 @@ def test_tail_exchange_refuses_a_peer_count_beyond_the_output_cap():
 
 
 def test_a_full_disk_while_writing_the_direct_rows_is_exit_2_and_no_output(tmp_path, monkeypatch):
-    import errno
-
     from psi.scale import output as output_mod
     from psi.scale.buckets import DiskFull
 
@@ -238,22 +236,9 @@ def test_a_full_disk_while_writing_the_direct_rows_is_exit_2_and_no_output(tmp_p
     parts = [{"matched": np.array([3, 49]), "tags": np.array([1, 2], dtype=np.uint64), "direct": np.arange(10, 20)}]
     real_open = open
 
-    class Full:
-        def __init__(self, handle: Any) -> None:
-            self.handle = handle
-
-        def __enter__(self) -> "Full":
-            return self
-
-        def __exit__(self, *exc: Any) -> None:
-            self.handle.close()
-
-        def write(self, data: bytes) -> int:
-            raise OSError(errno.ENOSPC, "No space left on device")
-
     def fake_open(path: Any, mode: str = "r", *args: Any, **kw: Any) -> Any:
         handle = real_open(path, mode, *args, **kw)
-        return Full(handle) if Path(path).name == "direct" and "w" in mode else handle
+        return FullDisk(handle) if Path(path).name == "direct" and "w" in mode else handle
 
     monkeypatch.setattr(output_mod, "open", fake_open, raising=False)
     with pytest.raises(DiskFull, match=r"direct: disk full while preparing the output; about .* MiB more") as err:
